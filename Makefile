@@ -1,0 +1,63 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up what it needs first:
+# the virtual environment with the project and its dependencies (torch is a ~3 GB CUDA build from PyPI,
+# installed once), the Kafka jars from Maven Central, and Debian's prometheus and kcat for the tests.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+VENV_STAMP  := $(VENV)/.installed
+KAFKA_STAMP := deploy/kafka/lib/.fetched
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test test-unit install kafka system-deps model bench-scoring bench-pipeline bench-quality clean
+
+demo: install kafka
+	$(BIN)/inspector demo
+
+test: install kafka system-deps
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+install: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+kafka: $(KAFKA_STAMP)
+
+$(KAFKA_STAMP): deploy/kafka/pom.xml
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies
+	touch $@
+
+# Prometheus (promtool) and kcat come from Debian's packages; installed only when missing.
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v kcat >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus kcat >/dev/null; \
+	  else \
+	    echo "note: install Debian packages 'prometheus' and 'kcat' for the observability and interop tests"; \
+	  fi; \
+	fi
+
+# The default model: the synthetic data set, then training with its held-out calibration (see models/README.md).
+model: install
+	$(BIN)/inspector synth --out data/bananas --train 600 --test-good 100 --test-per-defect 25
+	$(BIN)/inspector train --data data/bananas/train/good --out models/banana-ae-v1.safetensors \
+	  --model-version 1 --epochs 40 --device cpu
+
+bench-scoring: install
+	$(BIN)/python bench/scoring.py
+
+bench-pipeline: install kafka
+	$(BIN)/python bench/pipeline.py
+
+bench-quality: install
+	$(BIN)/python bench/quality.py
+
+clean:
+	rm -rf $(VENV) deploy/kafka/lib .pytest_cache

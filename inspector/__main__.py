@@ -1,0 +1,240 @@
+"""`inspector COMMAND`: serve | train | calibrate | evaluate | denoise | synth | demo | topics.
+
+Settings come from INSPECTOR_* environment variables (see inspector/settings.py); flags override them.
+A bad setting, a missing file or an unreachable broker ends the program with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from inspector.errors import ConfigError, InspectorError, TransportError
+from inspector.settings import Settings, load_settings
+
+log = logging.getLogger("inspector")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    kafka = {k: v for k, v in {"bootstrap_servers": getattr(args, "bootstrap_servers", None),
+                               "group_id": getattr(args, "group_id", None)}.items() if v is not None}
+    model = {k: v for k, v in {"path": getattr(args, "model", None), "device": getattr(args, "device", None)
+                               }.items() if v is not None}
+    http = {"port": args.metrics_port} if getattr(args, "metrics_port", None) is not None else {}
+    return load_settings(kafka=kafka, model=model, http=http)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from inspector.worker import serve
+
+    return serve(_settings(args))
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from inspector.kafka_io import create_topics
+
+    s = _settings(args).kafka
+    create_topics(s, {s.frames_topic: args.frames_partitions, s.alerts_topic: 1, s.scores_topic: 1,
+                      s.dlq_topic: 1})
+    print(f"topics ready on {s.bootstrap_servers}")
+    return 0
+
+
+def _model_config(args: argparse.Namespace):  # noqa: ANN202 - local import keeps `--help` fast
+    from inspector.model import AutoencoderConfig
+
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else AutoencoderConfig.widths
+    try:
+        return AutoencoderConfig(image_size=args.size, widths=widths, latent_channels=args.latent_channels)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from inspector.preprocess import list_images, load_images
+    from inspector.runtime import pick_device
+    from inspector.train import TrainConfig, train_and_calibrate
+
+    settings = _settings(args)
+    device = pick_device(settings.model.device)
+    paths = list_images(Path(args.data))
+    cfg = _model_config(args)
+    images = load_images(paths, cfg.image_size)
+    train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
+                            denoise=args.denoise, target_false_alarm=args.target_far, seed=args.seed)
+    out = Path(args.out)
+    print(f"training on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) -> {out}")
+    artifact = train_and_calibrate(images, paths, out, cfg, train_cfg, device, model_id=args.model_id,
+                                   model_version=args.model_version)
+    cal = artifact.calibration
+    assert cal is not None
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB): threshold {cal.threshold:.6f} at target "
+          f"false-alarm {cal.target_false_alarm:.2%} from {cal.n_good} held-out good images")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from inspector import artifact as artifact_io
+    from inspector.preprocess import list_images, load_images
+    from inspector.runtime import pick_device
+    from inspector.train import calibrate_artifact
+
+    settings = _settings(args)
+    device = pick_device(settings.model.device)
+    path = Path(settings.model.path)
+    artifact = artifact_io.load(path)
+    size = artifact.config.image_size
+    good = load_images(list_images(Path(args.good)), size)
+    defects = load_images(list_images(Path(args.defects)), size) if args.defects else None
+    artifact = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects)
+    out = Path(args.out) if args.out else path
+    artifact_io.save(artifact, out)
+    cal = artifact.calibration
+    assert cal is not None
+    warn = "" if cal.guaranteed else f" (only {cal.n_good} good images: too few for a guarantee at this target)"
+    print(f"{out}: threshold {cal.threshold:.6f} ({cal.method}, target false-alarm {cal.target_false_alarm:.2%})"
+          f"{warn}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from inspector.evaluation import evaluate_folder
+
+    settings = _settings(args)
+    report = evaluate_folder(Path(settings.model.path), Path(args.data), Path(args.out), settings.model.device,
+                             baseline=not args.no_baseline)
+    img = report["image"]
+    print(f"image AUROC {img['auroc']:.4f}  AUPR {img['aupr']:.4f}  false-alarm {img['false_alarm_rate']:.2%}  "
+          f"detection {img['detection_rate']:.2%}  pixel AUROC {report.get('pixel', {}).get('auroc', float('nan')):.4f}")
+    if "colour_baseline" in report:
+        print(f"colour baseline image AUROC {report['colour_baseline']['auroc']:.4f}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace) -> int:
+    from inspector.evaluation import denoise_folder
+
+    settings = _settings(args)
+    n = denoise_folder(Path(settings.model.path), Path(args.input), Path(args.out), settings.model.device)
+    print(f"wrote {n} denoised images to {args.out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from producers.bananas import write_dataset
+
+    counts = write_dataset(Path(args.out), n_train=args.train, n_test_good=args.test_good,
+                           n_test_per_defect=args.test_per_defect, size=args.size, seed=args.seed,
+                           n_calibration=args.calibration)
+    print(f"wrote {sum(counts.values())} images to {args.out}: {counts}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from inspector.demo import run_demo
+
+    return run_demo(_settings(args), frames=args.frames, fps=args.fps, defect_rate=args.defect_rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inspector", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default=None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_kafka(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (kafka.bootstrap_servers)")
+        sp.add_argument("--group-id")
+
+    def with_model(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", help="model file (model.path)")
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+
+    sp = sub.add_parser("serve", help="run a worker: consume frames, publish alerts and scores")
+    with_kafka(sp), with_model(sp)
+    sp.add_argument("--metrics-port", type=int)
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("topics", help="create the topics if missing")
+    with_kafka(sp)
+    sp.add_argument("--frames-partitions", type=int, default=4)
+    sp.set_defaults(func=cmd_topics)
+
+    sp = sub.add_parser("train", help="train an autoencoder on a folder of good images, then calibrate")
+    with_model(sp)
+    sp.add_argument("--data", required=True, help="folder of good images (e.g. DATA/train/good)")
+    sp.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    sp.add_argument("--size", type=int, default=128, help="model input side in pixels")
+    sp.add_argument("--widths", default=None, help="channels per stage, e.g. 16,32,64,64")
+    sp.add_argument("--latent-channels", type=int, default=16)
+    sp.add_argument("--epochs", type=int, default=40)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--lr", type=float, default=2e-3)
+    sp.add_argument("--loss", default="l2+ssim", choices=["l2", "l1", "ssim", "l2+ssim", "l1+ssim"])
+    sp.add_argument("--denoise", action="store_true", help="denoising autoencoder: noisy input, clean target")
+    sp.add_argument("--target-far", type=float, default=0.01, help="target false-alarm rate on good images")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--model-id", default="banana-ae")
+    sp.add_argument("--model-version", default=None)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("calibrate", help="set the threshold from held-out good images")
+    with_model(sp)
+    sp.add_argument("--good", required=True, help="folder of good images not used in training")
+    sp.add_argument("--defects", help="optional folder of labelled defects: F1-optimal threshold instead")
+    sp.add_argument("--target-far", type=float, default=0.01)
+    sp.add_argument("--out", help="write here instead of updating the model file in place")
+    sp.set_defaults(func=cmd_calibrate)
+
+    sp = sub.add_parser("evaluate", help="score a labelled folder and write report.json/html with plots")
+    with_model(sp)
+    sp.add_argument("--data", required=True, help="data set root with test/good and test/<defect kind>")
+    sp.add_argument("--out", required=True, help="report folder")
+    sp.add_argument("--no-baseline", action="store_true", help="skip the colour-statistics baseline")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("denoise", help="run a (denoising) autoencoder over a folder of images")
+    with_model(sp)
+    sp.add_argument("--input", required=True)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_denoise)
+
+    sp = sub.add_parser("synth", help="write the synthetic banana data set")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--train", type=int, default=400)
+    sp.add_argument("--test-good", type=int, default=100)
+    sp.add_argument("--test-per-defect", type=int, default=25)
+    sp.add_argument("--calibration", type=int, default=0)
+    sp.add_argument("--size", type=int, default=256)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_synth)
+
+    sp = sub.add_parser("demo", help="local broker + synthetic camera + worker, then a summary")
+    with_model(sp)
+    sp.add_argument("--frames", type=int, default=600)
+    sp.add_argument("--fps", type=float, default=60.0)
+    sp.add_argument("--defect-rate", type=float, default=0.05)
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = (args.log_level or "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its reconnect chatter is not ours to report
+    try:
+        return int(args.func(args))
+    except (ConfigError, TransportError, InspectorError) as exc:
+        print(f"inspector {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Message contracts on the wire, versioned. One home for topic payloads and header names.
+
+frames        key = camera id, value = JPEG bytes, headers = FrameMeta (below)
+defect-alerts key = camera id, value = Alert as JSON
+frame-scores  key = camera id, value = FrameScore as compact JSON (one per scored frame)
+frames-dlq    key/value/headers of the original record + dlq.* headers (reason, detail, origin)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inspector.errors import BadFrame
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+JPEG_CONTENT_TYPE = "image/jpeg"
+
+# Frame header names (bytes values, UTF-8 text).
+H_SCHEMA = "schema-version"
+H_FRAME_ID = "frame-id"
+H_CAMERA_ID = "camera-id"
+H_SEQUENCE = "sequence"
+H_CAPTURED_NS = "captured-ns"
+H_CONTENT_TYPE = "content-type"
+H_DEADLINE_NS = "deadline-ns"
+H_LABEL = "label"
+
+# Dead-letter header names.
+H_DLQ_REASON = "dlq.reason"
+H_DLQ_DETAIL = "dlq.detail"
+H_DLQ_ORIGIN = "dlq.origin"  # "<topic>/<partition>/<offset>"
+
+# The fixed set of dead-letter reasons (also the metric's label values).
+DLQ_REASONS = (
+    "empty_value",
+    "missing_header",
+    "malformed_header",
+    "unknown_schema",
+    "unsupported_content_type",
+    "oversized",
+    "not_jpeg",
+    "truncated",
+    "undecodable",
+    "too_many_pixels",
+)
+
+Headers = list[tuple[str, bytes]]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FrameMeta(_Strict):
+    """What a producer says about one frame (carried in Kafka headers)."""
+
+    schema_version: int = SCHEMA_VERSION
+    frame_id: str = Field(min_length=1, max_length=128)
+    camera_id: str = Field(min_length=1, max_length=128)
+    sequence: int = Field(ge=0)
+    captured_ns: int = Field(ge=0)  # capture time, ns since the Unix epoch
+    content_type: str = JPEG_CONTENT_TYPE
+    deadline_ns: int | None = Field(default=None, ge=0)  # when the ejector must have the verdict
+    label: str | None = Field(default=None, max_length=64)  # ground truth: "good" or a defect kind
+
+    def to_headers(self) -> Headers:
+        """Kafka headers for this frame; optional fields are left out when unset."""
+        pairs: list[tuple[str, object]] = [
+            (H_SCHEMA, self.schema_version),
+            (H_FRAME_ID, self.frame_id),
+            (H_CAMERA_ID, self.camera_id),
+            (H_SEQUENCE, self.sequence),
+            (H_CAPTURED_NS, self.captured_ns),
+            (H_CONTENT_TYPE, self.content_type),
+            (H_DEADLINE_NS, self.deadline_ns),
+            (H_LABEL, self.label),
+        ]
+        return [(k, str(v).encode()) for k, v in pairs if v is not None]
+
+    @classmethod
+    def from_headers(cls, headers: Headers | None) -> "FrameMeta":
+        """Parse and validate frame headers; raise BadFrame with a DLQ reason otherwise."""
+        raw: dict[str, str] = {}
+        for key, value in headers or []:
+            try:
+                raw[key] = (value or b"").decode("utf-8")
+            except (UnicodeDecodeError, AttributeError):
+                raise BadFrame("malformed_header", f"{key} is not UTF-8") from None
+        for required in (H_SCHEMA, H_FRAME_ID, H_CAMERA_ID, H_SEQUENCE, H_CAPTURED_NS):
+            if required not in raw:
+                raise BadFrame("missing_header", required)
+        try:
+            version = int(raw[H_SCHEMA])
+        except ValueError:
+            raise BadFrame("malformed_header", f"{H_SCHEMA}={raw[H_SCHEMA][:32]!r}") from None
+        if version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise BadFrame("unknown_schema", f"schema version {version}")
+        content_type = raw.get(H_CONTENT_TYPE, JPEG_CONTENT_TYPE)
+        if content_type != JPEG_CONTENT_TYPE:
+            raise BadFrame("unsupported_content_type", content_type[:64])
+        try:
+            return cls(
+                schema_version=version,
+                frame_id=raw[H_FRAME_ID],
+                camera_id=raw[H_CAMERA_ID],
+                sequence=int(raw[H_SEQUENCE]),
+                captured_ns=int(raw[H_CAPTURED_NS]),
+                content_type=content_type,
+                deadline_ns=int(raw[H_DEADLINE_NS]) if raw.get(H_DEADLINE_NS) else None,
+                label=raw.get(H_LABEL) or None,
+            )
+        except (ValueError, ValidationError) as exc:
+            detail = exc.errors()[0]["loc"][0] if isinstance(exc, ValidationError) else str(exc)
+            raise BadFrame("malformed_header", str(detail)[:120]) from None
+
+
+class Box(_Strict):
+    """A defect region in the frame's own pixel coordinates (x1, y1 exclusive)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    area_fraction: float = Field(ge=0, le=1)  # region area / frame area
+
+
+class Alert(_Strict):
+    """A frame whose score crossed the threshold: the sorter ejects it."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["defect-alert"] = "defect-alert"
+    frame_id: str
+    camera_id: str
+    sequence: int
+    captured_ns: int
+    scored_ns: int
+    published_ns: int
+    deadline_ns: int | None = None
+    score: float
+    threshold: float
+    model_id: str
+    model_version: str
+    box: Box | None = None  # the largest region of the thresholded difference map
+    label: str | None = None  # ground truth passed through from the frame, when the source knows it
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class FrameScore(_Strict):
+    """Every scored frame, compactly, for audit and drift monitoring."""
+
+    v: int = SCHEMA_VERSION
+    frame_id: str
+    camera_id: str
+    seq: int
+    score: float
+    thr: float
+    alert: bool
+    captured_ns: int
+    scored_ns: int
+    model_version: str
+    label: str | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def header_value(headers: Headers | None, name: str) -> str | None:
+    """The text of one header, or None (lenient: used for DLQ bookkeeping on bad records)."""
+    for key, value in headers or []:
+        if key == name:
+            return (value or b"").decode("utf-8", errors="replace")
+    return None

@@ -1,0 +1,160 @@
+"""`make demo`: a real local Kafka broker, a synthetic camera with ~5 % defective bananas, one worker,
+live progress, and a summary; everything it starts is stopped at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from kafka import KafkaConsumer
+
+from inspector.errors import TransportError
+from inspector.kafka_io import create_topics
+from inspector.local_broker import LocalKafka, free_port
+from inspector.settings import Settings
+
+
+@dataclass
+class Tally:
+    """What a downstream subscriber (the sorter) saw."""
+
+    scores: int = 0
+    alerts: int = 0
+    true_alerts: int = 0
+    false_alerts: int = 0
+    dead_letters: int = 0
+    latencies_s: list[float] = field(default_factory=list)  # capture -> score record received
+    frame_ids: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _follow(settings: Settings, tally: Tally, stop: threading.Event) -> None:
+    k = settings.kafka
+    consumer = KafkaConsumer(k.alerts_topic, k.scores_topic, k.dlq_topic, **k.client_config(),
+                             group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+    try:
+        while not stop.is_set():
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                now = time.time_ns()
+                with tally.lock:
+                    for r in records:
+                        if tp.topic == k.dlq_topic:
+                            tally.dead_letters += 1
+                            continue
+                        msg = json.loads(r.value)
+                        if tp.topic == k.scores_topic:
+                            if msg["frame_id"] in tally.frame_ids:
+                                continue  # at-least-once: a re-scored frame counts once
+                            tally.frame_ids.add(msg["frame_id"])
+                            tally.scores += 1
+                            tally.latencies_s.append((now - msg["captured_ns"]) / 1e9)
+                        else:
+                            tally.alerts += 1
+                            if msg.get("label") not in (None, "good"):
+                                tally.true_alerts += 1
+                            else:
+                                tally.false_alerts += 1
+    finally:
+        consumer.close()
+
+
+def _ensure_model(settings: Settings) -> None:
+    path = Path(settings.model.path)
+    if path.is_file():
+        return
+    print(f"no model at {path}: training a small one on synthetic good bananas (a few minutes on 2 cores)")
+    from inspector.model import AutoencoderConfig
+    from inspector.preprocess import list_images, load_images
+    from inspector.runtime import pick_device
+    from inspector.train import TrainConfig, train_and_calibrate
+    from producers.bananas import write_dataset
+
+    with tempfile.TemporaryDirectory(prefix="bananas-") as tmp:
+        write_dataset(Path(tmp), n_train=400, n_test_good=0, n_test_per_defect=0, size=256, seed=1)
+        paths = list_images(Path(tmp) / "train" / "good")
+        cfg = AutoencoderConfig()
+        train_and_calibrate(load_images(paths, cfg.image_size), paths, path, cfg, TrainConfig(epochs=20),
+                            pick_device(settings.model.device), model_version="demo")
+
+
+def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float) -> int:
+    from producers.base import Publisher
+    from producers.synthetic import SyntheticSource
+
+    _ensure_model(settings)
+    print("starting a local Kafka broker (Apache Kafka, KRaft, single node) ...", flush=True)
+    with LocalKafka() as broker:
+        metrics_port = free_port()
+        settings = settings.model_copy(update={
+            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers}),
+            "producer": settings.producer.model_copy(update={"count": frames, "fps": fps,
+                                                             "defect_rate": defect_rate, "seed": 7}),
+        })
+        k = settings.kafka
+        create_topics(k, {k.frames_topic: 2, k.alerts_topic: 1, k.scores_topic: 1, k.dlq_topic: 1})
+        env = {**os.environ, "INSPECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+               "INSPECTOR_HTTP__PORT": str(metrics_port), "INSPECTOR_MODEL__PATH": str(settings.model.path)}
+        log_path = broker.work_dir / "worker.log"
+        with open(log_path, "wb") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT)
+        tally, stop = Tally(), threading.Event()
+        follower = threading.Thread(target=_follow, args=(settings, tally, stop), daemon=True)
+        follower.start()
+        try:
+            print(f"worker started (metrics: http://127.0.0.1:{metrics_port}/metrics, log: {log_path})")
+            source = SyntheticSource(settings.producer)
+            publisher = Publisher(settings.kafka, settings.producer)
+            sender = threading.Thread(target=publisher.publish, args=(source,), daemon=True)
+            t0 = time.monotonic()
+            sender.start()
+            deadline = t0 + frames / max(fps, 1) + 120
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+                if worker.poll() is not None:
+                    raise TransportError(f"the worker exited with code {worker.returncode}; see {log_path}")
+                with tally.lock:
+                    done, alerts = tally.scores, tally.alerts
+                print(f"\r  sent {publisher.stats.sent:5d}  scored {done:5d}  alerts {alerts:3d}", end="", flush=True)
+                if done >= frames and not sender.is_alive():
+                    break
+            elapsed = time.monotonic() - t0
+            print()
+            sender.join(timeout=10)
+            publisher.close()
+            time.sleep(0.5)  # the last alerts trail their scores by a few milliseconds
+        finally:
+            worker.terminate()
+            try:
+                code = worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                code = worker.wait()
+            stop.set()
+            follower.join(timeout=5)
+
+        labels = publisher.stats.labels or {}
+        defects_sent = sum(n for label, n in labels.items() if label != "good")
+        lat = np.array(tally.latencies_s) * 1000 if tally.latencies_s else np.array([float("nan")])
+        print("\n=== demo summary ===")
+        print(f"frames sent {publisher.stats.sent}, scored {tally.scores}, dead-lettered {tally.dead_letters}")
+        print(f"defective bananas sent {defects_sent}; alerts {tally.alerts}: {tally.true_alerts} true defects, "
+              f"{tally.false_alerts} false alarms; missed defects {max(0, defects_sent - tally.true_alerts)}")
+        print(f"throughput {tally.scores / elapsed:.1f} frames/s (camera at {fps:g} fps); end-to-end latency "
+              f"(capture -> score received by a subscriber) p50 {np.percentile(lat, 50):.1f} ms, "
+              f"p99 {np.percentile(lat, 99):.1f} ms")
+        print(f"worker metrics were at http://127.0.0.1:{metrics_port}/metrics; worker exited with code {code}")
+        if tally.scores < frames:
+            raise TransportError(f"only {tally.scores} of {frames} frames were scored; see {log_path}")
+    print("stopped the worker and the broker.")
+    return 0
+
+

@@ -1,0 +1,215 @@
+"""`inspector evaluate` and `inspector denoise`: score a labelled folder, write report.json, plots and
+report.html; run an autoencoder over a folder of images.
+
+Data layout (as `inspector synth` writes it, and MVTec-style sets use):
+    ROOT/train/good/*          good images the model was trained on (used only by the colour baseline)
+    ROOT/test/good/*           good images never seen in training
+    ROOT/test/<kind>/*         defective images, one folder per defect kind
+    ROOT/ground_truth/<kind>/<stem>_mask.png   optional pixel masks (white = defect)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspector import artifact as artifact_io
+from inspector.errors import ConfigError
+from inspector.preprocess import IMAGE_SUFFIXES, list_images, load_images
+from inspector.quality_metrics import auroc, average_precision, rates_at, roc_curve
+from inspector.runtime import ModelRunner, pick_device
+from inspector.train import score_images
+
+
+def _test_sets(root: Path) -> dict[str, list[Path]]:
+    test = root / "test"
+    if not (test / "good").is_dir():
+        raise ConfigError(f"{root} has no test/good folder (see `inspector evaluate --help` for the layout)")
+    sets = {"good": list_images(test / "good")}
+    for kind in sorted(p.name for p in test.iterdir() if p.is_dir() and p.name != "good"):
+        files = sorted(p for p in (test / kind).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            sets[kind] = files
+    if len(sets) == 1:
+        raise ConfigError(f"{test} has no defect folders next to good/")
+    return sets
+
+
+def _mask_for(root: Path, kind: str, image: Path, size: int) -> np.ndarray | None:
+    path = root / "ground_truth" / kind / f"{image.stem}_mask.png"
+    if not path.is_file():
+        return None
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        return None
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 127
+
+
+def _overlay(image_rgb: np.ndarray, amap: np.ndarray, vmax: float) -> np.ndarray:
+    """Image with the anomaly map as a translucent heat map (BGR for cv2.imwrite)."""
+    heat = cv2.applyColorMap(np.clip(amap / max(vmax, 1e-12) * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    return cv2.addWeighted(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), 0.6, heat, 0.4, 0)
+
+
+def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, kinds: list[str], threshold: float) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc(labels, scores):.4f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false-alarm rate", ylabel="detection rate", title="ROC (image level)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(scores.min(), np.percentile(scores, 99.5), 50)
+    ax.hist(scores[~labels], bins=bins, alpha=0.6, label="good", density=True)
+    for kind in sorted(set(kinds) - {"good"}):
+        sel = np.array([k == kind for k in kinds])
+        ax.hist(scores[sel], bins=bins, histtype="step", lw=1.5, label=kind, density=True)
+    ax.axvline(threshold, c="k", ls="--", label=f"threshold {threshold:.4g}")
+    ax.set(xlabel="anomaly score", ylabel="density", title="Scores: good vs defects")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "score_hist.png", dpi=100)
+    plt.close(fig)
+    return ["roc.png", "score_hist.png"]
+
+
+def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = "auto", *,
+                    baseline: bool = True, n_examples: int = 6) -> dict:
+    """Score test/good and test/<kind>, write report.json, plots and report.html into `out`."""
+    t0 = time.time()
+    device = pick_device(device_name)
+    art = artifact_io.load(model_path, device)
+    threshold = art.threshold
+    size = art.config.image_size
+    sets = _test_sets(root)
+    paths = [p for kind in sets for p in sets[kind]]
+    kinds = [kind for kind in sets for _ in sets[kind]]
+    images = load_images(paths, size)
+    scores, maps = score_images(ModelRunner(art, device), images)
+    labels = np.array([k != "good" for k in kinds])
+
+    report: dict = {
+        "model": {"path": str(model_path), "model_id": art.model_id, "model_version": art.model_version,
+                  "checksum": art.checksum[:16], "threshold": threshold,
+                  "calibration": art.calibration.to_dict() if art.calibration else None},
+        "data": {"root": str(root), "counts": {k: len(v) for k, v in sets.items()}},
+        "image": {"auroc": auroc(labels, scores), "aupr": average_precision(labels, scores),
+                  **rates_at(labels, scores, threshold)},
+        "per_kind": {},
+    }
+    good_sel = ~labels
+    for kind in sets:
+        if kind == "good":
+            continue
+        sel = np.array([k == kind for k in kinds])
+        both = sel | good_sel
+        report["per_kind"][kind] = {
+            "n": int(sel.sum()),
+            "auroc": auroc(labels[both], scores[both]),
+            "detection_rate": float((scores[sel] > threshold).mean()),
+        }
+
+    # Pixel AUROC over defective images that have masks and the good images (all-zero masks).
+    pix_labels, pix_scores = [], []
+    for i, (p, kind) in enumerate(zip(paths, kinds)):
+        mask = np.zeros((size, size), bool) if kind == "good" else _mask_for(root, kind, p, size)
+        if mask is None:
+            continue
+        pix_labels.append(mask.ravel())
+        pix_scores.append(maps[i].ravel())
+    if pix_labels and any(m.any() for m in pix_labels):
+        pl, ps = np.concatenate(pix_labels), np.concatenate(pix_scores)
+        if pl.size > 4_000_000:  # subsample evenly: AUROC over millions of pixels changes in the 4th decimal
+            step = pl.size // 4_000_000 + 1
+            pl, ps = pl[::step], ps[::step]
+        report["pixel"] = {"auroc": auroc(pl, ps), "n_images": len(pix_labels)}
+
+    if baseline and (root / "train" / "good").is_dir():
+        from inspector.colour_baseline import colour_baseline_scores
+
+        train_bgr = [cv2.cvtColor(im, cv2.COLOR_RGB2BGR) for im in load_images(list_images(root / "train" / "good"), size)]
+        test_bgr = [cv2.cvtColor(im, cv2.COLOR_RGB2BGR) for im in images]
+        base = colour_baseline_scores(train_bgr, test_bgr)
+        report["colour_baseline"] = {"auroc": auroc(labels, base), "aupr": average_precision(labels, base)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _plots(out, labels, scores, kinds, threshold)
+    vmax = float(np.percentile(maps, 99.9))
+    worst_fa = [int(i) for i in np.argsort(-np.where(good_sel, scores, -np.inf))[:n_examples]
+                if good_sel[i] and scores[i] > threshold]
+    missed = [int(i) for i in np.argsort(np.where(labels, scores, np.inf))[:n_examples]
+              if labels[i] and scores[i] <= threshold]
+    # If nothing was missed or falsely alarmed, show the closest calls instead: still the most informative.
+    worst_fa = worst_fa or [int(i) for i in np.argsort(-np.where(good_sel, scores, -np.inf))[:3]]
+    missed = missed or [int(i) for i in np.argsort(np.where(labels, scores, np.inf))[:3]]
+    examples = {"false_alarms": [], "missed_defects": []}
+    for group, idx in (("false_alarms", worst_fa), ("missed_defects", missed)):
+        for i in idx:
+            name = f"{group}_{i:04d}.png"
+            cv2.imwrite(str(out / name), np.hstack([cv2.cvtColor(images[i], cv2.COLOR_RGB2BGR),
+                                                    _overlay(images[i], maps[i], vmax)]))
+            examples[group].append({"file": name, "image": str(paths[i]), "kind": kinds[i],
+                                    "score": float(scores[i])})
+    report["examples"] = examples
+    report["seconds"] = round(time.time() - t0, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
+    _write_html(out, report, figures)
+    return report
+
+
+def _write_html(out: Path, report: dict, figures: list[str]) -> None:
+    img = report["image"]
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['n']}</td><td>{v['auroc']:.4f}</td>"
+                   f"<td>{v['detection_rate']:.2%}</td></tr>" for k, v in report["per_kind"].items())
+    ex = "".join(f"<figure><img src='{e['file']}'><figcaption>{html.escape(group)}: {html.escape(e['kind'])} "
+                 f"score {e['score']:.5f}</figcaption></figure>"
+                 for group, items in report["examples"].items() for e in items)
+    pixel = f"<li>pixel AUROC {report['pixel']['auroc']:.4f}</li>" if "pixel" in report else ""
+    base = (f"<li>colour-statistics baseline image AUROC {report['colour_baseline']['auroc']:.4f}</li>"
+            if "colour_baseline" in report else "")
+    body = f"""<!doctype html><meta charset="utf-8"><title>Inspector evaluation</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:2px 10px}}
+figure{{display:inline-block;margin:4px}}img{{max-width:480px}}</style>
+<h1>Evaluation of {html.escape(report['model']['model_id'])}:{html.escape(report['model']['model_version'])}</h1>
+<p>Data: {html.escape(report['data']['root'])} {html.escape(json.dumps(report['data']['counts']))}</p>
+<ul><li>image AUROC {img['auroc']:.4f}, AUPR {img['aupr']:.4f}</li>
+<li>at the stored threshold {report['model']['threshold']:.5g}: false-alarm rate {img['false_alarm_rate']:.2%},
+detection rate {img['detection_rate']:.2%}, F1 {img['f1']:.3f}</li>{pixel}{base}</ul>
+<h2>Per defect kind</h2><table><tr><th>kind</th><th>n</th><th>AUROC</th><th>detected</th></tr>{rows}</table>
+<h2>Plots</h2>{''.join(f"<img src='{f}'>" for f in figures)}
+<h2>Worst false alarms and missed defects</h2>{ex}
+<p><a href="report.json">report.json</a></p>"""
+    (out / "report.html").write_text(body)
+
+
+def denoise_folder(model_path: Path, folder: Path, out: Path, device_name: str = "auto") -> int:
+    """Write the model's reconstruction of every image in `folder` (a denoising model removes camera noise)."""
+    import torch
+
+    from inspector.preprocess import to_tensor
+
+    device = pick_device(device_name)
+    art = artifact_io.load(model_path, device)
+    paths = list_images(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        for i in range(0, len(paths), 32):
+            chunk = paths[i : i + 32]
+            recon = art.model(to_tensor(load_images(chunk, art.config.image_size), device))  # (B, 3, S, S)
+            for p, r in zip(chunk, (recon.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()):
+                cv2.imwrite(str(out / f"{p.stem}.png"), cv2.cvtColor(r, cv2.COLOR_RGB2BGR))
+    return len(paths)

@@ -1,0 +1,229 @@
+"""Thin wrappers over kafka-python: client construction from settings, and error translation.
+
+Everything Kafka raises leaves this module as `TransportError` (or `ConfigError` for bad settings), so the
+hot loop deals with our own two exception types only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
+
+from inspector.errors import ConfigError, TransportError
+from inspector.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+Offsets = dict[TopicPartition, int]  # next offset to read, per partition
+
+
+def _client_config(settings: KafkaSettings) -> dict[str, object]:
+    try:
+        return settings.client_config()
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _unreachable(settings: KafkaSettings, exc: Exception) -> TransportError:
+    return TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}: {exc}")
+
+
+def create_topics(settings: KafkaSettings, partitions: dict[str, int]) -> None:
+    """Create topics that do not exist yet (idempotent)."""
+    try:
+        admin = KafkaAdminClient(**_client_config(settings), client_id=f"{settings.client_id}-admin")
+    except (KafkaError, OSError) as exc:
+        raise _unreachable(settings, exc) from None
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in partitions.items() if name and name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    except KafkaError as exc:
+        raise TransportError(f"could not create topics {sorted(partitions)}: {exc}") from None
+    finally:
+        admin.close()
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, on_revoked: Callable[[list[TopicPartition]], None],
+                 on_assigned: Callable[[list[TopicPartition]], None]) -> None:
+        self._on_revoked, self._on_assigned = on_revoked, on_assigned
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._on_assigned(list(assigned))
+
+
+class FrameConsumer:
+    """The frames topic, consumed in a group with manual commits."""
+
+    def __init__(self, settings: KafkaSettings, *, max_poll_records: int) -> None:
+        self.settings = settings
+        try:
+            self._consumer = KafkaConsumer(
+                **_client_config(settings),
+                client_id=settings.client_id,
+                group_id=settings.group_id,
+                enable_auto_commit=False,  # offsets are committed only after results are acknowledged
+                auto_offset_reset="earliest",
+                max_poll_records=max_poll_records,
+                max_poll_interval_ms=settings.max_poll_interval_ms,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=max(500, settings.session_timeout_ms // 4),
+                fetch_max_bytes=settings.fetch_max_bytes,
+                max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+                fetch_max_wait_ms=5,  # a frame should not sit in the broker waiting for company
+                isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
+            )
+        except (KafkaError, OSError) as exc:
+            raise _unreachable(settings, exc) from None
+
+    def subscribe(self, on_revoked: Callable[[list[TopicPartition]], None],
+                  on_assigned: Callable[[list[TopicPartition]], None]) -> None:
+        self._consumer.subscribe([self.settings.frames_topic], listener=_Rebalance(on_revoked, on_assigned))
+
+    def poll(self, timeout_s: float, max_records: int) -> list:
+        """Up to `max_records` records, waiting at most `timeout_s` (ConsumerRecord list, partition order kept)."""
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            raise TransportError(f"poll failed: {exc}") from None
+        return [r for records in batches.values() for r in records]
+
+    def commit(self, offsets: Offsets) -> None:
+        if not offsets:
+            return
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except KafkaError as exc:
+            raise TransportError(f"offset commit failed: {exc}") from None
+
+    def group_metadata(self) -> object:
+        return self._consumer.group_metadata()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment())
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages between this consumer's position and the end of each assigned partition (known ones)."""
+        lags: dict[TopicPartition, int] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                lags[tp] = max(0, high - self._consumer.position(tp, timeout_ms=100))
+            except (KafkaError, AssertionError, TypeError):
+                continue
+        return lags
+
+    def close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False)
+        except KafkaError as exc:
+            log.warning("consumer close: %s", exc)
+
+
+@dataclass
+class Pending:
+    """A sent record whose acknowledgement we wait for before committing the offsets behind it."""
+
+    future: FutureRecordMetadata
+    what: str
+
+
+class ResultProducer:
+    """Alerts, scores and dead letters: acks=all, idempotent, optionally transactional."""
+
+    def __init__(self, settings: KafkaSettings, *, max_request_bytes: int) -> None:
+        self.settings = settings
+        self.transactional = settings.exactly_once
+        extra: dict[str, object] = {}
+        if self.transactional:
+            extra["transactional_id"] = settings.transactional_id or (
+                f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
+        try:
+            self._producer = KafkaProducer(
+                **_client_config(settings),
+                client_id=f"{settings.client_id}-results",
+                acks="all",
+                enable_idempotence=True,  # broker de-duplicates retries: no doubles from our own resends
+                linger_ms=settings.linger_ms,
+                max_request_size=max_request_bytes,
+                delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
+                **extra,
+            )
+            if self.transactional:
+                self._producer.init_transactions()
+        except (KafkaError, OSError) as exc:
+            raise _unreachable(settings, exc) from None
+        self._healthy = True
+
+    def connected(self) -> bool:
+        """True once bootstrapped and as long as the last flush was acknowledged."""
+        return self._healthy
+
+    def begin(self) -> None:
+        if self.transactional:
+            self._wrap(self._producer.begin_transaction, "begin transaction")
+
+    def send(self, topic: str, key: str, value: bytes, headers: Headers, what: str) -> Pending:
+        try:
+            future = self._producer.send(topic, key=key.encode(), value=value, headers=headers)
+        except KafkaError as exc:
+            raise TransportError(f"send {what} to {topic} failed: {exc}") from None
+        return Pending(future, what)
+
+    def flush_and_check(self, pending: Iterable[Pending]) -> None:
+        """Block until every pending record is acknowledged; TransportError if any was not."""
+        self._healthy = False
+        self._wrap(lambda: self._producer.flush(timeout=self.settings.delivery_timeout_s + 5), "flush")
+        for p in pending:
+            if not p.future.is_done:
+                raise TransportError(f"{p.what} not acknowledged within {self.settings.delivery_timeout_s:.0f}s")
+            if p.future.failed():
+                raise TransportError(f"{p.what} was not delivered: {p.future.exception}")
+        self._healthy = True
+
+    def commit_with_offsets(self, offsets: Offsets, group_metadata: object) -> None:
+        """Exactly-once: the consumed offsets become part of the transaction, then it commits."""
+        meta = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        self._wrap(lambda: self._producer.send_offsets_to_transaction(meta, group_metadata), "send offsets")
+        self._wrap(self._producer.commit_transaction, "commit transaction")
+
+    def abort(self) -> None:
+        if self.transactional:
+            try:
+                self._producer.abort_transaction()
+            except KafkaError as exc:
+                log.warning("abort transaction: %s", exc)
+
+    def _wrap(self, call: Callable[[], object], what: str) -> None:
+        try:
+            call()
+        except KafkaError as exc:
+            raise TransportError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        try:
+            self._producer.close(timeout=timeout_s)
+        except KafkaError as exc:
+            log.warning("producer close: %s", exc)

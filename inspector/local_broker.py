@@ -1,0 +1,244 @@
+"""A real single-node Apache Kafka broker (KRaft) on free loopback ports, for the demo and the tests.
+
+The jars come from Maven Central through `deploy/kafka/pom.xml` (see `make kafka`); this module formats
+a temporary data directory, starts `kafka.Kafka` on Java, waits until it answers, and stops it cleanly.
+
+    python -m inspector.local_broker            # run in the foreground until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from inspector.errors import ConfigError, TransportError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_DIR = REPO_ROOT / "deploy" / "kafka"
+KAFKA_LIB = KAFKA_DIR / "lib"
+
+_LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log_file}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.file.ref = file
+"""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _kafka_cluster_id() -> str:
+    # Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise ConfigError("java is not on PATH: the local Kafka broker needs Java 17 or newer")
+    return java
+
+
+class LocalKafka:
+    """Start/stop one KRaft broker+controller process; use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        extra_config: dict[str, str] | None = None,
+        heap: str = "768m",
+        log_level: str = "WARN",
+    ) -> None:
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self._own_dir = data_dir is None
+        self.work_dir = Path(data_dir or tempfile.mkdtemp(prefix="local-kafka-"))
+        self.extra_config = dict(extra_config or {})
+        self.heap = heap
+        self.log_level = log_level
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._formatted = False
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.work_dir / "server.log"
+
+    def _classpath(self) -> str:
+        if not KAFKA_LIB.is_dir() or not any(KAFKA_LIB.glob("kafka_2.13-*.jar")):
+            raise ConfigError(f"Kafka jars not found in {KAFKA_LIB}: run `make kafka` first")
+        return str(KAFKA_LIB / "*")
+
+    def _write_config(self) -> Path:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.work_dir / "data"),
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "message.max.bytes": str(8 * 1024 * 1024),
+        }
+        props.update(self.extra_config)
+        path = self.work_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        log4j = self.work_dir / "log4j2.properties"
+        log4j.write_text(_LOG4J2.format(log_file=self.log_file, level=self.log_level))
+        return path
+
+    def _java_cmd(self, main_class: str, *args: str) -> list[str]:
+        return [
+            _java(),
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",
+            "-cp",
+            self._classpath(),
+            main_class,
+            *args,
+        ]
+
+    def format(self) -> None:
+        """Format the KRaft metadata log once (a restart reuses it)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        # "--cluster-id=": a random id may start with "-", which argparse would read as an option.
+        cmd = self._java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={_kafka_cluster_id()}",
+                             "--config", str(config))
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise TransportError(f"kafka storage format failed: {done.stderr.strip() or done.stdout.strip()}")
+        self._formatted = True
+
+    def start(self, timeout_s: float = 90.0) -> "LocalKafka":
+        """Start the broker and block until it serves metadata."""
+        if not self._formatted:
+            self.format()
+        else:
+            self._write_config()
+        out = open(self.work_dir / "stdout.log", "ab")
+        self._proc = subprocess.Popen(
+            self._java_cmd("kafka.Kafka", str(self.work_dir / "server.properties")),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
+        )
+        out.close()
+        self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        from kafka import KafkaAdminClient  # imported here: the module is also used before install
+
+        deadline = time.monotonic() + timeout_s
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise TransportError(f"Kafka exited with code {self._proc.returncode}; see {self.log_file}")
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000)
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                last_error = exc
+                time.sleep(0.5)
+        self.stop()
+        raise TransportError(f"Kafka did not answer on {self.bootstrap_servers} in {timeout_s:.0f}s: {last_error}")
+
+    def kill(self) -> None:
+        """SIGKILL the broker (fault injection); `start()` brings it back on the same ports and data."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=30)
+        self._proc = None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the broker and wait for a controlled shutdown; SIGKILL if it hangs."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=10)
+        self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalKafka":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a local single-node Kafka broker until interrupted.")
+    parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
+    args = parser.parse_args(argv)
+    try:
+        broker = LocalKafka(port=args.port).start()
+    except (ConfigError, TransportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Kafka is up: bootstrap servers {broker.bootstrap_servers} (data in {broker.work_dir})", flush=True)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stop:
+        time.sleep(0.3)
+    broker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Every Prometheus metric of the worker, built into a registry that is passed in.
+
+Names follow namespace_subsystem_name_unit; counters end in _total, times are in seconds. Label values come
+from small fixed sets: camera ids are capped (`CameraLabels`), frame ids never become labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NAMESPACE = "inspector"
+STAGES = ("poll", "decode", "score", "publish", "commit")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+                    2.0, 5.0, 10.0)
+_STAGE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Scores are reconstruction errors of [0, 1] images: small numbers, spread over decades.
+_SCORE_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5)
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    frames_consumed: Counter
+    frames_scored: Counter
+    frames_dead_lettered: Counter
+    alerts: Counter
+    deadline_missed: Counter
+    batch_size: Histogram
+    stage_seconds: Histogram
+    end_to_end_seconds: Histogram
+    score: Histogram
+    threshold: Gauge
+    calibration_good_mean: Gauge
+    consumer_lag: Gauge
+    model_info: Gauge
+    model_reloads: Counter
+    ready: Gauge
+    assigned_partitions: Gauge
+
+
+def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
+    """Create the worker's metrics in `registry` (a fresh registry per test)."""
+    def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, namespace=NAMESPACE, registry=registry)
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, namespace=NAMESPACE, registry=registry)
+
+    return WorkerMetrics(
+        frames_consumed=counter("frames_consumed", "Frames read from the frames topic.", ("camera",)),
+        frames_scored=counter("frames_scored", "Frames scored by the model.", ("camera",)),
+        frames_dead_lettered=counter("frames_dead_lettered", "Frames sent to the dead-letter topic.", ("reason",)),
+        alerts=counter("alerts", "Defect alerts published.", ("camera",)),
+        deadline_missed=counter("deadline_missed", "Frames whose verdict was acknowledged after their deadline.",
+                                ("camera",)),
+        batch_size=Histogram("batch_size_frames", "Frames per scored micro-batch.", namespace=NAMESPACE,
+                             registry=registry, buckets=_BATCH_BUCKETS),
+        stage_seconds=Histogram("stage_duration_seconds", "Time per batch spent in each stage of the hot loop.",
+                                ("stage",), namespace=NAMESPACE, registry=registry, buckets=_STAGE_BUCKETS),
+        end_to_end_seconds=Histogram("end_to_end_latency_seconds",
+                                     "Capture time to alert/score acknowledged by the broker.", ("camera",),
+                                     namespace=NAMESPACE, registry=registry, buckets=_LATENCY_BUCKETS),
+        score=Histogram("anomaly_score", "Anomaly score per frame (reconstruction error).", ("camera",),
+                        namespace=NAMESPACE, registry=registry, buckets=_SCORE_BUCKETS),
+        threshold=gauge("threshold", "Alert threshold in force per camera.", ("camera",)),
+        calibration_good_mean=gauge("calibration_good_score_mean",
+                                    "Mean score of good images at calibration (for drift alerts)."),
+        consumer_lag=gauge("consumer_lag_messages", "Messages behind the end of each assigned partition.",
+                           ("topic", "partition")),
+        model_info=gauge("model_info", "The model being served (value 1).", ("model_id", "model_version")),
+        model_reloads=counter("model_reloads", "Hot reloads of the model file, by result.", ("result",)),
+        ready=gauge("ready", "1 when the model is loaded, partitions are assigned and the producer is connected."),
+        assigned_partitions=gauge("assigned_partitions", "Partitions of the frames topic assigned to this worker."),
+    )
+
+
+class CameraLabels:
+    """Caps the distinct camera label values: a flood of made-up camera ids must not explode the series."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, camera_id: str) -> str:
+        if camera_id in self._seen:
+            return camera_id
+        if len(self._seen) < self.limit:
+            self._seen.add(camera_id)
+            return camera_id
+        return "other"

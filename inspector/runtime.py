@@ -1,0 +1,84 @@
+"""Runs a model artifact on a device: device choice, channels_last, bf16 autocast, optional torch.compile,
+warm-up. Shared by the worker, the scoring benchmark and evaluation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from inspector.artifact import ModelArtifact
+from inspector.errors import ConfigError
+from inspector.preprocess import to_tensor
+from inspector.scoring import score_batch
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" -> CUDA when present, else CPU; "cuda" without CUDA is a configuration error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device=cuda but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+class ModelRunner:
+    """Scores uint8 RGB batches with one artifact; swap artifacts with `load()` between batches."""
+
+    def __init__(self, artifact: ModelArtifact, device: torch.device, *, bf16: bool = True,
+                 compile: bool = False) -> None:
+        self.device = device
+        self.bf16 = bf16 and device.type == "cuda"
+        self.compile = compile
+        self.artifact = artifact
+        self._model = self._prepare(artifact)
+
+    @property
+    def size(self) -> int:
+        return self.artifact.config.image_size
+
+    def _prepare(self, artifact: ModelArtifact) -> torch.nn.Module:
+        model = artifact.model.to(self.device).eval()
+        # channels_last: the convolutions' fast layout on CUDA (tensor cores) and on CPU (oneDNN), ~2x here.
+        model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model = torch.compile(model, mode="max-autotune" if self.device.type == "cuda" else "default")
+        return model
+
+    def load(self, artifact: ModelArtifact) -> None:
+        """Switch to another artifact (hot reload) and warm it up before it serves."""
+        model = self._prepare(artifact)
+        self.warm_up(model=model, scoring_artifact=artifact)
+        self.artifact, self._model = artifact, model
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32), *, model: torch.nn.Module | None = None,
+                scoring_artifact: ModelArtifact | None = None) -> float:
+        """Run a few batches so kernels are chosen (and compiled) before the first real frame; seconds taken."""
+        t0 = time.perf_counter()
+        artifact = scoring_artifact or self.artifact
+        size = artifact.config.image_size
+        for b in batch_sizes:
+            x = np.zeros((b, size, size, 3), np.uint8)
+            self._score(x, model or self._model, artifact)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """(B, H, W, 3) uint8 RGB -> (scores (B,) float32 on the host, maps (B, H, W) float32 on the device).
+
+        Maps stay on the device: the worker copies back only the few it draws a defect box from."""
+        return self._score(images, self._model, self.artifact)
+
+    def _score(self, images: np.ndarray, model: torch.nn.Module,
+               artifact: ModelArtifact) -> tuple[np.ndarray, torch.Tensor]:
+        x = to_tensor(images, self.device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        with autocast:
+            scores, maps = score_batch(model, x, artifact.scoring)
+        return scores.cpu().numpy(), maps

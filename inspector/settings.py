@@ -1,0 +1,148 @@
+"""The one settings object. Built once at an entry point (CLI) and passed down; the only reader of the
+environment. Every field can be set as INSPECTOR_<SECTION>__<FIELD>, e.g. INSPECTOR_KAFKA__BOOTSTRAP_SERVERS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inspector.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "banana-ae-v1.safetensors"
+
+
+class KafkaSettings(BaseModel):
+    """Where the broker is, the topic names, and the client's delivery settings."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    frames_topic: str = "frames"
+    alerts_topic: str = "defect-alerts"
+    scores_topic: str = "frame-scores"  # "" turns the per-frame score stream off
+    dlq_topic: str = "frames-dlq"
+    group_id: str = "inspector"
+    client_id: str = "inspector"
+    # Security: PLAINTEXT on loopback; SASL_PLAINTEXT/SASL_SSL with SCRAM or SSL on a real line.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    # How long the worker waits for the broker before it gives up with a clear error.
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+    delivery_timeout_s: float = Field(60.0, gt=0)
+    # A batch is far shorter than this; it bounds a stuck worker before the group takes its partitions.
+    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    # Frames are 20-100 KB: fetch several batches' worth per request.
+    fetch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_partition_fetch_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    # Producer: a short linger packs alerts of one batch into one request without adding latency.
+    linger_ms: int = Field(2, ge=0)
+    exactly_once: bool = False  # transactional alerts+scores with offsets in the transaction
+    transactional_id: str | None = None  # defaults to "<group_id>-<hostname>-<pid>"
+
+    def client_config(self) -> dict[str, object]:
+        """Connection keyword arguments shared by kafka-python producers, consumers and admin clients."""
+        cfg: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ConfigError("SASL needs kafka.sasl_mechanism, kafka.sasl_username and kafka.sasl_password")
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            for key, path in (("ssl_cafile", self.ssl_cafile), ("ssl_certfile", self.ssl_certfile),
+                              ("ssl_keyfile", self.ssl_keyfile)):
+                if path is not None:
+                    if not path.is_file():
+                        raise ConfigError(f"kafka.{key}: {path} does not exist")
+                    cfg[key] = str(path)
+        return cfg
+
+
+class BatchSettings(BaseModel):
+    """Micro-batching: a batch closes when it is full or its oldest frame has waited max_wait_ms."""
+
+    max_size: int = Field(32, ge=1, le=4096)
+    max_wait_ms: float = Field(10.0, ge=0)
+    decode_threads: int = Field(2, ge=1, le=64)
+
+
+class ModelSettings(BaseModel):
+    """Which model file to serve and how to score with it."""
+
+    path: Path = DEFAULT_MODEL
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threshold: float | None = None  # overrides the calibrated threshold for every camera
+    camera_thresholds: dict[str, float] = Field(default_factory=dict)  # per-camera overrides
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile, warmed up before joining the consumer group
+    reload_poll_s: float = Field(5.0, ge=0)  # 0 disables hot reload of a changed model file
+
+
+class LimitSettings(BaseModel):
+    """Bounds that keep a hostile or broken frame from exhausting the worker."""
+
+    max_frame_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(4096 * 4096, ge=64 * 64)
+    max_cameras: int = Field(256, ge=1)  # distinct camera label values in metrics before "other"
+
+
+class HttpSettings(BaseModel):
+    """The metrics and health endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9400, ge=0, le=65535)  # 0 picks a free port (tests)
+
+
+class ProducerSettings(BaseModel):
+    """Frame sources at the edge."""
+
+    camera_id: str = "cam-1"
+    fps: float = Field(30.0, ge=0)  # 0 = as fast as possible
+    count: int = Field(0, ge=0)  # 0 = until the source ends or Ctrl-C
+    width: int = Field(256, ge=0)  # resize at the edge; 0 keeps the source size
+    height: int = Field(256, ge=0)
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    defect_rate: float = Field(0.05, ge=0, le=1)  # synthetic source only
+    deadline_ms: float = Field(300.0, ge=0)  # time to the ejector; 0 = no deadline header
+    seed: int = 0
+
+
+class Settings(BaseSettings):
+    """Everything the programs can be told, from the environment (INSPECTOR_...) and the command line."""
+
+    model_config = SettingsConfigDict(env_prefix="INSPECTOR_", env_nested_delimiter="__", extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    batch: BatchSettings = BatchSettings()
+    model: ModelSettings = ModelSettings()
+    limits: LimitSettings = LimitSettings()
+    http: HttpSettings = HttpSettings()
+    producer: ProducerSettings = ProducerSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment plus explicit overrides; a bad value becomes one ConfigError line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"bad setting {where}: {first['msg']}") from None

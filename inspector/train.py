@@ -1,0 +1,232 @@
+"""Training and calibration of the autoencoder on good images only."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from inspector import artifact as artifact_io
+from inspector.artifact import ModelArtifact
+from inspector.model import Autoencoder, AutoencoderConfig
+from inspector.noise import NOISE_KINDS, corrupt_mixed
+from inspector.preprocess import to_tensor
+from inspector.runtime import ModelRunner
+from inspector.scoring import ScoringConfig
+from inspector.threshold import CalibrationStats, calibrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 2e-3
+    loss: Literal["l2", "l1", "ssim", "l2+ssim", "l1+ssim"] = "l2+ssim"
+    ssim_weight: float = 0.5
+    denoise: bool = False  # noisy input -> clean target
+    noise_kinds: tuple[str, ...] = NOISE_KINDS
+    augment: bool = True  # flips and 90-degree turns only: exact, and never hide a brown spot
+    calibration_fraction: float = 0.2  # held out of training; the threshold is set on these
+    target_false_alarm: float = 0.01
+    seed: int = 0
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Mean structural similarity of two batches (B, C, H, W) in [0, 1] (uniform window)."""
+    c1, c2 = 0.01**2, 0.03**2
+    pad = window // 2
+    mu_x = F.avg_pool2d(x, window, 1, pad, count_include_pad=False)
+    mu_y = F.avg_pool2d(y, window, 1, pad, count_include_pad=False)
+    var_x = F.avg_pool2d(x * x, window, 1, pad, count_include_pad=False) - mu_x**2
+    var_y = F.avg_pool2d(y * y, window, 1, pad, count_include_pad=False) - mu_y**2
+    cov = F.avg_pool2d(x * y, window, 1, pad, count_include_pad=False) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s.mean()
+
+
+def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    parts = config.loss.split("+")
+    loss = recon.new_zeros(())
+    for part in parts:
+        if part == "l2":
+            loss = loss + F.mse_loss(recon, target)
+        elif part == "l1":
+            loss = loss + F.l1_loss(recon, target)
+        elif part == "ssim":
+            w = config.ssim_weight if len(parts) > 1 else 1.0
+            loss = loss + w * (1 - ssim(recon, target))
+    return loss
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    if torch.rand((), generator=g) < 0.5:
+        x = x.flip(3)
+    if torch.rand((), generator=g) < 0.5:
+        x = x.flip(2)
+    k = int(torch.randint(4, (), generator=g))
+    return torch.rot90(x, k, dims=(2, 3)) if k else x
+
+
+def data_fingerprint(paths: list[Path]) -> str:
+    """SHA-256 over file names and contents: which images a model was trained on."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def split_for_calibration(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out calibration indices), a fixed random split."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_cal = int(round(n * fraction)) if n > 1 else 0
+    return np.sort(order[n_cal:]), np.sort(order[:n_cal])
+
+
+def train_model(
+    images: np.ndarray,
+    model_config: AutoencoderConfig,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> tuple[Autoencoder, list[float]]:
+    """Fit an autoencoder to (N, S, S, 3) uint8 RGB good images; returns the model and loss per epoch.
+
+    With `checkpoint`, the state is saved after every epoch (pickle-free: weights_only) and training
+    resumes from it when the file exists.
+    """
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    model = Autoencoder(model_config).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-5)
+    steps_per_epoch = max(1, math.ceil(len(images) / config.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
+    history: list[float] = []
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = [float(v) for v in state["history"]]
+        start_epoch = len(history)
+        g.set_state(state["generator"])
+        log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+
+    data = torch.from_numpy(images)  # (N, S, S, 3) uint8, converted per batch
+    bar = tqdm(range(start_epoch, config.epochs), desc="train", unit="epoch", disable=not progress,
+               initial=start_epoch, total=config.epochs)
+    for _epoch in bar:
+        model.train()
+        order = torch.randperm(len(data), generator=g)
+        total, count = 0.0, 0
+        for i in range(0, len(data), config.batch_size):
+            clean = to_tensor(data[order[i : i + config.batch_size]].numpy(), device)  # (B, 3, S, S)
+            if config.augment:
+                clean = _augment(clean, g)
+            noisy = corrupt_mixed(clean, config.noise_kinds, g) if config.denoise else clean
+            loss = reconstruction_loss(model(noisy), clean, config)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(clean)
+            count += len(clean)
+        history.append(total / max(count, 1))
+        bar.set_postfix(loss=f"{history[-1]:.5f}")
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "history": history, "generator": g.get_state()}, checkpoint)
+    model.eval()
+    return model, history
+
+
+def score_images(runner: ModelRunner, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N,), maps (N, S, S)) for uint8 RGB images, with the serving code path."""
+    scores, maps = [], []
+    for i in range(0, len(images), batch_size):
+        s, m = runner.score(images[i : i + batch_size])
+        scores.append(s)
+        maps.append(m.cpu().numpy())
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def calibrate_artifact(
+    artifact: ModelArtifact,
+    good_images: np.ndarray,
+    target_false_alarm: float,
+    device: torch.device,
+    *,
+    defect_images: np.ndarray | None = None,
+) -> ModelArtifact:
+    """Set the threshold from held-out good images (conformal), or F1-optimal when defects are given."""
+    runner = ModelRunner(artifact, device)
+    good_scores, good_maps = score_images(runner, good_images)
+    defect_scores = score_images(runner, defect_images)[0] if defect_images is not None else None
+    # Pixel level: a fixed-size random sample of good pixels is enough for a 0.9999 quantile.
+    flat = good_maps.reshape(-1)
+    rng = np.random.default_rng(0)
+    sample = flat if flat.size <= 2_000_000 else rng.choice(flat, 2_000_000, replace=False)
+    stats: CalibrationStats = calibrate(good_scores, sample, target_false_alarm, defect_scores=defect_scores)
+    return artifact.with_calibration(stats)
+
+
+def train_and_calibrate(
+    images: np.ndarray,
+    paths: list[Path],
+    out: Path,
+    model_config: AutoencoderConfig,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    scoring: ScoringConfig = ScoringConfig(),
+    model_id: str = "banana-ae",
+    model_version: str | None = None,
+    progress: bool = True,
+) -> ModelArtifact:
+    """The `inspector train` pipeline: hold out a calibration split, train, calibrate, save."""
+    t0 = time.time()
+    train_idx, cal_idx = split_for_calibration(len(images), config.calibration_fraction, config.seed)
+    if len(cal_idx) == 0:
+        cal_idx = train_idx  # a handful of images: calibrate on what we have, and say so below
+    model, history = train_model(images[train_idx], model_config, config, device,
+                                 checkpoint=out.with_suffix(".ckpt"), progress=progress)
+    artifact = ModelArtifact(
+        model=model.cpu(),
+        scoring=scoring,
+        model_id=model_id,
+        model_version=model_version or time.strftime("%Y%m%d-%H%M%S"),
+        training={
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+            "n_images": int(len(images)),
+            "n_train": int(len(train_idx)),
+            "n_calibration": int(len(cal_idx)),
+            "calibration_held_out": bool(len(cal_idx) and not np.array_equal(cal_idx, train_idx)),
+            "data_fingerprint": data_fingerprint(paths) if paths else "",
+            "final_loss": history[-1] if history else None,
+            "seconds": round(time.time() - t0, 1),
+            "device": device.type,
+        },
+    )
+    artifact = calibrate_artifact(artifact, images[cal_idx], config.target_false_alarm, device)
+    saved = artifact_io.save(artifact, out)
+    checkpoint = out.with_suffix(".ckpt")
+    if checkpoint.exists():
+        checkpoint.unlink()  # the model file is complete: a rerun starts afresh
+    return saved
+
+

@@ -1,0 +1,393 @@
+"""The inspector's hot loop: poll -> decode -> batch -> score -> publish -> flush -> commit.
+
+Delivery guarantee (at-least-once): a frame's offset is committed only after its alert, its score and any
+dead letter are acknowledged by the broker. A crash between publish and commit re-scores the batch in hand
+(duplicates bounded by one batch per partition); nothing is ever skipped. With `kafka.exactly_once` the
+results and the offsets go into one transaction instead.
+
+Decoding of the next batch runs in threads while the current batch is scored (pipelining).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from kafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from inspector import artifact as artifact_io
+from inspector.contracts import (
+    H_DLQ_DETAIL, H_DLQ_ORIGIN, H_DLQ_REASON, Alert, FrameMeta, FrameScore, header_value, H_CAMERA_ID,
+)
+from inspector.errors import BadFrame, ModelFileError
+from inspector.http_endpoint import HttpEndpoint
+from inspector.kafka_io import FrameConsumer, Offsets, Pending, ResultProducer
+from inspector.metrics import STAGES, CameraLabels, WorkerMetrics, build_metrics
+from inspector.preprocess import decode_jpeg
+from inspector.runtime import ModelRunner
+from inspector.scoring import defect_box
+from inspector.settings import Settings
+from inspector.threshold import is_defect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decoded:
+    """One consumed record after validation and decode: either an image or the reason it is bad."""
+
+    record: object  # kafka ConsumerRecord
+    meta: FrameMeta | None = None
+    image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size
+    frame_hw: tuple[int, int] = (0, 0)
+    error: BadFrame | None = None
+
+
+@dataclass
+class Batch:
+    records: list
+    decoding: list[Future] = field(default_factory=list)
+
+
+def decode_record(record: object, size: int, max_bytes: int, max_pixels: int) -> Decoded:
+    """Headers, then bytes: any problem becomes a BadFrame with a DLQ reason, never an exception."""
+    try:
+        meta = FrameMeta.from_headers(record.headers)  # type: ignore[attr-defined]
+        image, hw = decode_jpeg(record.value or b"", size=size, max_bytes=max_bytes,  # type: ignore[attr-defined]
+                                max_pixels=max_pixels)
+        return Decoded(record, meta, image, hw)
+    except BadFrame as bad:
+        return Decoded(record, error=bad)
+    except Exception as exc:  # noqa: BLE001 - a frame must never take the worker down
+        return Decoded(record, error=BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
+
+
+def next_offsets(records: list) -> Offsets:
+    """Per partition, the offset after the last record: what the group should read next."""
+    offsets: Offsets = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+    return offsets
+
+
+class Worker:
+    """One inspector process: a group member on the frames topic with one model on one device."""
+
+    def __init__(self, settings: Settings, runner: ModelRunner, consumer: FrameConsumer,
+                 producer: ResultProducer, metrics: WorkerMetrics) -> None:
+        self.s = settings
+        self.runner = runner
+        self.consumer = consumer
+        self.producer = producer
+        self.m = metrics
+        self.cameras = CameraLabels(settings.limits.max_cameras)
+        self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
+        self._stop = threading.Event()
+        self._in_hand: Batch | None = None
+        self._collecting: list = []
+        self._assigned = False
+        self._model_mtime = self._mtime()
+        self._next_reload_check = 0.0
+        self._next_lag_update = 0.0
+        self._publish_model_info()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit, and return (signal-safe)."""
+        self._stop.set()
+
+    def ready(self) -> bool:
+        return self._assigned and not self._stop.is_set() and self.producer.connected()
+
+    def run(self) -> None:
+        """Serve until stop(); returns after the last batch is acknowledged and committed."""
+        self.consumer.subscribe(on_revoked=self._on_revoked, on_assigned=self._on_assigned)
+        try:
+            while not self._stop.is_set():
+                records = self._collect()
+                # Start decoding the new batch in threads, then finish the previous one meanwhile.
+                batch = Batch(records, [self._submit_decode(r) for r in records]) if records else None
+                if self._in_hand is not None:
+                    self._finish(self._in_hand)
+                self._in_hand = batch
+                self._maybe_reload_model()
+                self._update_lag()
+            if self._in_hand is not None:
+                self._finish(self._in_hand)
+                self._in_hand = None
+        finally:
+            self.m.ready.set(0)
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+
+    # ---- 1. poll and batch ------------------------------------------------------------------------
+
+    def _collect(self) -> list:
+        """Records for the next batch: up to max_size, waiting at most max_wait after the first arrives.
+
+        While a batch is in hand we only take what is already fetched, so the in-hand batch is not delayed.
+        """
+        t0 = time.perf_counter()
+        max_size = self.s.batch.max_size
+        max_wait = self.s.batch.max_wait_ms / 1000
+        self._collecting = []
+        if self._in_hand is not None:
+            self._collecting = self.consumer.poll(0, max_size)
+        else:
+            first_deadline: float | None = None
+            idle_deadline = time.monotonic() + 0.2  # come back to check stop/reload even when idle
+            while len(self._collecting) < max_size and not self._stop.is_set():
+                now = time.monotonic()
+                deadline = first_deadline if first_deadline is not None else idle_deadline
+                if now >= deadline:
+                    break
+                got = self.consumer.poll(deadline - now, max_size - len(self._collecting))
+                if got and first_deadline is None:
+                    first_deadline = time.monotonic() + max_wait
+                self._collecting.extend(got)
+        records, self._collecting = self._collecting, []
+        if records:
+            self.m.stage_seconds.labels("poll").observe(time.perf_counter() - t0)
+        return records
+
+    # ---- 2. decode (threads) ----------------------------------------------------------------------
+
+    def _submit_decode(self, record: object) -> Future:
+        size = self.runner.size
+        return self._decoder.submit(decode_record, record, size, self.s.limits.max_frame_bytes,
+                                    self.s.limits.max_pixels)
+
+    # ---- 3..7. score, publish, flush, commit ------------------------------------------------------
+
+    def _finish(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        decoded = [f.result() for f in batch.decoding]
+        t_decoded = time.perf_counter()
+        good = [d for d in decoded if d.error is None]
+        bad = [d for d in decoded if d.error is not None]
+        for d in good:
+            self.m.frames_consumed.labels(self.cameras(d.meta.camera_id)).inc()  # type: ignore[union-attr]
+
+        # 3. Score the good frames in one batch.
+        scores: np.ndarray = np.zeros(0, np.float32)
+        maps = None
+        if good:
+            scores, maps = self.runner.score(np.stack([d.image for d in good]))  # (B,), (B, S, S)
+            self.m.batch_size.observe(len(good))
+        scored_ns = time.time_ns()
+        t_scored = time.perf_counter()
+
+        # 4. Publish alerts, scores and dead letters (sends are asynchronous; nothing is committed yet).
+        self.producer.begin()
+        pending: list[Pending] = []
+        alerted: list[tuple[FrameMeta, str]] = []
+        artifact = self.runner.artifact
+        for i, d in enumerate(good):
+            meta = d.meta
+            assert meta is not None
+            score = float(scores[i])
+            threshold = self._threshold(meta.camera_id)
+            alert = is_defect(score, threshold)
+            if alert:
+                box = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)  # type: ignore[index]
+                message = Alert(
+                    frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence,
+                    captured_ns=meta.captured_ns, scored_ns=scored_ns, published_ns=time.time_ns(),
+                    deadline_ns=meta.deadline_ns, score=score, threshold=threshold,
+                    model_id=artifact.model_id, model_version=artifact.model_version, box=box, label=meta.label,
+                )
+                pending.append(self.producer.send(self.s.kafka.alerts_topic, meta.camera_id, message.to_json(),
+                                                  [], f"alert for frame {meta.frame_id}"))
+                alerted.append((meta, meta.camera_id))
+            if self.s.kafka.scores_topic:
+                record = FrameScore(
+                    frame_id=meta.frame_id, camera_id=meta.camera_id, seq=meta.sequence, score=score,
+                    thr=threshold, alert=alert, captured_ns=meta.captured_ns, scored_ns=scored_ns,
+                    model_version=artifact.model_version, label=meta.label,
+                )
+                pending.append(self.producer.send(self.s.kafka.scores_topic, meta.camera_id, record.to_json(),
+                                                  [], f"score for frame {meta.frame_id}"))
+        for d in bad:
+            pending.append(self._dead_letter(d))
+
+        # 5. Wait until the broker has acknowledged every one of them (raises TransportError otherwise).
+        offsets = next_offsets(batch.records)
+        if self.producer.transactional:
+            # 5'. Exactly-once: the offsets join the transaction; the commit below makes both visible.
+            self.producer.flush_and_check(pending)
+            self.producer.commit_with_offsets(offsets, self.consumer.group_metadata())
+        else:
+            self.producer.flush_and_check(pending)
+        acked_ns = time.time_ns()
+        t_published = time.perf_counter()
+
+        # 6. Only now commit the offsets of every record of the batch, good and bad.
+        if not self.producer.transactional:
+            self.consumer.commit(offsets)
+        t_committed = time.perf_counter()
+
+        # 7. Metrics (after the fact: they must never delay an alert).
+        for i, d in enumerate(good):
+            meta = d.meta
+            assert meta is not None
+            camera = self.cameras(meta.camera_id)
+            self.m.frames_scored.labels(camera).inc()
+            self.m.score.labels(camera).observe(float(scores[i]))
+            self.m.end_to_end_seconds.labels(camera).observe(max(0.0, (acked_ns - meta.captured_ns) / 1e9))
+            if meta.deadline_ns is not None and acked_ns > meta.deadline_ns:
+                self.m.deadline_missed.labels(camera).inc()
+        for _, camera_id in alerted:
+            self.m.alerts.labels(self.cameras(camera_id)).inc()
+        for stage, seconds in zip(STAGES[1:], (t_decoded - t0, t_scored - t_decoded, t_published - t_scored,
+                                               t_committed - t_published)):
+            self.m.stage_seconds.labels(stage).observe(seconds)
+
+    def _threshold(self, camera_id: str) -> float:
+        model = self.s.model
+        if camera_id in model.camera_thresholds:
+            return model.camera_thresholds[camera_id]
+        return model.threshold if model.threshold is not None else self.runner.artifact.threshold
+
+    def _dead_letter(self, d: Decoded) -> Pending:
+        record, error = d.record, d.error
+        assert error is not None
+        origin = f"{record.topic}/{record.partition}/{record.offset}"  # type: ignore[attr-defined]
+        headers = list(record.headers or []) + [  # type: ignore[attr-defined]
+            (H_DLQ_REASON, error.reason.encode()),
+            (H_DLQ_DETAIL, error.detail.encode("utf-8", errors="replace")[:512]),
+            (H_DLQ_ORIGIN, origin.encode()),
+        ]
+        key = record.key.decode("utf-8", errors="replace") if record.key else (  # type: ignore[attr-defined]
+            header_value(record.headers, H_CAMERA_ID) or "")  # type: ignore[attr-defined]
+        log.warning("dead-lettered %s: %s", origin, error)
+        self.m.frames_dead_lettered.labels(error.reason).inc()
+        return self.producer.send(self.s.kafka.dlq_topic, key, record.value or b"",  # type: ignore[attr-defined]
+                                  headers, f"dead letter {origin}")
+
+    # ---- group membership -------------------------------------------------------------------------
+
+    def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Finish what we hold before the partitions move, so the next owner starts after our commit.
+        if self._in_hand is not None:
+            in_hand, self._in_hand = self._in_hand, None
+            self._finish(in_hand)
+        if self._collecting:
+            collecting, self._collecting = self._collecting, []
+            self._finish(Batch(collecting, [self._submit_decode(r) for r in collecting]))
+        self._assigned = False
+        self.m.ready.set(0)
+
+    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._assigned = bool(assigned) or self._assigned
+        self._assigned = True
+        self.m.assigned_partitions.set(len(self.consumer.assignment()))
+        self.m.ready.set(1 if self.ready() else 0)
+        log.info("assigned %d partition(s): %s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+    # ---- housekeeping -----------------------------------------------------------------------------
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now < self._next_lag_update:
+            return
+        self._next_lag_update = now + 1.0
+        self.m.consumer_lag.clear()
+        for tp, lag in self.consumer.lag().items():
+            self.m.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.m.assigned_partitions.set(len(self.consumer.assignment()))
+        self.m.ready.set(1 if self.ready() else 0)
+
+    def _mtime(self) -> float:
+        try:
+            return Path(self.s.model.path).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _maybe_reload_model(self) -> None:
+        """Hot reload when the model file changes; a bad new file is refused and the old model keeps serving."""
+        if self.s.model.reload_poll_s <= 0:
+            return
+        now = time.monotonic()
+        if now < self._next_reload_check:
+            return
+        self._next_reload_check = now + self.s.model.reload_poll_s
+        mtime = self._mtime()
+        if mtime == self._model_mtime or mtime == 0.0:
+            return
+        self._model_mtime = mtime
+        try:
+            new = artifact_io.load(Path(self.s.model.path))
+            new.threshold  # noqa: B018 - an uncalibrated model must not serve
+            self.runner.load(new)
+        except ModelFileError as exc:
+            self.m.model_reloads.labels("rejected").inc()
+            log.error("model reload refused, still serving %s:%s: %s", self.runner.artifact.model_id,
+                      self.runner.artifact.model_version, exc)
+            return
+        self.m.model_reloads.labels("ok").inc()
+        self._publish_model_info()
+        log.info("model reloaded: now serving %s:%s", new.model_id, new.model_version)
+
+    def _publish_model_info(self) -> None:
+        a = self.runner.artifact
+        self.m.model_info.clear()
+        self.m.model_info.labels(a.model_id, a.model_version).set(1)
+        self.m.threshold.clear()
+        self.m.threshold.labels("default").set(self.s.model.threshold if self.s.model.threshold is not None
+                                               else a.threshold)
+        for camera, thr in self.s.model.camera_thresholds.items():
+            self.m.threshold.labels(camera).set(thr)
+        if a.calibration is not None:
+            self.m.calibration_good_mean.set(a.calibration.good_mean)
+
+
+def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
+    """`inspector serve`: load and warm the model, then join the group and run until SIGTERM/SIGINT."""
+    from inspector.runtime import pick_device
+
+    registry = registry or CollectorRegistry()
+    metrics = build_metrics(registry)
+    device = pick_device(settings.model.device)
+    artifact = artifact_io.load(Path(settings.model.path), device)
+    artifact.threshold  # noqa: B018 - refuse an uncalibrated model at start-up
+    runner = ModelRunner(artifact, device, bf16=settings.model.bf16, compile=settings.model.compile)
+    # Warm up (and compile) before joining the group: a slow first batch would trigger a rebalance.
+    warm_s = runner.warm_up((1, settings.batch.max_size))
+    log.info("model %s:%s on %s, warmed up in %.1fs", artifact.model_id, artifact.model_version, device, warm_s)
+
+    worker_box: list[Worker] = []
+    endpoint = HttpEndpoint(settings.http.host, settings.http.port, registry,
+                            ready=lambda: bool(worker_box) and worker_box[0].ready()).start()
+    log.info("metrics and health on http://%s/metrics", endpoint.address)
+    max_request = settings.limits.max_frame_bytes + 64 * 1024  # a dead letter carries the original frame
+    consumer = FrameConsumer(settings.kafka, max_poll_records=settings.batch.max_size)
+    try:
+        producer = ResultProducer(settings.kafka, max_request_bytes=max_request)
+    except Exception:
+        consumer.close()
+        raise
+    worker = Worker(settings, runner, consumer, producer, metrics)
+    worker_box.append(worker)
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the batch in hand, then stopping", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        worker.run()
+    finally:
+        producer.close()
+        consumer.close()
+        endpoint.close()
+    log.info("stopped cleanly")
+    return 0
