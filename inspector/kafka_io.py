@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    CommitFailedError, KafkaConfigurationError, KafkaError, RebalanceInProgressError, TopicAlreadyExistsError,
+)
 from kafka.producer.future import FutureRecordMetadata
 
 from inspector.errors import ConfigError, TransportError
@@ -108,13 +110,19 @@ class FrameConsumer:
             raise TransportError(f"poll failed: {exc}") from None
         return [r for records in batches.values() for r in records]
 
-    def commit(self, offsets: Offsets) -> None:
+    def commit(self, offsets: Offsets) -> bool:
+        """Commit; False when the group has moved on (we were evicted or it is rebalancing): the partitions'
+        next owner reads these records again, which at-least-once allows. TransportError for anything else."""
         if not offsets:
-            return
+            return True
         try:
             self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            log.warning("offset commit refused, the group has moved on: %s", exc)
+            return False
         except KafkaError as exc:
             raise TransportError(f"offset commit failed: {exc}") from None
+        return True
 
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()

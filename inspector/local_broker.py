@@ -22,10 +22,7 @@ import uuid
 from pathlib import Path
 
 from inspector.errors import ConfigError, TransportError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-KAFKA_DIR = REPO_ROOT / "deploy" / "kafka"
-KAFKA_LIB = KAFKA_DIR / "lib"
+from inspector.paths import KAFKA_LIB
 
 _LOG4J2 = """\
 status = warn
@@ -69,9 +66,14 @@ class LocalKafka:
         extra_config: dict[str, str] | None = None,
         heap: str = "768m",
         log_level: str = "WARN",
+        scram_users: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.controller_port = free_port()
+        # With SCRAM users: a second client listener, SASL_PLAINTEXT + SCRAM-SHA-256, on its own port (the
+        # PLAINTEXT listener stays for the controller, the broker itself and readiness checks).
+        self.scram_users = dict(scram_users or {})
+        self.sasl_port = free_port() if self.scram_users else None
         self._own_dir = data_dir is None
         self.work_dir = Path(data_dir or tempfile.mkdtemp(prefix="local-kafka-"))
         self.extra_config = dict(extra_config or {})
@@ -83,6 +85,13 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        """The SASL_PLAINTEXT (SCRAM-SHA-256) listener; only with `scram_users`."""
+        if self.sasl_port is None:
+            raise ConfigError("this LocalKafka has no SASL listener: pass scram_users")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def log_file(self) -> Path:
@@ -116,6 +125,14 @@ class LocalKafka:
             "auto.create.topics.enable": "true",
             "message.max.bytes": str(8 * 1024 * 1024),
         }
+        if self.sasl_port is not None:
+            sasl = f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["listeners"] += f",{sasl}"
+            props["advertised.listeners"] += f",{sasl}"
+            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            props["sasl.enabled.mechanisms"] = "SCRAM-SHA-256"
+            props["listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;")
         props.update(self.extra_config)
         path = self.work_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -143,6 +160,8 @@ class LocalKafka:
         # "--cluster-id=": a random id may start with "-", which argparse would read as an option.
         cmd = self._java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={_kafka_cluster_id()}",
                              "--config", str(config))
+        for name, password in self.scram_users.items():  # SCRAM credentials live in the metadata log
+            cmd += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise TransportError(f"kafka storage format failed: {done.stderr.strip() or done.stdout.strip()}")

@@ -127,3 +127,23 @@ def load_image(path: Path, size: int) -> np.ndarray:
 def load_images(paths: list[Path], size: int) -> np.ndarray:
     """(N, size, size, 3) uint8 RGB for a list of image files."""
     return np.stack([load_image(p, size) for p in paths])
+
+
+def decode_jpegs_on_device(datas: list[bytes], size: int, device: torch.device) -> torch.Tensor:
+    """Batch-decode already validated JPEGs on the GPU (nvJPEG via torchvision) -> (B, 3, S, S) float [0, 1].
+
+    Frames must have passed `jpeg_dimensions` and the size checks first; a decode failure raises
+    RuntimeError and the caller falls back to `decode_jpeg` frame by frame, which names the bad one.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+    import torch.nn.functional as F
+
+    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8 on device
+    out = torch.empty((len(datas), 3, size, size), device=device).to(memory_format=torch.channels_last)
+    for i, img in enumerate(decoded):
+        x = img.unsqueeze(0).float().div_(255.0)  # (1, 3, H, W)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[i] = x[0]
+    return out

@@ -75,9 +75,13 @@ class ModelRunner:
         Maps stay on the device: the worker copies back only the few it draws a defect box from."""
         return self._score(images, self._model, self.artifact)
 
-    def _score(self, images: np.ndarray, model: torch.nn.Module,
+    def score_tensor(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Like `score`, for a batch already on the device: (B, 3, S, S) float in [0, 1]."""
+        return self._score(x, self._model, self.artifact)
+
+    def _score(self, images: np.ndarray | torch.Tensor, model: torch.nn.Module,
                artifact: ModelArtifact) -> tuple[np.ndarray, torch.Tensor]:
-        x = to_tensor(images, self.device)
+        x = images if isinstance(images, torch.Tensor) else to_tensor(images, self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
         with autocast:
             scores, maps = score_batch(model, x, artifact.scoring)

@@ -10,9 +10,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inspector.errors import ConfigError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "models" / "banana-ae-v1.safetensors"
+from inspector.paths import DEFAULT_MODEL
 
 
 class KafkaSettings(BaseModel):
@@ -88,6 +86,7 @@ class ModelSettings(BaseModel):
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile, warmed up before joining the consumer group
     reload_poll_s: float = Field(5.0, ge=0)  # 0 disables hot reload of a changed model file
+    null: bool = False  # benchmarks: serve a model that returns its input (exposes transport + decode cost)
 
 
 class LimitSettings(BaseModel):
@@ -103,6 +102,12 @@ class HttpSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(9400, ge=0, le=65535)  # 0 picks a free port (tests)
+
+
+class FaultSettings(BaseModel):
+    """Fault injection, for tests only (tests/integration/test_faults.py); every default is "no fault"."""
+
+    score_delay_ms: float = Field(0.0, ge=0)  # extra sleep per frame in the score stage (a slow device)
 
 
 class ProducerSettings(BaseModel):
@@ -130,6 +135,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     http: HttpSettings = HttpSettings()
     producer: ProducerSettings = ProducerSettings()
+    faults: FaultSettings = FaultSettings()  # testing only
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("log_level", mode="before")

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -120,9 +121,15 @@ def train_model(
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         history = [float(v) for v in state["history"]]
         start_epoch = len(history)
+        if state["scheduler"]["total_steps"] == config.epochs * steps_per_epoch:
+            sched.load_state_dict(state["scheduler"])
+        else:  # resumed with another epoch count: continue the new schedule from where we are
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "scheduler stepped before optimizer": intended
+                for _ in range(min(start_epoch * steps_per_epoch, config.epochs * steps_per_epoch - 1)):
+                    sched.step()
         g.set_state(state["generator"])
         log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
 

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,13 @@ from prometheus_client import CollectorRegistry
 
 from inspector import artifact as artifact_io
 from inspector.contracts import (
-    H_DLQ_DETAIL, H_DLQ_ORIGIN, H_DLQ_REASON, Alert, FrameMeta, FrameScore, header_value, H_CAMERA_ID,
+    H_CAMERA_ID, H_DLQ_DETAIL, H_DLQ_ORIGIN, H_DLQ_REASON, Alert, Box, FrameMeta, FrameScore, header_value,
 )
 from inspector.errors import BadFrame, ModelFileError
 from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka_io import FrameConsumer, Offsets, Pending, ResultProducer
 from inspector.metrics import STAGES, CameraLabels, WorkerMetrics, build_metrics
+from inspector.model import NullModel
 from inspector.preprocess import decode_jpeg
 from inspector.runtime import ModelRunner
 from inspector.scoring import defect_box
@@ -93,6 +94,7 @@ class Worker:
         self._stop = threading.Event()
         self._in_hand: Batch | None = None
         self._collecting: list = []
+        self._max_size = settings.batch.max_size  # shrinks while batches run close to max_poll_interval
         self._assigned = False
         self._model_mtime = self._mtime()
         self._next_reload_check = 0.0
@@ -125,6 +127,8 @@ class Worker:
                 self._finish(self._in_hand)
                 self._in_hand = None
         finally:
+            # After a failure nothing more may be published: consumer.close() calls _on_revoked.
+            self._in_hand, self._collecting = None, []
             self.m.ready.set(0)
             self._decoder.shutdown(wait=False, cancel_futures=True)
 
@@ -136,7 +140,7 @@ class Worker:
         While a batch is in hand we only take what is already fetched, so the in-hand batch is not delayed.
         """
         t0 = time.perf_counter()
-        max_size = self.s.batch.max_size
+        max_size = self._max_size
         max_wait = self.s.batch.max_wait_ms / 1000
         self._collecting = []
         if self._in_hand is not None:
@@ -182,6 +186,8 @@ class Worker:
         if good:
             scores, maps = self.runner.score(np.stack([d.image for d in good]))  # (B,), (B, S, S)
             self.m.batch_size.observe(len(good))
+            if self.s.faults.score_delay_ms:  # fault injection (tests only): a slow device, per frame
+                time.sleep(self.s.faults.score_delay_ms * len(good) / 1000)
         scored_ns = time.time_ns()
         t_scored = time.perf_counter()
 
@@ -197,7 +203,8 @@ class Worker:
             threshold = self._threshold(meta.camera_id)
             alert = is_defect(score, threshold)
             if alert:
-                box = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)  # type: ignore[index]
+                region = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)  # type: ignore[index]
+                box = Box(**region._asdict()) if region is not None else None
                 message = Alert(
                     frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence,
                     captured_ns=meta.captured_ns, scored_ns=scored_ns, published_ns=time.time_ns(),
@@ -229,10 +236,12 @@ class Worker:
         acked_ns = time.time_ns()
         t_published = time.perf_counter()
 
-        # 6. Only now commit the offsets of every record of the batch, good and bad.
+        # 6. Only now commit the offsets of every record of the batch, good and bad. A refused commit (the
+        #    group evicted us) is not fatal: the partitions' next owner scores these records again.
         if not self.producer.transactional:
             self.consumer.commit(offsets)
         t_committed = time.perf_counter()
+        self._fit_batch_to_poll_interval(t_committed - t0)
 
         # 7. Metrics (after the fact: they must never delay an alert).
         for i, d in enumerate(good):
@@ -249,6 +258,17 @@ class Worker:
         for stage, seconds in zip(STAGES[1:], (t_decoded - t0, t_scored - t_decoded, t_published - t_scored,
                                                t_committed - t_published)):
             self.m.stage_seconds.labels(stage).observe(seconds)
+
+    def _fit_batch_to_poll_interval(self, seconds: float) -> None:
+        """Keep a batch well inside kafka.max_poll_interval_ms, past which the group evicts this worker and
+        the batch is scored again: a batch over half of it halves the batch size, one under 1/8 doubles it."""
+        limit_s = self.s.kafka.max_poll_interval_ms / 1000
+        if seconds > limit_s / 2 and self._max_size > 1:
+            self._max_size //= 2
+            log.warning("a batch took %.1fs of the %.1fs max poll interval: batch size lowered to %d", seconds,
+                        limit_s, self._max_size)
+        elif seconds < limit_s / 8 and self._max_size < self.s.batch.max_size:
+            self._max_size = min(self.s.batch.max_size, self._max_size * 2)
 
     def _threshold(self, camera_id: str) -> float:
         model = self.s.model
@@ -275,13 +295,10 @@ class Worker:
     # ---- group membership -------------------------------------------------------------------------
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Finish what we hold before the partitions move, so the next owner starts after our commit.
-        if self._in_hand is not None:
-            in_hand, self._in_hand = self._in_hand, None
-            self._finish(in_hand)
-        if self._collecting:
-            collecting, self._collecting = self._collecting, []
-            self._finish(Batch(collecting, [self._submit_decode(r) for r in collecting]))
+        # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
+        # What we hold here was polled but not yet published: every published batch was committed before this
+        # poll. Dropping it loses nothing and duplicates nothing: the next owner reads it from the committed offset.
+        self._in_hand, self._collecting = None, []
         self._assigned = False
         self.m.ready.set(0)
 
@@ -358,6 +375,8 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
     device = pick_device(settings.model.device)
     artifact = artifact_io.load(Path(settings.model.path), device)
     artifact.threshold  # noqa: B018 - refuse an uncalibrated model at start-up
+    if settings.model.null:
+        artifact = replace(artifact, model=NullModel(artifact.config), model_id="null")
     runner = ModelRunner(artifact, device, bf16=settings.model.bf16, compile=settings.model.compile)
     # Warm up (and compile) before joining the group: a slow first batch would trigger a rebalance.
     warm_s = runner.warm_up((1, settings.batch.max_size))

@@ -74,7 +74,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model_path() -> Path:
-    from inspector.settings import DEFAULT_MODEL
+    from inspector.paths import DEFAULT_MODEL
 
     if not DEFAULT_MODEL.is_file():
         pytest.fail(f"the default model {DEFAULT_MODEL} is missing: run `make model`")

@@ -1,0 +1,300 @@
+"""End-to-end benchmark through a real local Kafka broker (Apache Kafka, KRaft, on this machine).
+
+In one run, on the same frames (~20 KB synthetic 256x256 JPEGs):
+  1. bare model     the default model scoring pre-decoded batches in this process (the ceiling)
+  2. worker         `inspector serve` draining a backlog, default model           -> frames/s, CPU use
+  3. null worker    the same with a model that returns its input (transport + decode cost)
+  4. naive worker   poll one -> decode -> score -> produce -> flush -> commit, per message
+  5. two workers    null model, one consumer group, 4 partitions, vs one
+  6. latency        the default worker fed at half its capacity: capture -> score received, p50/p95/p99,
+                    and the worker's own per-stage histograms
+Writes JSON and prints a table; see bench/RESULTS.md.
+
+    .venv/bin/python bench/pipeline.py                 # about 4 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition  # noqa: E402
+
+from inspector import artifact as artifact_io  # noqa: E402
+from inspector.contracts import FrameMeta, FrameScore  # noqa: E402
+from inspector.kafka_io import create_topics  # noqa: E402
+from inspector.local_broker import LocalKafka, free_port  # noqa: E402
+from inspector.paths import DEFAULT_MODEL  # noqa: E402
+from inspector.preprocess import decode_jpeg  # noqa: E402
+from inspector.runtime import ModelRunner, pick_device  # noqa: E402
+from inspector.settings import KafkaSettings  # noqa: E402
+from producers.bananas import render_scene  # noqa: E402
+
+LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
+
+
+def make_jpegs(n: int, size: int = 256, quality: int = 90) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    return [cv2.imencode(".jpg", render_scene(rng, size, "brown_spots" if i % 20 == 0 else None).image,
+                         [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes() for i in range(n)]
+
+
+def produce(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float = 0.0, run: str = "b") -> float:
+    """Send n frames (cycling the pool) flat out or at `rate` frames/s; returns frames/s achieved."""
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=16 << 20,
+                      batch_size=1 << 20)
+    t0 = time.monotonic()
+    for i in range(n):
+        if rate:
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        meta = FrameMeta(frame_id=f"{run}-{i}", camera_id=f"cam-{i % 4}", sequence=i, captured_ns=time.time_ns())
+        p.send(topic, key=meta.camera_id.encode(), value=jpegs[i % len(jpegs)], headers=meta.to_headers())
+    p.flush()
+    dt = time.monotonic() - t0
+    p.close()
+    return n / dt
+
+
+def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        return sum(c.committed(TopicPartition(topic, p)) or 0 for p in parts)
+    finally:
+        c.close()
+
+
+def read_scores(bootstrap: str, topic: str, n: int, timeout_s: float = 120) -> list[tuple[FrameScore, int]]:
+    """(score, receive time ns) for the first n distinct frames of a scores topic."""
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                      enable_auto_commit=False)
+    seen: dict[str, tuple[FrameScore, int]] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < n and time.monotonic() < deadline:
+        for records in c.poll(timeout_ms=200).values():
+            now = time.time_ns()
+            for r in records:
+                s = FrameScore.model_validate_json(r.value)
+                seen.setdefault(s.frame_id, (s, now))
+    c.close()
+    return list(seen.values())
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class WorkerProc:
+    def __init__(self, bootstrap: str, topics: dict[str, str], group: str, *, null: bool = False,
+                 batch: int = 32, log: Path) -> None:
+        self.port = free_port()
+        env = {**os.environ, "INSPECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "INSPECTOR_KAFKA__GROUP_ID": group,
+               "INSPECTOR_KAFKA__FRAMES_TOPIC": topics["frames"], "INSPECTOR_KAFKA__SCORES_TOPIC": topics["scores"],
+               "INSPECTOR_KAFKA__ALERTS_TOPIC": topics["alerts"], "INSPECTOR_KAFKA__DLQ_TOPIC": topics["dlq"],
+               "INSPECTOR_HTTP__PORT": str(self.port), "INSPECTOR_MODEL__NULL": "true" if null else "false",
+               "INSPECTOR_BATCH__MAX_SIZE": str(batch), "INSPECTOR_MODEL__RELOAD_POLL_S": "0"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env,
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("worker not ready")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def topic_set(tag: str) -> dict[str, str]:
+    return {k: f"{k}-{tag}" for k in ("frames", "scores", "alerts", "dlq")}
+
+
+def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: bool, workers: int = 1,
+          partitions: int = 2, batch: int = 32, logdir: Path) -> dict:
+    """Preload n frames, then start worker(s) and time the drain by the scored_ns of the score records."""
+    bs = broker.bootstrap_servers
+    t = topic_set(tag)
+    create_topics(KafkaSettings(bootstrap_servers=bs),
+                  {t["frames"]: partitions, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
+    produce(bs, t["frames"], jpegs, n, run=tag)
+    procs = [WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, log=logdir / f"{tag}-{i}.log")
+             for i in range(workers)]
+    for w in procs:
+        w.wait_ready()
+    cpu0 = sum(cpu_seconds(w.proc.pid) for w in procs)
+    wall0 = time.monotonic()
+    while committed_total(bs, f"g-{tag}", t["frames"]) < n and time.monotonic() - wall0 < 600:
+        time.sleep(0.5)
+    cpu1 = sum(cpu_seconds(w.proc.pid) for w in procs)
+    wall = time.monotonic() - wall0
+    scores = read_scores(bs, t["scores"], n)
+    for w in procs:
+        w.stop()
+    scored = sorted(s.scored_ns for s, _ in scores)
+    # The drain rate between the first and the last score: excludes start-up, includes everything else.
+    span = (scored[-1] - scored[0]) / 1e9 if len(scored) > 1 else float("nan")
+    return {"frames": n, "scored": len(scores), "workers": workers, "null_model": null,
+            "frames_per_s": round((len(scored) - 1) / span, 1), "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1)}
+
+
+def naive_worker(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str) -> dict:
+    """Per message: poll one -> decode -> score -> produce -> flush -> commit (in this process)."""
+    bs = broker.bootstrap_servers
+    t = topic_set(tag)
+    create_topics(KafkaSettings(bootstrap_servers=bs), {t["frames"]: 2, t["scores"]: 1})
+    produce(bs, t["frames"], jpegs, n, run=tag)
+    device = pick_device("auto")
+    runner = ModelRunner(artifact_io.load(DEFAULT_MODEL, device), device)
+    runner.warm_up((1,))
+    c = KafkaConsumer(t["frames"], bootstrap_servers=bs, group_id=f"g-{tag}", enable_auto_commit=False,
+                      auto_offset_reset="earliest", max_poll_records=1)
+    p = KafkaProducer(bootstrap_servers=bs, acks="all")
+    done, t0 = 0, None
+    while done < n:
+        for tp, records in c.poll(timeout_ms=500, max_records=1).items():
+            for r in records:
+                t0 = t0 or time.monotonic()
+                img, _ = decode_jpeg(r.value, size=runner.size, **LIMITS)
+                score = float(runner.score(img[None])[0][0])
+                p.send(t["scores"], value=json.dumps({"frame": r.offset, "score": score}).encode())
+                p.flush()
+                c.commit({tp: OffsetAndMetadata(r.offset + 1, "", -1)})
+                done += 1
+    dt = time.monotonic() - (t0 or time.monotonic())
+    c.close()
+    p.close()
+    return {"frames": n, "frames_per_s": round(n / dt, 1)}
+
+
+def bare_model(jpegs: list[bytes], batch: int, seconds: float = 5.0) -> dict:
+    device = pick_device("auto")
+    runner = ModelRunner(artifact_io.load(DEFAULT_MODEL, device), device)
+    images = np.stack([decode_jpeg(j, size=runner.size, **LIMITS)[0] for j in jpegs[:batch]])
+    runner.warm_up((batch,))
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        runner.score(images)
+        calls += 1
+    return {"batch": batch, "frames_per_s": round(calls * batch / (time.perf_counter() - t0), 1)}
+
+
+def histogram_quantiles(metrics: str, name: str, labels: str = "") -> dict[str, float]:
+    """p50/p95/p99 from a Prometheus histogram's buckets (linear within a bucket), summed over label sets."""
+    buckets: dict[float, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith(f"{name}_bucket{{") and labels in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
+    if not buckets:
+        return {}
+    les = sorted(buckets)
+    total = buckets[les[-1]]
+    out = {}
+    for q in (0.5, 0.95, 0.99):
+        rank, prev_le, prev_c = q * total, 0.0, 0.0
+        for le in les:
+            if buckets[le] >= rank:
+                frac = (rank - prev_c) / max(buckets[le] - prev_c, 1e-9)
+                out[f"p{int(q * 100)}"] = round(1000 * (prev_le + frac * ((le if le != float("inf") else prev_le) - prev_le)), 2)
+                break
+            prev_le, prev_c = le, buckets[le]
+    return out
+
+
+def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: float, tag: str, logdir: Path) -> dict:
+    bs = broker.bootstrap_servers
+    t = topic_set(tag)
+    create_topics(KafkaSettings(bootstrap_servers=bs), {t["frames"]: 2, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
+    w = WorkerProc(bs, t, f"g-{tag}", log=logdir / f"{tag}.log")
+    w.wait_ready()
+    n = int(rate * seconds)
+    received: list = []
+    reader = threading.Thread(target=lambda: received.extend(read_scores(bs, t["scores"], n, seconds + 60)))
+    reader.start()
+    achieved = produce(bs, t["frames"], jpegs, n, rate=rate, run=tag)
+    reader.join()
+    metrics = w.metrics()
+    w.stop()
+    lat = np.array([(recv - s.captured_ns) / 1e6 for s, recv in received])
+    stages = {stage: histogram_quantiles(metrics, "inspector_stage_duration_seconds", f'stage="{stage}"')
+              for stage in ("poll", "decode", "score", "publish", "commit")}
+    return {"rate_target": rate, "rate_achieved": round(achieved, 1), "frames": n, "received": len(received),
+            "e2e_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {},
+            "worker_e2e_ms": histogram_quantiles(metrics, "inspector_end_to_end_latency_seconds"),
+            "stage_ms": stages,
+            "batch_size": histogram_quantiles(metrics, "inspector_batch_size_frames")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=3000, help="backlog per drain run")
+    ap.add_argument("--naive-frames", type=int, default=300)
+    ap.add_argument("--latency-seconds", type=float, default=20)
+    ap.add_argument("--out", type=Path, default=Path("bench/out/pipeline.json"))
+    args = ap.parse_args()
+    logdir = args.out.parent / "pipeline-logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    jpegs = make_jpegs(200)
+    res: dict = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+                 "date": time.strftime("%Y-%m-%d"), "mean_jpeg_bytes": int(np.mean([len(j) for j in jpegs]))}
+    print(f"frames: 256x256 JPEG q90, mean {res['mean_jpeg_bytes']} bytes", flush=True)
+    with LocalKafka(heap="1g") as broker:
+        res["bare_model"] = bare_model(jpegs, 32)
+        print("bare model (batch 32)          ", res["bare_model"], flush=True)
+        res["worker_default"] = drain(broker, jpegs, args.frames // 3, "wd", null=False, logdir=logdir)
+        print("worker, default model          ", res["worker_default"], flush=True)
+        res["worker_null"] = drain(broker, jpegs, args.frames, "wn", null=True, logdir=logdir)
+        print("worker, null model             ", res["worker_null"], flush=True)
+        res["two_workers_null"] = drain(broker, jpegs, args.frames, "w2", null=True, workers=2, partitions=4,
+                                        logdir=logdir)
+        print("two workers, null model        ", res["two_workers_null"], flush=True)
+        res["naive_worker"] = naive_worker(broker, jpegs, args.naive_frames, "nv")
+        print("naive worker, default model    ", res["naive_worker"], flush=True)
+        half = max(5.0, res["worker_default"]["frames_per_s"] / 2)
+        res["latency_half_capacity"] = latency_run(broker, jpegs, half, args.latency_seconds, "lat", logdir)
+        print("latency at half capacity       ", res["latency_half_capacity"], flush=True)
+    wd, wn = res["worker_default"]["frames_per_s"], res["worker_null"]["frames_per_s"]
+    res["ratios"] = {
+        "worker_vs_bare_model": round(wd / res["bare_model"]["frames_per_s"], 3),
+        "worker_vs_naive": round(wd / res["naive_worker"]["frames_per_s"], 2),
+        "two_vs_one_null_workers": round(res["two_workers_null"]["frames_per_s"] / wn, 2),
+    }
+    print("ratios", res["ratios"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Scoring-stage benchmark: JPEG bytes -> decode -> preprocess -> model -> scores and maps.
+
+Runs, in one process and on the same frames, the one-frame-at-a-time loop and batched paths (several batch
+sizes; fp32 / bf16 autocast; channels_last or not; optional torch.compile; OpenCV decode in threads vs GPU
+JPEG decode), and prints ratios against the one-frame loop. Writes JSON. Free of Kafka and pydantic, so it
+runs on a bare GPU machine with torch, torchvision, OpenCV and safetensors.
+
+    .venv/bin/python bench/scoring.py                      # default model, CPU or CUDA automatically
+    .venv/bin/python bench/scoring.py --input-size 256     # a 256x256 model of the same architecture
+    .venv/bin/python bench/scoring.py --compile --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inspector import artifact as artifact_io  # noqa: E402
+from inspector.artifact import ModelArtifact  # noqa: E402
+from inspector.model import Autoencoder, AutoencoderConfig  # noqa: E402
+from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, to_tensor  # noqa: E402
+from inspector.scoring import score_batch  # noqa: E402
+from inspector.paths import DEFAULT_MODEL  # noqa: E402
+from producers.bananas import render_scene  # noqa: E402
+
+LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
+
+
+def make_jpegs(n: int, frame_size: int, quality: int = 90) -> list[bytes]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        scene = render_scene(rng, frame_size, "brown_spots" if i % 20 == 0 else None)
+        out.append(cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes())
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, n_frames_per_call: int, seconds: float, device: torch.device) -> dict:
+    """Call fn repeatedly for about `seconds` after two warm-up calls; frames/s and ms per call."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        if time.perf_counter() - t0 >= seconds:
+            break
+    sync(device)
+    dt = time.perf_counter() - t0
+    return {"frames_per_s": round(calls * n_frames_per_call / dt, 1), "ms_per_call": round(1000 * dt / calls, 3),
+            "calls": calls}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--input-size", type=int, default=0, help="bench a fresh model at this input size instead")
+    p.add_argument("--frame-size", type=int, default=256, help="JPEG frame side in pixels")
+    p.add_argument("--frames", type=int, default=256)
+    p.add_argument("--batch-sizes", default="", help="comma list (default: 8,32,64 on CPU; 32,128,256 on GPU)")
+    p.add_argument("--decode-threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    p.add_argument("--out", type=Path, default=Path("bench/out/scoring.json"))
+    args = p.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.input_size:
+        art = ModelArtifact(Autoencoder(AutoencoderConfig(image_size=args.input_size)))
+    else:
+        art = artifact_io.load(args.model)
+    size = art.config.image_size
+    model = art.model.to(device).eval()
+    scoring = art.scoring
+    jpegs = make_jpegs(args.frames, args.frame_size)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b] or (
+        [32, 128, 256] if device.type == "cuda" else [8, 32, 64])
+    pool = ThreadPoolExecutor(args.decode_threads)
+    flops = None
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+        flops = fc.get_total_flops()
+    except Exception:  # noqa: BLE001 - FLOP counting is informative only
+        pass
+    results: dict = {
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+                    "torch_threads": torch.get_num_threads()},
+        "date": time.strftime("%Y-%m-%d"),
+        "model": {"input_size": size, "gflop_per_frame": round(flops / 1e9, 3) if flops else None,
+                  "source": str(args.model) if not args.input_size else "fresh"},
+        "frame_size": args.frame_size, "mean_jpeg_bytes": int(np.mean([len(j) for j in jpegs])),
+        "runs": [],
+    }
+
+    def record(name: str, r: dict, **info: object) -> None:
+        row = {"path": name, **info, **r}
+        results["runs"].append(row)
+        print(f"{name:58s} {r['frames_per_s']:>10.1f} frames/s  {r['ms_per_call']:>9.3f} ms/call", flush=True)
+
+    def decode_cpu(batch: list[bytes]) -> np.ndarray:
+        return np.stack([img for img, _ in pool.map(lambda b: decode_jpeg(b, size=size, **LIMITS), batch)])
+
+    # 1. The one-frame-at-a-time loop (how per-image inferencers work): decode, score, sync, per frame.
+    frame_iter = iter(range(10**12))
+
+    def one_frame() -> None:
+        b = jpegs[next(frame_iter) % len(jpegs)]
+        img, _ = decode_jpeg(b, size=size, **LIMITS)
+        s, _m = score_batch(model, to_tensor([img], device, channels_last=False), scoring)
+        s.cpu()
+
+    model_cl = model  # channels_last is applied in place below for the batched paths
+    record("one frame at a time, fp32, OpenCV decode", timed(one_frame, 1, args.seconds, device), batch=1)
+    base = results["runs"][0]["frames_per_s"]
+
+    # 2. Decode alone: OpenCV in threads (and nvJPEG on CUDA).
+    big = jpegs[: max(batch_sizes)]
+    record(f"decode only, OpenCV x{args.decode_threads} threads", timed(lambda: decode_cpu(big), len(big),
+                                                                        args.seconds, device), batch=len(big))
+    if device.type == "cuda":
+        record("decode only, nvJPEG batched (torchvision)",
+               timed(lambda: decode_jpegs_on_device(big, size, device), len(big), args.seconds, device),
+               batch=len(big))
+
+    # 3. Model + scoring alone on pre-decoded tensors, then the whole stage, per batch size and precision.
+    model_cl = model.to(memory_format=torch.channels_last)
+    precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
+    for b in batch_sizes:
+        chunk = (jpegs * (b // len(jpegs) + 1))[:b]
+        pre = to_tensor(decode_cpu(chunk), device)
+        for prec in precisions:
+            ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
+            for cl in (False, True):
+                m = model_cl if cl else model.to(memory_format=torch.contiguous_format)
+                x = pre if cl else pre.contiguous()
+
+                def model_only(m=m, x=x, ctx=ctx) -> None:
+                    with ctx():
+                        s, _ = score_batch(m, x, scoring)
+                    s.cpu()
+
+                record(f"model+score only, batch {b}, {prec}, {'channels_last' if cl else 'contiguous'}",
+                       timed(model_only, b, args.seconds, device), batch=b, precision=prec, channels_last=cl,
+                       stage="model")
+            model_cl = model.to(memory_format=torch.channels_last)
+
+            def stage_cpu_decode(chunk=chunk, ctx=ctx) -> None:
+                x = to_tensor(decode_cpu(chunk), device)
+                with ctx():
+                    s, _ = score_batch(model_cl, x, scoring)
+                s.cpu()
+
+            record(f"JPEG->score, batch {b}, {prec}, channels_last, OpenCV decode",
+                   timed(stage_cpu_decode, b, args.seconds, device), batch=b, precision=prec, stage="full",
+                   decode="opencv")
+            if device.type == "cuda":
+                def stage_gpu_decode(chunk=chunk, ctx=ctx) -> None:
+                    x = decode_jpegs_on_device(chunk, size, device)
+                    with ctx():
+                        s, _ = score_batch(model_cl, x, scoring)
+                    s.cpu()
+
+                record(f"JPEG->score, batch {b}, {prec}, channels_last, nvJPEG decode",
+                       timed(stage_gpu_decode, b, args.seconds, device), batch=b, precision=prec, stage="full",
+                       decode="nvjpeg")
+
+    if args.compile:
+        b = max(batch_sizes)
+        chunk = (jpegs * (b // len(jpegs) + 1))[:b]
+        pre = to_tensor(decode_cpu(chunk), device)
+        t0 = time.perf_counter()
+        compiled = torch.compile(model_cl, mode="max-autotune" if device.type == "cuda" else "default")
+        ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+        with ctx():
+            score_batch(compiled, pre, scoring)
+        sync(device)
+        compile_s = time.perf_counter() - t0
+
+        def compiled_only() -> None:
+            with ctx():
+                s, _ = score_batch(compiled, pre, scoring)
+            s.cpu()
+
+        record(f"model+score only, batch {b}, torch.compile", timed(compiled_only, b, args.seconds, device),
+               batch=b, compile_seconds=round(compile_s, 1), stage="model")
+
+    for row in results["runs"]:
+        row["x_one_frame_loop"] = round(row["frames_per_s"] / base, 2)
+    best_full = max((r for r in results["runs"] if r.get("stage") == "full"), key=lambda r: r["frames_per_s"])
+    best_model = max((r for r in results["runs"] if r.get("stage") == "model"), key=lambda r: r["frames_per_s"])
+    results["summary"] = {
+        "one_frame_loop_fps": base,
+        "best_full_stage": {k: best_full[k] for k in ("path", "frames_per_s", "x_one_frame_loop")},
+        "best_model_only": {k: best_model[k] for k in ("path", "frames_per_s", "x_one_frame_loop")},
+    }
+    print(f"\nbest JPEG->score: {best_full['frames_per_s']:.0f} frames/s = {best_full['x_one_frame_loop']}x the "
+          f"one-frame loop ({base:.0f} frames/s) on {results['machine']['device']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The deploy files' PromQL on live data: a real Prometheus scrapes a real worker fed by a real stream.
+
+Every dashboard expression and every rule expression must return data, the rules must evaluate without error,
+and the worker's /metrics must pass `promtool check metrics`. Alert rules whose condition is a fault are proven
+as ALERT_PROOFS says; their firing logic (thresholds, `for`) is covered by `promtool test rules`
+(tests/unit/test_deploy_files.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import yaml
+
+from inspector.local_broker import free_port
+from producers.base import Publisher, SourceFrame
+from producers.synthetic import ListSource, planned_stream
+from tests.deploy_expressions import (
+    GRAFANA_SUBSTITUTES,
+    RULES,
+    RULES_DIR,
+    dashboard_expressions,
+    render_local_config,
+    substitute_grafana_variables,
+)
+
+from .conftest import producer_settings
+from .test_pipeline import _corrupt_frames
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool")
+if not Path(PROMETHEUS).is_file():
+    pytest.skip("the Prometheus server is not installed (Debian package `prometheus`)", allow_module_level=True)
+
+FPS = 10
+N_FRAMES = 240  # 24 s at FPS: several scrapes (1 s) in every rate() window
+BAD_EVERY = 8  # every 8th frame is truncated: 12 % of the frames, over the 5 % of InspectorDeadLetterRate
+N_LATE = 9  # frames of a camera whose deadline (1 ms) no verdict can meet
+T = TypeVar("T")
+
+# How each alert rule is proven on live data.
+#   "fault": the test produces the fault for real; the rule's own expression returns the faulty series and
+#            Prometheus reports the alert pending (its `for` is longer than the test).
+#   "live":  the stream itself meets the condition (1 frame in 8 dead-lettered); checked the same way.
+#   "bool":  the condition needs a fault the test cannot (or must not) produce in 30 s on a shared broker:
+#            a lag over 1000 messages growing for 5 min, a 5-min defect share 3x the hour's, p99 over
+#            300 ms, a score drift over 15 min, a live worker that is not ready. Each comparison of the
+#            expression is given the `bool` modifier, so it returns 0/1 per series instead of filtering:
+#            non-empty proves every series and every vector match (`and`, `on () group_left ()`) exists.
+# Every alert is also evaluated in its "bool" form while the worker is healthy.
+ALERT_PROOFS = {
+    "InspectorWorkerDown": "fault",  # SIGTERM the worker: up == 0; then drop its target: absent(up)
+    "InspectorDeadLetterRate": "live",
+    "InspectorConsumerLagGrowing": "bool",
+    "InspectorDefectRateSpike": "bool",
+    "InspectorLatencyOverBudget": "bool",
+    "InspectorScoreDrift": "bool",
+    "InspectorNotReady": "bool",  # a stopped worker exports nothing, so its inspector_ready goes stale
+}
+
+# Strings and label matchers are copied as they are; a comparison outside them gets `bool`.
+_COMPARISON = re.compile(r'(?P<keep>"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|\{[^{}]*\})'
+                         r"|(?P<op>==|!=|>=|<=|>|<)(?P<bool>\s*bool\b)?")
+
+
+def with_bool_comparisons(expr: str) -> str:
+    """`a > 0.3` -> `a > bool 0.3`: the comparison keeps every series (value 0 or 1) instead of filtering."""
+
+    def replace(m: re.Match[str]) -> str:
+        if m.group("keep") or m.group("bool"):
+            return m.group(0)
+        return f"{m.group('op')} bool"
+
+    return _COMPARISON.sub(replace, expr)
+
+
+def rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+@dataclass
+class Prometheus:
+    """A Prometheus server process and its HTTP API."""
+
+    proc: subprocess.Popen
+    url: str
+    config_path: Path
+    log_path: Path
+
+    def get(self, path: str, **params: str) -> dict:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as exc:  # 400/422 carry the PromQL error as JSON
+            return json.loads(exc.read() or b"{}") | {"status": "error", "http": exc.code}
+
+    def query(self, expr: str) -> tuple[list[dict], str]:
+        """(result series, error text or "")."""
+        reply = self.get("/api/v1/query", query=expr)
+        if reply.get("status") != "success":
+            return [], f"{reply.get('errorType')}: {reply.get('error')}"
+        return reply["data"]["result"], ""
+
+    def wait_for(self, what: str, check: Callable[[], T], timeout_s: float = 60) -> T:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"prometheus exited {self.proc.returncode}:\n{self.log()}")
+            got = check()
+            if got:
+                return got
+            time.sleep(0.5)
+        raise AssertionError(f"waited {timeout_s}s for {what}")
+
+    def wait_for_series(self, expr: str, timeout_s: float = 60) -> list[dict]:
+        return self.wait_for(expr, lambda: self.query(expr)[0], timeout_s)
+
+    def alerts(self, state: str) -> dict[str, list[dict]]:
+        """Active alerts in `state` ("pending" or "firing"), by alert name."""
+        found: dict[str, list[dict]] = {}
+        for alert in self.get("/api/v1/alerts")["data"]["alerts"]:
+            if alert["state"] == state:
+                found.setdefault(alert["labels"]["alertname"], []).append(alert)
+        return found
+
+    def reload(self, config: str) -> None:
+        """Replace the configuration and apply it (needs --web.enable-lifecycle)."""
+        self.config_path.write_text(config)
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200, r.read()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+@pytest.fixture()
+def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
+    """Starts Prometheus on a free loopback port, scraping `target` with the local config and the rules."""
+    started: list[Prometheus] = []
+
+    def start(target: str) -> Prometheus:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(render_local_config(target, RULES_DIR))
+        port = free_port()
+        log_path = tmp_path / "prometheus.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
+                stdout=log, stderr=subprocess.STDOUT)
+        prom = Prometheus(proc, f"http://127.0.0.1:{port}", config, log_path)
+        started.append(prom)
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        prom.wait_for("/-/ready", ready, timeout_s=60)
+        return prom
+
+    yield start
+    for prom in started:
+        if prom.proc.poll() is None:
+            prom.proc.terminate()
+            try:
+                prom.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                prom.proc.kill()
+                prom.proc.wait(timeout=10)
+
+
+def stream_with_bad_frames() -> tuple[list[SourceFrame], int]:
+    """N_FRAMES frames of cam-1, every BAD_EVERY-th one truncated (no end-of-image marker); (frames, n bad)."""
+    frames = planned_stream(producer_settings(seed=17), n_frames=N_FRAMES, n_defects=24)
+    bad = 0
+    for i in range(BAD_EVERY - 1, N_FRAMES, BAD_EVERY):
+        jpeg = frames[i].jpeg
+        assert jpeg is not None
+        frames[i] = SourceFrame(frames[i].image, frames[i].label, jpeg[: len(jpeg) // 2])
+        bad += 1
+    return frames, bad
+
+
+def test_dashboard_and_rules_return_data_on_a_live_worker(topics, start_worker, start_prometheus, tmp_path,
+                                                          default_model_path):
+    # A copy of the model, so that touching it makes this worker (and only it) hot-reload.
+    model = tmp_path / "model.safetensors"
+    shutil.copy2(default_model_path, model)
+    worker = start_worker(topics, wait_ready=False, INSPECTOR_MODEL__PATH=str(model))
+    target = f"127.0.0.1:{worker.metrics_port}"
+    prom = start_prometheus(target)  # starts while the worker warms up
+    worker.wait_ready()
+    prom.wait_for_series('inspector_ready{job="inspector"} == 1')
+
+    # 1. The stream: 5 bad records of different kinds; cam-1 at FPS with 1 frame in 8 truncated; cam-late,
+    #    whose deadline (1 ms) is always missed; a hot reload of the model half way.
+    frames, n_truncated = stream_with_bad_frames()
+    publisher = Publisher(topics.kafka_settings(), producer_settings(camera_id="cam-1", fps=FPS))
+    late = Publisher(topics.kafka_settings(), producer_settings(camera_id="cam-late", deadline_ms=1))
+    late_frames = planned_stream(producer_settings(seed=3), n_frames=N_LATE, n_defects=0)
+    n_bad = n_truncated + len(_corrupt_frames(publisher))
+    half, third = N_FRAMES // 2, N_LATE // 3
+    # cam-late in three bursts: its series appear with the first, and the next two make their rates non-zero
+    # (a counter that appears and never grows has rate 0, and 0/0 gives NaN).
+    late.publish(ListSource(late_frames[:third]))
+    publisher.publish(ListSource(frames[:half]))
+    late.publish(ListSource(late_frames[third:2 * third]))
+    mtime = model.stat().st_mtime + 10
+    os.utime(model, (mtime, mtime))
+    stats = publisher.publish(ListSource(frames[half:]))
+    late.publish(ListSource(late_frames[2 * third:]))
+    assert stats.failed == 0 and late.stats.failed == 0
+    publisher.close()
+    late.close()
+
+    n_good = N_FRAMES - n_truncated + N_LATE
+    prom.wait_for_series(f"sum(inspector_frames_scored_total) >= {n_good}", timeout_s=60)
+    prom.wait_for_series(f"sum(inspector_frames_dead_lettered_total) >= {n_bad}", timeout_s=30)
+    prom.wait_for_series('inspector_model_reloads_total{result="ok"} >= 1', timeout_s=30)
+    time.sleep(2)  # a scrape and a rule evaluation after the last frame
+
+    # 2. Every dashboard expression, with Grafana's variables replaced.
+    failures: list[str] = []
+    values: dict[str, list[tuple[dict, float]]] = {}
+
+    def check(kind: str, expr: str) -> None:
+        result, error = prom.query(expr)
+        if error or not result:
+            failures.append(f"{kind}: {expr!r} -> {error or 'no data'}")
+        values[expr] = [(series["metric"], float(series["value"][1])) for series in result]
+
+    dashboard = [substitute_grafana_variables(e, GRAFANA_SUBSTITUTES) for e in dashboard_expressions()]
+    assert dashboard and all("$" not in e for e in dashboard)
+    for expr in dashboard:
+        check("dashboard", expr)
+
+    # 3. Every recording rule: its expression, and the series Prometheus recorded from it.
+    all_rules = rules()
+    for rule in all_rules:
+        if "record" in rule:
+            check("recording rule", str(rule["expr"]))
+            check("recorded series", rule["record"])
+
+    # 4. Every alert rule in its bool form (ALERT_PROOFS), and as written where the stream meets it.
+    alert_rules = {rule["alert"]: str(rule["expr"]) for rule in all_rules if "alert" in rule}
+    assert set(alert_rules) == set(ALERT_PROOFS), "every alert rule needs a proof in ALERT_PROOFS"
+    for name, expr in alert_rules.items():
+        bool_expr = with_bool_comparisons(expr)
+        assert bool_expr != expr, f"{name}: no comparison found to make bool"
+        check(f"alert {name} (bool)", bool_expr)
+        if ALERT_PROOFS[name] == "live":
+            check(f"alert {name}", expr)
+    assert not failures, "expressions without data:\n" + "\n".join(failures)
+    # Values are read while the stream is inside every window: none may be undefined.
+    nan = {expr: [labels for labels, v in got if math.isnan(v)] for expr, got in values.items()}
+    assert not any(nan.values()), f"NaN results: { {e: series for e, series in nan.items() if series} }"
+
+    live = [name for name, proof in ALERT_PROOFS.items() if proof == "live"]
+    prom.wait_for(f"{live} pending", lambda: set(live) <= set(prom.alerts("pending")), timeout_s=20)
+
+    # 5. Prometheus evaluates every rule without error, and scrapes the worker.
+    def evaluated() -> list[dict]:
+        got = [r for g in prom.get("/api/v1/rules")["data"]["groups"] for r in g["rules"]]
+        return got if all(r["health"] != "unknown" for r in got) else []
+
+    evaluated_rules = prom.wait_for("every rule evaluated", evaluated, timeout_s=20)
+    assert len(evaluated_rules) == len(all_rules)
+    unhealthy = {r["name"]: r.get("lastError") for r in evaluated_rules if r["health"] != "ok"}
+    assert not unhealthy, unhealthy
+    (scraped,) = prom.get("/api/v1/targets")["data"]["activeTargets"]
+    assert scraped["health"] == "up" and scraped["labels"] == {"job": "inspector", "instance": target}, scraped
+
+    # 6. The exposition passes promtool's lint.
+    if PROMTOOL:
+        lint = subprocess.run([PROMTOOL, "check", "metrics"], input=worker.metrics_text(), capture_output=True,
+                              text=True, timeout=60)
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
+
+    # 7. The fault: the worker stops; the next scrapes fail, the rule returns its target, the alert pends.
+    assert worker.terminate() == 0
+    worker_down = alert_rules["InspectorWorkerDown"]
+    down = prom.wait_for_series(worker_down, timeout_s=30)
+    assert [s["metric"].get("instance") for s in down] == [target], down
+    prom.wait_for("InspectorWorkerDown pending", lambda: "InspectorWorkerDown" in prom.alerts("pending"),
+                  timeout_s=20)
+    # ... and with no target left at all (a stopped replica leaves DNS discovery), the absent() branch.
+    config = render_local_config(target, RULES_DIR)
+    assert f'["{target}"]' in config
+    prom.reload(config.replace(f'["{target}"]', "[]"))
+    absent = prom.wait_for("absent(up)", lambda: [s for s in prom.query(worker_down)[0]
+                                                   if "instance" not in s["metric"]], timeout_s=30)
+    assert [s["metric"] for s in absent] == [{"job": "inspector"}], absent
+
+
+def test_bool_comparisons_keep_matchers_and_strings():
+    assert with_bool_comparisons('up{job!="x"} == 0 or absent(up{a=~">"})') == \
+        'up{job!="x"} == bool 0 or absent(up{a=~">"})'
+    assert with_bool_comparisons("a > on () group_left () (2 * b) and c >= bool 1") == \
+        "a > bool on () group_left () (2 * b) and c >= bool 1"

@@ -1,0 +1,84 @@
+"""Training, calibration, evaluation and denoising on tiny generated data (seconds, CPU)."""
+
+import json
+
+import torch
+
+from inspector import artifact as artifact_io
+from inspector.evaluation import denoise_folder, evaluate_folder
+from inspector.model import AutoencoderConfig
+from inspector.noise import NOISE_KINDS, corrupt
+from inspector.preprocess import list_images, load_images, to_tensor
+from inspector.train import TrainConfig, train_and_calibrate, train_model
+
+TINY = AutoencoderConfig(image_size=32, widths=(8, 16), latent_channels=8)
+
+
+def _images(root, size=32):
+    return load_images(list_images(root / "train" / "good"), size)
+
+
+def test_a_few_steps_lower_the_loss(tiny_dataset):
+    images = _images(tiny_dataset)
+    _, history = train_model(images, TINY, TrainConfig(epochs=6, batch_size=8, lr=3e-3), torch.device("cpu"),
+                             progress=False)
+    assert history[-1] < history[0] * 0.8
+
+
+def test_training_resumes_from_its_checkpoint(tiny_dataset, tmp_path):
+    images = _images(tiny_dataset)
+    ckpt = tmp_path / "m.ckpt"
+    cfg = TrainConfig(epochs=2, batch_size=8)
+    _, first = train_model(images, TINY, cfg, torch.device("cpu"), checkpoint=ckpt, progress=False)
+    _, resumed = train_model(images, TINY, TrainConfig(epochs=3, batch_size=8), torch.device("cpu"),
+                             checkpoint=ckpt, progress=False)
+    assert len(first) == 2 and len(resumed) == 3 and resumed[:2] == first
+
+
+def test_train_calibrate_evaluate_writes_a_self_describing_model_and_a_report(tiny_dataset, tmp_path):
+    paths = list_images(tiny_dataset / "train" / "good")
+    out = tmp_path / "tiny.safetensors"
+    art = train_and_calibrate(load_images(paths, 32), paths, out, TINY, TrainConfig(epochs=2, batch_size=8),
+                              torch.device("cpu"), model_version="t", progress=False)
+    loaded = artifact_io.load(out)
+    assert loaded.calibration is not None and loaded.calibration.n_good == art.training["n_calibration"] > 0
+    assert loaded.training["data_fingerprint"] and not out.with_suffix(".ckpt").exists()
+
+    report = evaluate_folder(out, tiny_dataset, tmp_path / "report", "cpu")
+    for name in ("report.json", "report.html", "roc.png", "score_hist.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert 0 <= data["image"]["auroc"] <= 1 and "pixel" in data and "colour_baseline" in data
+    assert set(data["per_kind"]) == {"brown_spots", "bruise", "mould", "cut", "overripe_speckle", "rotten"}
+    assert report["examples"]["false_alarms"] and report["examples"]["missed_defects"]
+
+
+def test_denoiser_lowers_the_error_of_noisy_inputs(tiny_dataset, tmp_path):
+    images = _images(tiny_dataset)
+    cfg = TrainConfig(epochs=20, batch_size=8, lr=3e-3, denoise=True, noise_kinds=("gaussian",), loss="l2")
+    wide = AutoencoderConfig(image_size=32, widths=(16, 32), latent_channels=32)
+    model, _ = train_model(images, wide, cfg, torch.device("cpu"), progress=False)
+    g = torch.Generator().manual_seed(1)
+    clean = to_tensor(images)
+    noisy = corrupt(clean, "gaussian", g)  # sigma 0.05
+    with torch.no_grad():
+        denoised = model(noisy)
+    assert torch.mean((denoised - clean) ** 2) < torch.mean((noisy - clean) ** 2)
+
+
+def test_noise_kinds_change_the_image_and_stay_in_range():
+    x = torch.rand(2, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    for kind in NOISE_KINDS:
+        y = corrupt(x, kind, g)
+        assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+        assert not torch.allclose(y, x)
+
+
+def test_denoise_command_writes_one_image_per_input(tiny_dataset, tmp_path):
+    paths = list_images(tiny_dataset / "train" / "good")
+    out = tmp_path / "m.safetensors"
+    train_and_calibrate(load_images(paths, 32), paths, out, TINY, TrainConfig(epochs=1, batch_size=8),
+                        torch.device("cpu"), progress=False)
+    n = denoise_folder(out, tiny_dataset / "test" / "good", tmp_path / "clean", "cpu")
+    assert n == len(list((tmp_path / "clean").glob("*.png"))) > 0
