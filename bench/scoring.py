@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from inspector import artifact as artifact_io  # noqa: E402
 from inspector.artifact import ModelArtifact  # noqa: E402
 from inspector.model import Autoencoder, AutoencoderConfig  # noqa: E402
+from inspector.paths import DEFAULT_MODEL  # noqa: E402
 from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, to_tensor  # noqa: E402
 from inspector.scoring import score_batch  # noqa: E402
-from inspector.paths import DEFAULT_MODEL  # noqa: E402
 from producers.bananas import render_scene  # noqa: E402
 
 LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
@@ -167,7 +167,7 @@ def main() -> int:
                        stage="model")
             model_cl = model.to(memory_format=torch.channels_last)
 
-            def stage_cpu_decode(chunk=chunk, ctx=ctx) -> None:
+            def stage_cpu_decode(chunk=chunk, ctx=ctx, model_cl=model_cl) -> None:
                 x = to_tensor(decode_cpu(chunk), device)
                 with ctx():
                     s, _ = score_batch(model_cl, x, scoring)
@@ -177,7 +177,7 @@ def main() -> int:
                    timed(stage_cpu_decode, b, args.seconds, device), batch=b, precision=prec, stage="full",
                    decode="opencv")
             if device.type == "cuda":
-                def stage_gpu_decode(chunk=chunk, ctx=ctx) -> None:
+                def stage_gpu_decode(chunk=chunk, ctx=ctx, model_cl=model_cl) -> None:
                     x = decode_jpegs_on_device(chunk, size, device)
                     with ctx():
                         s, _ = score_batch(model_cl, x, scoring)

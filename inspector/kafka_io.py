@@ -16,7 +16,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetad
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
-    CommitFailedError, KafkaConfigurationError, KafkaError, RebalanceInProgressError, TopicAlreadyExistsError,
+    CommitFailedError,
+    KafkaError,
+    RebalanceInProgressError,
+    TopicAlreadyExistsError,
 )
 from kafka.producer.future import FutureRecordMetadata
 
@@ -31,14 +34,40 @@ Offsets = dict[TopicPartition, int]  # next offset to read, per partition
 
 def _client_config(settings: KafkaSettings) -> dict[str, object]:
     try:
-        return settings.client_config()
+        config = settings.client_config()
     except ConfigError:
         raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    # kafka-python waits bootstrap_timeout_ms (30 s) for a first broker, apart from request_timeout_ms: one bound.
+    return {**config, "bootstrap_timeout_ms": settings.request_timeout_ms}
+
+
+class _LoginRefusals(logging.Handler):
+    """Remembers the last SASL login the broker refused, as kafka-python logs it.
+
+    kafka-python retries a refused login until its bootstrap times out, then raises only "Unable to bootstrap";
+    without this, a wrong password would read as an unreachable broker."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "SaslAuthenticationFailedError: " in message:
+            self.last = message.rsplit("SaslAuthenticationFailedError: ", 1)[1].rstrip(")")[:200]
+
+
+_login_refusals = _LoginRefusals()
+logging.getLogger("kafka").addHandler(_login_refusals)
 
 
 def _unreachable(settings: KafkaSettings, exc: Exception) -> TransportError:
+    refused, _login_refusals.last = _login_refusals.last, None
+    if refused:
+        return TransportError(f"Kafka at {settings.bootstrap_servers} refused the login of user "
+                              f"{settings.sasl_username!r}: {refused}")
     return TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}: {exc}")
 
 

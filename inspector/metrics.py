@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from inspector.contracts import DLQ_REASONS
+
 NAMESPACE = "inspector"
 STAGES = ("poll", "decode", "score", "publish", "commit")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
@@ -39,6 +41,12 @@ class WorkerMetrics:
     ready: Gauge
     assigned_partitions: Gauge
 
+    def start_camera(self, camera: str) -> None:
+        """Export a camera's counters at 0 from its first frame: rate() then sees the first increase, and
+        a panel shows 0 rather than "No data" for a camera without alerts."""
+        for counter in (self.frames_consumed, self.frames_scored, self.alerts, self.deadline_missed):
+            counter.labels(camera)
+
 
 def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
     """Create the worker's metrics in `registry` (a fresh registry per test)."""
@@ -48,7 +56,7 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(name, doc, labels, namespace=NAMESPACE, registry=registry)
 
-    return WorkerMetrics(
+    metrics = WorkerMetrics(
         frames_consumed=counter("frames_consumed", "Frames read from the frames topic.", ("camera",)),
         frames_scored=counter("frames_scored", "Frames scored by the model.", ("camera",)),
         frames_dead_lettered=counter("frames_dead_lettered", "Frames sent to the dead-letter topic.", ("reason",)),
@@ -74,19 +82,29 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
         ready=gauge("ready", "1 when the model is loaded, partitions are assigned and the producer is connected."),
         assigned_partitions=gauge("assigned_partitions", "Partitions of the frames topic assigned to this worker."),
     )
+    # Fixed label sets are exported at 0 from the start, for the same reason as `start_camera`.
+    for result in ("ok", "rejected"):
+        metrics.model_reloads.labels(result)
+    for reason in DLQ_REASONS:
+        metrics.frames_dead_lettered.labels(reason)
+    return metrics
 
 
 class CameraLabels:
-    """Caps the distinct camera label values: a flood of made-up camera ids must not explode the series."""
+    """Caps the distinct camera label values: a flood of made-up camera ids must not explode the series.
 
-    def __init__(self, limit: int) -> None:
+    A camera's counters start at 0 the first time it is seen (`WorkerMetrics.start_camera`)."""
+
+    def __init__(self, limit: int, metrics: WorkerMetrics) -> None:
         self.limit = limit
+        self.metrics = metrics
         self._seen: set[str] = set()
 
     def __call__(self, camera_id: str) -> str:
         if camera_id in self._seen:
             return camera_id
-        if len(self._seen) < self.limit:
-            self._seen.add(camera_id)
-            return camera_id
-        return "other"
+        label = camera_id if len(self._seen) < self.limit else "other"
+        if label not in self._seen:
+            self._seen.add(label)
+            self.metrics.start_camera(label)
+        return label

@@ -6,7 +6,7 @@ Trained on good produce only, it reconstructs good produce well and defects badl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -70,10 +70,9 @@ class _Up(nn.Sequential):
 class Autoencoder(nn.Module):
     """(B, C, H, W) in [0, 1] -> reconstruction (B, C, H, W) in [0, 1]."""
 
-    def __init__(self, config: AutoencoderConfig = field(default_factory=AutoencoderConfig)) -> None:  # type: ignore[assignment]
+    def __init__(self, config: AutoencoderConfig | None = None) -> None:
         super().__init__()
-        if not isinstance(config, AutoencoderConfig):
-            config = AutoencoderConfig()
+        config = config or AutoencoderConfig()
         self.config = config
         widths = config.widths
         encoder: list[nn.Module] = []

@@ -49,8 +49,8 @@ def jpeg_dimensions(data: bytes) -> tuple[int, int]:
     raise BadFrame("undecodable", "no start-of-frame segment")
 
 
-def decode_jpeg(data: bytes, *, size: int, max_bytes: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Validate and decode JPEG bytes -> ((size, size, 3) uint8 RGB, (frame height, frame width))."""
+def validate_jpeg(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """Check a frame before any decoder sees it -> (frame height, frame width); BadFrame otherwise."""
     if not data:
         raise BadFrame("empty_value")
     if len(data) > max_bytes:
@@ -60,6 +60,12 @@ def decode_jpeg(data: bytes, *, size: int, max_bytes: int, max_pixels: int) -> t
     # cameras pad after the end-of-image marker, so look for it near the end, not only at the end.
     if b"\xff\xd9" not in data[-64:]:
         raise BadFrame("truncated", "no JPEG end-of-image marker")
+    return height, width
+
+
+def decode_jpeg(data: bytes, *, size: int, max_bytes: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Validate and decode JPEG bytes -> ((size, size, 3) uint8 RGB, (frame height, frame width))."""
+    height, width = validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels)
     if height * width > max_pixels:
         raise BadFrame("too_many_pixels", f"{width}x{height}")
     # libjpeg can decode at 1/2, 1/4, 1/8 scale directly: far cheaper than a full decode then resize.
@@ -135,8 +141,8 @@ def decode_jpegs_on_device(datas: list[bytes], size: int, device: torch.device) 
     Frames must have passed `jpeg_dimensions` and the size checks first; a decode failure raises
     RuntimeError and the caller falls back to `decode_jpeg` frame by frame, which names the bad one.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
     import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8 on device

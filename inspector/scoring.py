@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 @dataclass(frozen=True)
 class ScoringConfig:
     """How an error map becomes a score; stored in the model file with the threshold it was calibrated for."""

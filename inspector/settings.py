@@ -74,6 +74,7 @@ class BatchSettings(BaseModel):
     max_size: int = Field(32, ge=1, le=4096)
     max_wait_ms: float = Field(10.0, ge=0)
     decode_threads: int = Field(2, ge=1, le=64)
+    gpu_decode: bool = True  # on CUDA, decode JPEG batches with nvJPEG; OpenCV threads otherwise
 
 
 class ModelSettings(BaseModel):

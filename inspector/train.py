@@ -200,7 +200,7 @@ def train_and_calibrate(
     config: TrainConfig,
     device: torch.device,
     *,
-    scoring: ScoringConfig = ScoringConfig(),
+    scoring: ScoringConfig | None = None,
     model_id: str = "banana-ae",
     model_version: str | None = None,
     progress: bool = True,
@@ -214,7 +214,7 @@ def train_and_calibrate(
                                  checkpoint=out.with_suffix(".ckpt"), progress=progress)
     artifact = ModelArtifact(
         model=model.cpu(),
-        scoring=scoring,
+        scoring=scoring or ScoringConfig(),
         model_id=model_id,
         model_version=model_version or time.strftime("%Y%m%d-%H%M%S"),
         training={

@@ -24,14 +24,22 @@ from prometheus_client import CollectorRegistry
 
 from inspector import artifact as artifact_io
 from inspector.contracts import (
-    H_CAMERA_ID, H_DLQ_DETAIL, H_DLQ_ORIGIN, H_DLQ_REASON, Alert, Box, FrameMeta, FrameScore, header_value,
+    H_CAMERA_ID,
+    H_DLQ_DETAIL,
+    H_DLQ_ORIGIN,
+    H_DLQ_REASON,
+    Alert,
+    Box,
+    FrameMeta,
+    FrameScore,
+    header_value,
 )
 from inspector.errors import BadFrame, ModelFileError
 from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka_io import FrameConsumer, Offsets, Pending, ResultProducer
 from inspector.metrics import STAGES, CameraLabels, WorkerMetrics, build_metrics
 from inspector.model import NullModel
-from inspector.preprocess import decode_jpeg
+from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, validate_jpeg
 from inspector.runtime import ModelRunner
 from inspector.scoring import defect_box
 from inspector.settings import Settings
@@ -46,7 +54,7 @@ class Decoded:
 
     record: object  # kafka ConsumerRecord
     meta: FrameMeta | None = None
-    image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size
+    image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size (None: decoded on the GPU)
     frame_hw: tuple[int, int] = (0, 0)
     error: BadFrame | None = None
 
@@ -57,12 +65,16 @@ class Batch:
     decoding: list[Future] = field(default_factory=list)
 
 
-def decode_record(record: object, size: int, max_bytes: int, max_pixels: int) -> Decoded:
-    """Headers, then bytes: any problem becomes a BadFrame with a DLQ reason, never an exception."""
+def decode_record(record: object, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
+    """Headers, then bytes: any problem becomes a BadFrame with a DLQ reason, never an exception.
+
+    With decode=False the bytes are only validated (the batch is then decoded on the GPU)."""
     try:
         meta = FrameMeta.from_headers(record.headers)  # type: ignore[attr-defined]
-        image, hw = decode_jpeg(record.value or b"", size=size, max_bytes=max_bytes,  # type: ignore[attr-defined]
-                                max_pixels=max_pixels)
+        data = record.value or b""  # type: ignore[attr-defined]
+        if not decode:
+            return Decoded(record, meta, None, validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels))
+        image, hw = decode_jpeg(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
         return Decoded(record, meta, image, hw)
     except BadFrame as bad:
         return Decoded(record, error=bad)
@@ -89,7 +101,9 @@ class Worker:
         self.consumer = consumer
         self.producer = producer
         self.m = metrics
-        self.cameras = CameraLabels(settings.limits.max_cameras)
+        self.cameras = CameraLabels(settings.limits.max_cameras, metrics)
+        # nvJPEG decodes the whole batch on the GPU; the decode threads then only validate.
+        self._gpu_decode = settings.batch.gpu_decode and runner.device.type == "cuda"
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
         self._stop = threading.Event()
         self._in_hand: Batch | None = None
@@ -167,7 +181,24 @@ class Worker:
     def _submit_decode(self, record: object) -> Future:
         size = self.runner.size
         return self._decoder.submit(decode_record, record, size, self.s.limits.max_frame_bytes,
-                                    self.s.limits.max_pixels)
+                                    self.s.limits.max_pixels, not self._gpu_decode)
+
+    def _score(self, good: list[Decoded]) -> tuple[list[Decoded], list[Decoded], np.ndarray, object]:
+        """Score the good frames in one batch -> (scored, newly bad, scores (B,), maps (B, S, S) on the device)."""
+        if self._gpu_decode:
+            try:
+                x = decode_jpegs_on_device([d.record.value for d in good], self.runner.size,  # type: ignore[attr-defined]
+                                           self.runner.device)
+                return good, [], *self.runner.score_tensor(x)
+            except RuntimeError:
+                # nvJPEG refused a frame that passed validation: decode each on the CPU, which names the bad one.
+                good = [decode_record(d.record, self.runner.size, self.s.limits.max_frame_bytes,
+                                      self.s.limits.max_pixels) for d in good]
+        bad = [d for d in good if d.error is not None]
+        good = [d for d in good if d.error is None]
+        if not good:
+            return [], bad, np.zeros(0, np.float32), None
+        return good, bad, *self.runner.score(np.stack([d.image for d in good]))  # (B, S, S, 3) uint8
 
     # ---- 3..7. score, publish, flush, commit ------------------------------------------------------
 
@@ -177,14 +208,16 @@ class Worker:
         t_decoded = time.perf_counter()
         good = [d for d in decoded if d.error is None]
         bad = [d for d in decoded if d.error is not None]
-        for d in good:
-            self.m.frames_consumed.labels(self.cameras(d.meta.camera_id)).inc()  # type: ignore[union-attr]
+        for d in decoded:
+            camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)  # type: ignore[attr-defined]
+            self.m.frames_consumed.labels(self.cameras(camera or "unknown")).inc()
 
         # 3. Score the good frames in one batch.
         scores: np.ndarray = np.zeros(0, np.float32)
         maps = None
         if good:
-            scores, maps = self.runner.score(np.stack([d.image for d in good]))  # (B,), (B, S, S)
+            good, newly_bad, scores, maps = self._score(good)  # (B,), (B, S, S)
+            bad.extend(newly_bad)
             self.m.batch_size.observe(len(good))
             if self.s.faults.score_delay_ms:  # fault injection (tests only): a slow device, per frame
                 time.sleep(self.s.faults.score_delay_ms * len(good) / 1000)
@@ -241,7 +274,7 @@ class Worker:
         if not self.producer.transactional:
             self.consumer.commit(offsets)
         t_committed = time.perf_counter()
-        self._fit_batch_to_poll_interval(t_committed - t0)
+        self._fit_batch_to_poll_interval(len(batch.records), t_committed - t0)
 
         # 7. Metrics (after the fact: they must never delay an alert).
         for i, d in enumerate(good):
@@ -259,15 +292,15 @@ class Worker:
                                                t_committed - t_published)):
             self.m.stage_seconds.labels(stage).observe(seconds)
 
-    def _fit_batch_to_poll_interval(self, seconds: float) -> None:
+    def _fit_batch_to_poll_interval(self, size: int, seconds: float) -> None:
         """Keep a batch well inside kafka.max_poll_interval_ms, past which the group evicts this worker and
-        the batch is scored again: a batch over half of it halves the batch size, one under 1/8 doubles it."""
+        the batch is scored again: a batch over half of it halves the batch size, a full one under 1/8 doubles it."""
         limit_s = self.s.kafka.max_poll_interval_ms / 1000
-        if seconds > limit_s / 2 and self._max_size > 1:
-            self._max_size //= 2
-            log.warning("a batch took %.1fs of the %.1fs max poll interval: batch size lowered to %d", seconds,
-                        limit_s, self._max_size)
-        elif seconds < limit_s / 8 and self._max_size < self.s.batch.max_size:
+        if seconds > limit_s / 2 and max(1, size // 2) < self._max_size:
+            self._max_size = max(1, size // 2)
+            log.warning("a batch of %d took %.1fs of the %.1fs max poll interval: batch size lowered to %d", size,
+                        seconds, limit_s, self._max_size)
+        elif seconds < limit_s / 8 and size >= self._max_size < self.s.batch.max_size:
             self._max_size = min(self.s.batch.max_size, self._max_size * 2)
 
     def _threshold(self, camera_id: str) -> float:

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from inspector.settings import ProducerSettings
 from producers.bananas import DEFECT_KINDS, render_scene
 from producers.base import FrameSource, SourceFrame, encode_jpeg
-from inspector.settings import ProducerSettings
 
 
 class SyntheticSource(FrameSource):
