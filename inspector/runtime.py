@@ -82,7 +82,15 @@ class ModelRunner:
     def _score(self, images: np.ndarray | torch.Tensor, model: torch.nn.Module,
                artifact: ModelArtifact) -> tuple[np.ndarray, torch.Tensor]:
         x = images if isinstance(images, torch.Tensor) else to_tensor(images, self.device)
+        n = x.shape[0]
+        if self.compile:
+            # A compiled model specialises on the batch size: pad to a power of two, so a worker sees a
+            # handful of shapes (all compiled during warm-up) instead of recompiling mid-stream.
+            padded = 1 << (n - 1).bit_length()
+            if padded != n:
+                x = torch.cat([x, x.new_zeros((padded - n, *x.shape[1:]))]).contiguous(
+                    memory_format=torch.channels_last)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
         with autocast:
             scores, maps = score_batch(model, x, artifact.scoring)
-        return scores.cpu().numpy(), maps
+        return scores[:n].cpu().numpy(), maps[:n]
