@@ -46,7 +46,7 @@ system-deps:
 
 # The default model: the synthetic data set, then training with its held-out calibration (see models/README.md).
 model: install
-	$(BIN)/inspector synth --out data/bananas --train 1000 --test-good 100 --test-per-defect 25
+	$(BIN)/inspector synth --out data/bananas --train 600 --test-good 100 --test-per-defect 25
 	$(BIN)/inspector train --data data/bananas/train/good --out models/banana-ae-v1.safetensors \
 	  --model-version 1 --epochs 40 --device cpu
 

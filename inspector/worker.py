@@ -313,17 +313,24 @@ class Worker:
         record, error = d.record, d.error
         assert error is not None
         origin = f"{record.topic}/{record.partition}/{record.offset}"  # type: ignore[attr-defined]
-        headers = list(record.headers or []) + [  # type: ignore[attr-defined]
-            (H_DLQ_REASON, error.reason.encode()),
-            (H_DLQ_DETAIL, error.detail.encode("utf-8", errors="replace")[:512]),
-            (H_DLQ_ORIGIN, origin.encode()),
-        ]
+        value, original = record.value or b"", list(record.headers or [])  # type: ignore[attr-defined]
         key = record.key.decode("utf-8", errors="replace") if record.key else (  # type: ignore[attr-defined]
             header_value(record.headers, H_CAMERA_ID) or "")  # type: ignore[attr-defined]
+        detail = error.detail
+        # The producer's requests are sized for limits.max_frame_bytes: a bigger record (oversized frame, huge
+        # headers) is dead-lettered without its value and big headers, else it would fail the worker each time.
+        if len(value) + len(key.encode()) + sum(len(v or b"") for _, v in original) > self.s.limits.max_frame_bytes:
+            value, key = b"", key[:128]
+            original = [(k, v) for k, v in original if len(v or b"") <= 1024]
+            detail = f"{detail} [too large to copy: the original is at dlq.origin]"
+        headers = original + [
+            (H_DLQ_REASON, error.reason.encode()),
+            (H_DLQ_DETAIL, detail.encode("utf-8", errors="replace")[:512]),
+            (H_DLQ_ORIGIN, origin.encode()),
+        ]
         log.warning("dead-lettered %s: %s", origin, error)
         self.m.frames_dead_lettered.labels(error.reason).inc()
-        return self.producer.send(self.s.kafka.dlq_topic, key, record.value or b"",  # type: ignore[attr-defined]
-                                  headers, f"dead letter {origin}")
+        return self.producer.send(self.s.kafka.dlq_topic, key, value, headers, f"dead letter {origin}")
 
     # ---- group membership -------------------------------------------------------------------------
 

@@ -262,7 +262,7 @@ def _draw_defect(rng: np.random.Generator, defect: str | None) -> dict:
         "shrink": rng.uniform(0.1, 0.2),
         "wrinkle_period": rng.uniform(6.0, 11.0),  # pixels at 256
         "phase": rng.uniform(0, 2 * np.pi, 3),
-        "black": rng.uniform(0.3, 0.8),
+        "black": rng.uniform(0.2, 0.6),
     }
 
 
@@ -495,7 +495,7 @@ def _paint_rot(
 ) -> None:
     mottle = 0.5 + 0.5 * np.sin(f.u * np.float32(1.0 / (11.0 * k)) + np.float32(d["phase"][1]) + 1.5 * s)
     mix = np.float32(d["black"]) * (0.6 + 0.4 * mottle)
-    brown, black = _bgr(32.0, 52.0, 78.0), _bgr(18.0, 22.0, 28.0)
+    brown, black = _bgr(30.0, 64.0, 112.0), _bgr(18.0, 24.0, 34.0)
     rotten = (brown + mix * (black - brown)) * ((0.94 + 0.06 * wrinkle) * (0.6 + 0.5 * across))
     colour += rot * (rotten - colour)
 
