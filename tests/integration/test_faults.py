@@ -178,37 +178,39 @@ def test_sigkilled_workers_lose_nothing_and_duplicate_at_most_a_batch_per_kill(t
 
 
 def test_a_broker_outage_is_ridden_out_by_producer_and_worker(own_broker, start_worker, capsys):
-    n, fps, down_s = 420, 10.0, 20.0
+    fps, down_s, after_s = 10.0, 20.0, 6.0
     topics = _new_topics(own_broker.bootstrap_servers, "outage")
-    frames = planned_stream(producer_settings(seed=41), n_frames=n, n_defects=10)
+    source = ListSource(planned_stream(producer_settings(seed=41), n_frames=1000, n_defects=20))
     publisher = Publisher(topics.kafka_settings(), producer_settings(camera_id="cam-o", fps=fps))
     worker = start_worker(topics, INSPECTOR_BATCH__MAX_SIZE="8")
-    publishing = threading.Thread(target=publisher.publish, args=(ListSource(frames),), daemon=True)
+    publishing = threading.Thread(target=publisher.publish, args=(source,), daemon=True)
     publishing.start()
     scores = TopicReader(own_broker.bootstrap_servers, topics.scores)
     try:
         scores.until(lambda rs: len(_ids(rs)) >= 30, timeout_s=60)
-        before = len(_ids(scores.records))
+        scored_before = len(_ids(scores.records))
         scores.close()
         sent_before = publisher.stats.sent
         own_broker.kill()  # SIGKILL: no controlled shutdown
         time.sleep(down_s)
-        sent_during = publisher.stats.sent - sent_before
         t_restart = time.monotonic()
         own_broker.start()
         restart_s = time.monotonic() - t_restart
-        sent_after_restart = publisher.stats.sent
-        publishing.join(timeout=n / fps + 90)
+        sent_down = publisher.stats.sent - sent_before  # while the broker was down or starting
+        time.sleep(after_s)
+        source.stop()  # the producer keeps going for a while after the broker is back, then ends
+        publishing.join(timeout=90)
         assert not publishing.is_alive(), "the producer did not finish"
+        n = publisher.stats.sent
         assert publisher.stats.acked == n and publisher.stats.failed == 0, publisher.stats
 
         scores = TopicReader(own_broker.bootstrap_servers, topics.scores)
-        scores.until(lambda rs: len(_ids(rs)) >= n, timeout_s=120)
+        scores.until(lambda rs: len(_ids(rs)) >= n or worker.proc.poll() is not None, timeout_s=120)
         ids = _ids(scores.records)
         sent_ids = {f"cam-o-{publisher._run_id}-{i}" for i in range(n)}
         assert worker.proc.poll() is None, f"the worker exited:\n{worker.log()}"
         assert set(ids) == sent_ids, f"lost {len(sent_ids - set(ids))} frames"
-        assert sent_during > 0 and n - sent_after_restart > 0, "frames must be produced during and after"
+        assert sent_down > 0 and n - sent_before - sent_down > 0, "frames must be produced during and after"
         duplicated = sum(ids.values()) - len(ids)
         assert duplicated <= 2 * 8, f"{duplicated} duplicates from one outage"
         assert worker.terminate() == 0
@@ -216,8 +218,8 @@ def test_a_broker_outage_is_ridden_out_by_producer_and_worker(own_broker, start_
         scores.close()
         publisher.close()
     _summary(capsys, "broker-outage", runs=1, down_s=down_s, restart_s=round(restart_s, 1), sent=n,
-             sent_before=sent_before, sent_during=sent_during, sent_after=n - sent_after_restart,
-             scored_before=before, scored=len(ids), lost=len(sent_ids - set(ids)), duplicated=duplicated,
+             sent_before=sent_before, sent_during=sent_down, sent_after=n - sent_before - sent_down,
+             scored_before=scored_before, scored=len(ids), lost=len(sent_ids - set(ids)), duplicated=duplicated,
              dead_lettered=0)
 
 

@@ -62,6 +62,7 @@ def test_frames_flow_to_alerts_scores_and_dead_letters(topics, start_worker, rea
     alert_msgs = [Alert.model_validate_json(r.value) for r in alerts.records]
     true_alerts = {a.frame_id for a in alert_msgs if a.label != "good"}
     false_alerts = {a.frame_id for a in alert_msgs if a.label == "good"}
+    print(f"\npipeline: 200 frames, 20 defects -> {len(true_alerts)} true alerts, {len(false_alerts)} false alerts")
     assert len(true_alerts) >= 18, f"only {len(true_alerts)} of 20 defects alerted"
     assert len(false_alerts) <= 4, f"{len(false_alerts)} false alerts"
     assert all(a.box is not None and a.box.x1 > a.box.x0 for a in alert_msgs if a.label != "good")
@@ -69,7 +70,7 @@ def test_frames_flow_to_alerts_scores_and_dead_letters(topics, start_worker, rea
 
     reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in dlq.records)
     assert reasons == sorted(expected_reasons)
-    assert all(dict(r.headers)["dlq.origin"].startswith(topics.frames) for r in dlq.records)
+    assert all(dict(r.headers)["dlq.origin"].decode().startswith(topics.frames) for r in dlq.records)
 
     # Offsets are committed to the end of the topic once everything is acknowledged.
     deadline = time.monotonic() + 30
