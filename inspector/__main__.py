@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     level = (args.log_level or "INFO").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)  # its reconnect chatter is not ours to report
+    # kafka-python logs every refused connection while it retries; what matters reaches us as an exception.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args))
     except (ConfigError, TransportError, InspectorError) as exc:

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,22 @@ def _follow(settings: Settings, tally: Tally, stop: threading.Event) -> None:
         consumer.close()
 
 
+def _wait_ready(worker: subprocess.Popen, port: int, log_path: Path, timeout_s: float = 120) -> None:
+    """Start the camera only when the worker has its partitions: latency then measures the line, not start-up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise TransportError(f"the worker exited with code {worker.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TransportError(f"the worker was not ready within {timeout_s:.0f}s; see {log_path}")
+
+
 def _ensure_model(settings: Settings) -> None:
     path = Path(settings.model.path)
     if path.is_file():
@@ -110,7 +127,8 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
         follower = threading.Thread(target=_follow, args=(settings, tally, stop), daemon=True)
         follower.start()
         try:
-            print(f"worker started (metrics: http://127.0.0.1:{metrics_port}/metrics, log: {log_path})")
+            _wait_ready(worker, metrics_port, log_path)
+            print(f"worker ready (metrics: http://127.0.0.1:{metrics_port}/metrics, log: {log_path})")
             source = SyntheticSource(settings.producer)
             publisher = Publisher(settings.kafka, settings.producer)
             sender = threading.Thread(target=publisher.publish, args=(source,), daemon=True)

@@ -51,6 +51,7 @@ def build_source(args: argparse.Namespace, settings: Settings) -> FrameSource:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # retries are its business; failures reach us
     producer_overrides = {k: v for k, v in {
         "camera_id": args.camera_id, "fps": args.fps, "count": args.count, "width": args.width,
         "height": args.height, "jpeg_quality": args.jpeg_quality, "defect_rate": args.defect_rate,
