@@ -23,6 +23,7 @@ from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from inspector import artifact as artifact_io
+from inspector.batcher import MicroBatcher
 from inspector.contracts import (
     H_CAMERA_ID,
     H_DLQ_DETAIL,
@@ -107,7 +108,7 @@ class Worker:
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
         self._stop = threading.Event()
         self._in_hand: Batch | None = None
-        self._collecting: list = []
+        self._batcher: MicroBatcher = MicroBatcher(settings.batch.max_size, 0)  # the batch being collected
         self._max_size = settings.batch.max_size  # shrinks while batches run close to max_poll_interval
         self._assigned = False
         self._model_mtime = self._mtime()
@@ -142,7 +143,8 @@ class Worker:
                 self._in_hand = None
         finally:
             # After a failure nothing more may be published: consumer.close() calls _on_revoked.
-            self._in_hand, self._collecting = None, []
+            self._in_hand = None
+            self._batcher.take()
             self.m.ready.set(0)
             self._decoder.shutdown(wait=False, cancel_futures=True)
 
@@ -154,24 +156,20 @@ class Worker:
         While a batch is in hand we only take what is already fetched, so the in-hand batch is not delayed.
         """
         t0 = time.perf_counter()
-        max_size = self._max_size
-        max_wait = self.s.batch.max_wait_ms / 1000
-        self._collecting = []
+        self._batcher = batcher = MicroBatcher(self._max_size, self.s.batch.max_wait_ms / 1000)
         if self._in_hand is not None:
-            self._collecting = self.consumer.poll(0, max_size)
+            for record in self.consumer.poll(0, batcher.room()):
+                batcher.add(record, time.monotonic())
         else:
-            first_deadline: float | None = None
-            idle_deadline = time.monotonic() + 0.2  # come back to check stop/reload even when idle
-            while len(self._collecting) < max_size and not self._stop.is_set():
+            idle_until = time.monotonic() + 0.2  # come back to check stop/reload even when idle
+            while not self._stop.is_set():
                 now = time.monotonic()
-                deadline = first_deadline if first_deadline is not None else idle_deadline
-                if now >= deadline:
+                if batcher.ready(now) or (not len(batcher) and now >= idle_until):
                     break
-                got = self.consumer.poll(deadline - now, max_size - len(self._collecting))
-                if got and first_deadline is None:
-                    first_deadline = time.monotonic() + max_wait
-                self._collecting.extend(got)
-        records, self._collecting = self._collecting, []
+                wait = batcher.time_left(now) if len(batcher) else idle_until - now
+                for record in self.consumer.poll(wait, batcher.room()):
+                    batcher.add(record, time.monotonic())
+        records = batcher.take()
         if records:
             self.m.stage_seconds.labels("poll").observe(time.perf_counter() - t0)
         return records
@@ -338,7 +336,8 @@ class Worker:
         # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
         # What we hold here was polled but not yet published: every published batch was committed before this
         # poll. Dropping it loses nothing and duplicates nothing: the next owner reads it from the committed offset.
-        self._in_hand, self._collecting = None, []
+        self._in_hand = None
+        self._batcher.take()
         self._assigned = False
         self.m.ready.set(0)
 
