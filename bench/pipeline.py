@@ -35,6 +35,7 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 
 from inspector import artifact as artifact_io  # noqa: E402
 from inspector.contracts import FrameMeta, FrameScore  # noqa: E402
+from inspector.http_endpoint import wait_until_ready  # noqa: E402
 from inspector.kafka_io import create_topics  # noqa: E402
 from inspector.local_broker import LocalKafka, free_port  # noqa: E402
 from inspector.paths import DEFAULT_MODEL  # noqa: E402
@@ -112,19 +113,8 @@ class WorkerProc:
         self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env,
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("worker not ready")
+    def wait_ready(self) -> None:
+        wait_until_ready(self.proc, self.port)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:

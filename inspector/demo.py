@@ -10,7 +10,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from kafka import KafkaConsumer
 
 from inspector.errors import TransportError
+from inspector.http_endpoint import wait_until_ready
 from inspector.kafka_io import create_topics
 from inspector.local_broker import LocalKafka, free_port
 from inspector.settings import Settings
@@ -67,22 +67,6 @@ def _follow(settings: Settings, tally: Tally, stop: threading.Event) -> None:
         consumer.close()
 
 
-def _wait_ready(worker: subprocess.Popen, port: int, log_path: Path, timeout_s: float = 120) -> None:
-    """Start the camera only when the worker has its partitions: latency then measures the line, not start-up."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise TransportError(f"the worker exited with code {worker.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise TransportError(f"the worker was not ready within {timeout_s:.0f}s; see {log_path}")
-
-
 def _ensure_model(settings: Settings) -> None:
     path = Path(settings.model.path)
     if path.is_file():
@@ -127,7 +111,10 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
         follower = threading.Thread(target=_follow, args=(settings, tally, stop), daemon=True)
         follower.start()
         try:
-            _wait_ready(worker, metrics_port, log_path)
+            try:  # the camera starts once the worker has its partitions: latency measures the line, not start-up
+                wait_until_ready(worker, metrics_port)
+            except TransportError as exc:
+                raise TransportError(f"{exc}; see {log_path}") from None
             print(f"worker ready (metrics: http://127.0.0.1:{metrics_port}/metrics, log: {log_path})")
             source = SyntheticSource(settings.producer)
             publisher = Publisher(settings.kafka, settings.producer)

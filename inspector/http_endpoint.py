@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
+import time
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from inspector.errors import ConfigError
+from inspector.errors import ConfigError, TransportError
 
 
 class HttpEndpoint:
@@ -61,3 +64,19 @@ class HttpEndpoint:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def wait_until_ready(process: subprocess.Popen, port: int, timeout_s: float = 120) -> None:
+    """Block until a worker process answers 200 on /readyz; TransportError if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TransportError(f"the worker exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TransportError(f"the worker was not ready within {timeout_s:.0f}s")
