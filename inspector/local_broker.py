@@ -192,7 +192,9 @@ class LocalKafka:
             if self._proc is not None and self._proc.poll() is not None:
                 raise TransportError(f"Kafka exited with code {self._proc.returncode}; see {self.log_file}")
             try:
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000)
+                # A short bootstrap timeout: kafka-python would otherwise back off for up to 30 s on a refused port.
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=3000,
+                                         bootstrap_timeout_ms=3000)
                 try:
                     admin.list_topics()
                     return

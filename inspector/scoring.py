@@ -6,13 +6,13 @@ the same thing everywhere.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -33,25 +33,38 @@ class ScoringConfig:
         return cls(**data)  # type: ignore[arg-type]
 
 
-def _gaussian_kernel(sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _blur_matrix(n: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """(n, n) matrix M with M @ v = Gaussian blur of v along its length, reflect padding included.
+
+    A 1-D blur as a band matrix turns the smoothing into two GEMMs: several times faster than a 1-channel
+    31-tap conv2d on CPU, and exactly the same arithmetic.
+    """
     radius = max(1, int(round(3 * sigma)))
-    xs = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
-    k = torch.exp(-(xs**2) / (2 * sigma**2))
-    return k / k.sum()  # (2r+1,)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-(taps**2) / (2 * sigma**2))
+    k = k / k.sum()
+    m = torch.zeros((n, n), dtype=torch.float64)
+    for i in range(n):
+        for j, w in zip(range(-radius, radius + 1), k.tolist()):
+            src = i + j
+            while src < 0 or src >= n:  # reflect about the edge pixels (torch's "reflect" padding)
+                src = -src if src < 0 else 2 * (n - 1) - src
+            m[i, src] += w
+    return m.to(device=device, dtype=dtype)
 
 
 def error_maps(x: torch.Tensor, recon: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
     """Per-pixel anomaly map: channel-mean reconstruction error, smoothed. (B, C, H, W) x2 -> (B, H, W)."""
     diff = (x.float() - recon.float())
     err = diff.square() if config.error == "l2" else diff.abs()
-    maps = err.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    maps = err.mean(dim=1)  # (B, H, W)
     if config.smoothing_sigma > 0:
-        k = _gaussian_kernel(config.smoothing_sigma, maps.device, maps.dtype)
-        r = k.numel() // 2
-        # Separable blur; reflect padding so the frame border is not darker than its inside.
-        maps = F.conv2d(F.pad(maps, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-        maps = F.conv2d(F.pad(maps, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    return maps[:, 0]  # (B, H, W)
+        h, w = maps.shape[-2:]
+        rows = _blur_matrix(h, config.smoothing_sigma, str(maps.device), maps.dtype)  # (H, H)
+        cols = _blur_matrix(w, config.smoothing_sigma, str(maps.device), maps.dtype)  # (W, W)
+        maps = rows @ maps @ cols.T  # separable blur: along H, then along W
+    return maps
 
 
 def image_scores(maps: torch.Tensor, config: ScoringConfig) -> torch.Tensor:

@@ -403,7 +403,7 @@ def test_poison_frames_are_dead_lettered_and_the_worker_stays_up(topics, start_w
 
 
 def test_batches_slower_than_the_poll_interval_shrink_instead_of_storming(topics, start_worker, reader, capsys):
-    n, batch, delay_ms, interval_ms = 40, 8, 300, 2000  # a full batch: 8 x 0.3 s = 2.4 s > 2 s
+    n, batch, delay_ms, interval_ms = 32, 8, 500, 2000  # a full batch: 8 x 0.5 s = 4 s, twice the interval
     _, labels = _publish(topics, n, 61, "cam-s")
     scores = reader(topics.scores)
     t0 = time.monotonic()
@@ -416,12 +416,12 @@ def test_batches_slower_than_the_poll_interval_shrink_instead_of_storming(topics
     ids = _ids(scores.records)
     log = worker.log_path.read_text()
     evictions = log.count("offset commit refused")
-    assignments = log.count("assigned ")
+    assignments = len(re.findall(r"assigned [1-9]", log))  # kafka-python may first join with no partitions
     sizes = [int(m) for m in re.findall(r"batch size lowered to (\d+)", log)]
     assert set(ids) == set(labels), f"lost {len(set(labels) - set(ids))} frames"
     duplicated = sum(ids.values()) - len(ids)
     # Each eviction re-scores at most one batch, and the batch halves each time: log2(8) + 1 evictions at most.
-    assert evictions <= 4 and assignments <= 1 + evictions, (evictions, assignments)
+    assert 1 <= evictions <= 4 and assignments <= 1 + evictions, (evictions, assignments)
     assert duplicated <= evictions * batch, (duplicated, evictions)
     assert worker.terminate() == 0
     _summary(capsys, "slow-scoring", runs=1, sent=n, scored=len(ids), lost=len(set(labels) - set(ids)),
