@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from inspector.errors import ConfigError, InspectorError, TransportError
-from inspector.settings import Settings, load_settings
+from inspector.settings import Settings, load_settings, prepare_thread_runtime
 
 log = logging.getLogger("inspector")
 
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_thread_runtime()
     args = build_parser().parse_args(argv)
     level = (args.log_level or "INFO").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),

@@ -43,31 +43,25 @@ def _client_config(settings: KafkaSettings) -> dict[str, object]:
     return {**config, "bootstrap_timeout_ms": settings.request_timeout_ms}
 
 
-class _LoginRefusals(logging.Handler):
-    """Remembers the last SASL login the broker refused, as kafka-python logs it.
-
-    kafka-python retries a refused login until its bootstrap times out, then raises only "Unable to bootstrap";
-    without this, a wrong password would read as an unreachable broker."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.last: str | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "SaslAuthenticationFailedError: " in message:
-            self.last = message.rsplit("SaslAuthenticationFailedError: ", 1)[1].rstrip(")")[:200]
-
-
-_login_refusals = _LoginRefusals()
-logging.getLogger("kafka").addHandler(_login_refusals)
+def _accepts_connections(bootstrap_servers: str) -> bool:
+    """True when some bootstrap server accepts a TCP connection (the broker is there, whatever it says next)."""
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=2).close()
+            return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _unreachable(settings: KafkaSettings, exc: Exception) -> TransportError:
-    refused, _login_refusals.last = _login_refusals.last, None
-    if refused:
-        return TransportError(f"Kafka at {settings.bootstrap_servers} refused the login of user "
-                              f"{settings.sasl_username!r}: {refused}")
+    # kafka-python retries a refused SASL login until its bootstrap times out and then reports only the timeout;
+    # a broker that accepts the connection but never lets us bootstrap is, with SASL, almost always the login.
+    if settings.security_protocol.startswith("SASL") and _accepts_connections(settings.bootstrap_servers):
+        return TransportError(f"Kafka at {settings.bootstrap_servers} accepts connections but not the "
+                              f"{settings.sasl_mechanism} login of user {settings.sasl_username!r}: check "
+                              f"kafka.sasl_username and kafka.sasl_password")
     return TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}: {exc}")
 
 

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
@@ -105,6 +106,7 @@ class Worker:
         self.cameras = CameraLabels(settings.limits.max_cameras, metrics)
         # nvJPEG decodes the whole batch on the GPU; the decode threads then only validate.
         self._gpu_decode = settings.batch.gpu_decode and runner.device.type == "cuda"
+        cv2.setNumThreads(1)  # parallelism comes from the decode pool; OpenCV's own pool would oversubscribe
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
         self._stop = threading.Event()
         self._in_hand: Batch | None = None
