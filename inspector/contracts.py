@@ -3,7 +3,8 @@
 frames        key = camera id, value = JPEG bytes, headers = FrameMeta (below)
 defect-alerts key = camera id, value = Alert as JSON
 frame-scores  key = camera id, value = FrameScore as compact JSON (one per scored frame)
-frames-dlq    key/value/headers of the original record + dlq.* headers (reason, detail, origin)
+frames-dlq    key/value/headers of the original record + dlq.* headers (reason, detail, origin); a record larger
+              than limits.max_frame_bytes keeps only its key and small headers (dlq.detail says so)
 """
 
 from __future__ import annotations

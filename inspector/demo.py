@@ -18,7 +18,7 @@ from kafka import KafkaConsumer
 
 from inspector.errors import TransportError
 from inspector.http_endpoint import wait_until_ready
-from inspector.kafka_io import create_topics
+from inspector.kafka_io import client_config, create_topics
 from inspector.local_broker import LocalKafka, free_port
 from inspector.settings import Settings
 
@@ -39,7 +39,7 @@ class Tally:
 
 def _follow(settings: Settings, tally: Tally, stop: threading.Event) -> None:
     k = settings.kafka
-    consumer = KafkaConsumer(k.alerts_topic, k.scores_topic, k.dlq_topic, **k.client_config(),
+    consumer = KafkaConsumer(k.alerts_topic, k.scores_topic, k.dlq_topic, **client_config(k),
                              group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
     try:
         while not stop.is_set():

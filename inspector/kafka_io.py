@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -32,15 +33,22 @@ Headers = list[tuple[str, bytes]]
 Offsets = dict[TopicPartition, int]  # next offset to read, per partition
 
 
-def _client_config(settings: KafkaSettings) -> dict[str, object]:
+def client_config(settings: KafkaSettings) -> dict[str, object]:
+    """kafka-python connection arguments for every client of ours (producers, consumers, admin)."""
     try:
         config = settings.client_config()
     except ConfigError:
         raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    # kafka-python waits bootstrap_timeout_ms (30 s) for a first broker, apart from request_timeout_ms: one bound.
-    return {**config, "bootstrap_timeout_ms": settings.request_timeout_ms}
+    return {
+        **config,
+        # kafka-python waits bootstrap_timeout_ms (30 s) for a first broker, apart from request_timeout_ms: one bound.
+        "bootstrap_timeout_ms": settings.request_timeout_ms,
+        # Its reconnect backoff grows to 30 s while a broker is down, so a worker sat idle up to 30 s after the
+        # broker was back (RELIABILITY.md, broker outage); 1 s is the Java client's default.
+        "reconnect_backoff_max_ms": 1000,
+    }
 
 
 def _accepts_connections(bootstrap_servers: str) -> bool:
@@ -68,7 +76,7 @@ def _unreachable(settings: KafkaSettings, exc: Exception) -> TransportError:
 def create_topics(settings: KafkaSettings, partitions: dict[str, int]) -> None:
     """Create topics that do not exist yet (idempotent)."""
     try:
-        admin = KafkaAdminClient(**_client_config(settings), client_id=f"{settings.client_id}-admin")
+        admin = KafkaAdminClient(**client_config(settings), client_id=f"{settings.client_id}-admin")
     except (KafkaError, OSError) as exc:
         raise _unreachable(settings, exc) from None
     try:
@@ -104,7 +112,7 @@ class FrameConsumer:
         self.settings = settings
         try:
             self._consumer = KafkaConsumer(
-                **_client_config(settings),
+                **client_config(settings),
                 client_id=settings.client_id,
                 group_id=settings.group_id,
                 enable_auto_commit=False,  # offsets are committed only after results are acknowledged
@@ -138,14 +146,24 @@ class FrameConsumer:
         next owner reads these records again, which at-least-once allows. TransportError for anything else."""
         if not offsets:
             return True
-        try:
-            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-        except (CommitFailedError, RebalanceInProgressError) as exc:
-            log.warning("offset commit refused, the group has moved on: %s", exc)
-            return False
-        except KafkaError as exc:
-            raise TransportError(f"offset commit failed: {exc}") from None
-        return True
+        # kafka-python gives up on a refused connection at once: retry what is retriable (the broker is away)
+        # for as long as the results behind these offsets could wait for their acknowledgement.
+        deadline, warned = time.monotonic() + self.settings.delivery_timeout_s, False
+        while True:
+            try:
+                self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+                return True
+            except (CommitFailedError, RebalanceInProgressError) as exc:
+                log.warning("offset commit refused, the group has moved on: %s", exc)
+                return False
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() >= deadline:
+                    raise TransportError(f"offset commit failed: {exc}") from None
+                if not warned:
+                    log.warning("offset commit failed, retrying for up to %.0fs: %s",
+                                self.settings.delivery_timeout_s, exc)
+                    warned = True
+                time.sleep(0.5)
 
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
@@ -193,7 +211,7 @@ class ResultProducer:
                 f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
         try:
             self._producer = KafkaProducer(
-                **_client_config(settings),
+                **client_config(settings),
                 client_id=f"{settings.client_id}-results",
                 acks="all",
                 enable_idempotence=True,  # broker de-duplicates retries: no doubles from our own resends

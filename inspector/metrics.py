@@ -93,18 +93,19 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
 class CameraLabels:
     """Caps the distinct camera label values: a flood of made-up camera ids must not explode the series.
 
-    A camera's counters start at 0 the first time it is seen (`WorkerMetrics.start_camera`)."""
+    A camera's counters start at 0 with its first good frame (`WorkerMetrics.start_camera`); a camera seen
+    only on dead-lettered frames gets no alert or scored series, so per-camera ratios have no 0/0."""
 
     def __init__(self, limit: int, metrics: WorkerMetrics) -> None:
         self.limit = limit
         self.metrics = metrics
         self._seen: set[str] = set()
+        self._started: set[str] = set()
 
-    def __call__(self, camera_id: str) -> str:
-        if camera_id in self._seen:
-            return camera_id
-        label = camera_id if len(self._seen) < self.limit else "other"
-        if label not in self._seen:
-            self._seen.add(label)
+    def __call__(self, camera_id: str, *, start: bool = True) -> str:
+        label = camera_id if camera_id in self._seen or len(self._seen) < self.limit else "other"
+        self._seen.add(label)
+        if start and label not in self._started:
+            self._started.add(label)
             self.metrics.start_camera(label)
         return label

@@ -210,7 +210,7 @@ class Worker:
         bad = [d for d in decoded if d.error is not None]
         for d in decoded:
             camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)  # type: ignore[attr-defined]
-            self.m.frames_consumed.labels(self.cameras(camera or "unknown")).inc()
+            self.m.frames_consumed.labels(self.cameras(camera or "unknown", start=d.error is None)).inc()
 
         # 3. Score the good frames in one batch.
         scores: np.ndarray = np.zeros(0, np.float32)

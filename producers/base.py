@@ -20,6 +20,7 @@ from kafka.errors import KafkaError
 
 from inspector.contracts import FrameMeta
 from inspector.errors import ConfigError, TransportError
+from inspector.kafka_io import client_config
 from inspector.settings import KafkaSettings, ProducerSettings
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Publisher:
         self.settings = settings
         try:
             self._producer = KafkaProducer(
-                **kafka.client_config(),
+                **client_config(kafka),
                 client_id=f"producer-{settings.camera_id}",
                 acks="all",
                 enable_idempotence=True,  # retries after a broker hiccup do not duplicate frames

@@ -13,5 +13,7 @@ def test_metrics_start_at_zero_and_camera_labels_are_capped():
     for camera in ("a", "b", "other"):
         assert registry.get_sample_value("inspector_alerts_total", {"camera": camera}) == 0
     assert registry.get_sample_value("inspector_alerts_total", {"camera": "c"}) is None
+    assert CameraLabels(5, m)("only-bad-frames", start=False) == "only-bad-frames"
+    assert registry.get_sample_value("inspector_alerts_total", {"camera": "only-bad-frames"}) is None
     m.alerts.labels(cameras("a")).inc()
     assert registry.get_sample_value("inspector_alerts_total", {"camera": "a"}) == 1
