@@ -12,6 +12,7 @@ import torch
 
 from inspector.artifact import ModelArtifact
 from inspector.errors import ConfigError
+from inspector.model import NullModel
 from inspector.preprocess import to_tensor
 from inspector.scoring import score_batch
 
@@ -81,6 +82,10 @@ class ModelRunner:
 
     def _score(self, images: np.ndarray | torch.Tensor, model: torch.nn.Module,
                artifact: ModelArtifact) -> tuple[np.ndarray, torch.Tensor]:
+        if isinstance(artifact.model, NullModel):
+            # Benchmarks: no model, no maps; what is left is transport, decode and the hot loop itself.
+            n, size = len(images), artifact.config.image_size
+            return np.zeros(n, np.float32), torch.zeros((n, 1, 1), device=self.device).expand(n, size, size)
         x = images if isinstance(images, torch.Tensor) else to_tensor(images, self.device)
         n = x.shape[0]
         if self.compile:
