@@ -27,7 +27,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from inspector.worker import serve
+    from inspector.serve import serve
 
     return serve(_settings(args))
 

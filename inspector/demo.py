@@ -4,7 +4,6 @@ live progress, and a summary; everything it starts is stopped at the end."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from inspector.errors import TransportError
 from inspector.http_endpoint import wait_until_ready
 from inspector.kafka_io import client_config, create_topics
 from inspector.local_broker import LocalKafka, free_port
-from inspector.settings import Settings
+from inspector.settings import Settings, child_environment
 
 
 @dataclass
@@ -101,8 +100,8 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
         })
         k = settings.kafka
         create_topics(k, {k.frames_topic: 2, k.alerts_topic: 1, k.scores_topic: 1, k.dlq_topic: 1})
-        env = {**os.environ, "INSPECTOR_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-               "INSPECTOR_HTTP__PORT": str(metrics_port), "INSPECTOR_MODEL__PATH": str(settings.model.path)}
+        env = child_environment(INSPECTOR_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers,
+                                INSPECTOR_HTTP__PORT=str(metrics_port), INSPECTOR_MODEL__PATH=str(settings.model.path))
         log_path = broker.work_dir / "worker.log"
         with open(log_path, "wb") as log:
             worker = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env, stdout=log,

@@ -161,3 +161,8 @@ def prepare_thread_runtime() -> None:
     CPU cores (measured on 2 cores: a 32-frame batch took 630 ms instead of 180 ms). A value the operator
     set is kept."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """This process's environment plus INSPECTOR_* overrides, for a worker started as a child process."""
+    return {**os.environ, **overrides}

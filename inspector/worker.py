@@ -11,17 +11,15 @@ Decoding of the next batch runs in threads while the current batch is scored (pi
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from kafka import TopicPartition
-from prometheus_client import CollectorRegistry
 
 from inspector import artifact as artifact_io
 from inspector.batcher import MicroBatcher
@@ -37,10 +35,8 @@ from inspector.contracts import (
     header_value,
 )
 from inspector.errors import BadFrame, ModelFileError
-from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka_io import FrameConsumer, Offsets, Pending, ResultProducer
-from inspector.metrics import STAGES, CameraLabels, WorkerMetrics, build_metrics
-from inspector.model import NullModel
+from inspector.metrics import STAGES, CameraLabels, WorkerMetrics
 from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, validate_jpeg
 from inspector.runtime import ModelRunner
 from inspector.scoring import defect_box
@@ -406,52 +402,3 @@ class Worker:
         if a.calibration is not None:
             self.m.calibration_good_mean.set(a.calibration.good_mean)
 
-
-def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
-    """`inspector serve`: load and warm the model, then join the group and run until SIGTERM/SIGINT."""
-    from inspector.runtime import pick_device
-
-    registry = registry or CollectorRegistry()
-    metrics = build_metrics(registry)
-    device = pick_device(settings.model.device)
-    artifact = artifact_io.load(Path(settings.model.path), device)
-    artifact.threshold  # noqa: B018 - refuse an uncalibrated model at start-up
-    if settings.model.null:
-        artifact = replace(artifact, model=NullModel(artifact.config), model_id="null")
-    runner = ModelRunner(artifact, device, bf16=settings.model.bf16, compile=settings.model.compile)
-    # Warm up (and compile) before joining the group: a slow first batch would trigger a rebalance.
-    sizes: tuple[int, ...] = (1, settings.batch.max_size)
-    if settings.model.compile:  # every power of two the runner pads to, up to the one >= max_size
-        top = 1 << (settings.batch.max_size - 1).bit_length()
-        sizes = tuple(1 << i for i in range(top.bit_length()))
-    warm_s = runner.warm_up(sizes)
-    log.info("model %s:%s on %s, warmed up in %.1fs", artifact.model_id, artifact.model_version, device, warm_s)
-
-    worker_box: list[Worker] = []
-    endpoint = HttpEndpoint(settings.http.host, settings.http.port, registry,
-                            ready=lambda: bool(worker_box) and worker_box[0].ready()).start()
-    log.info("metrics and health on http://%s/metrics", endpoint.address)
-    max_request = settings.limits.max_frame_bytes + 64 * 1024  # a dead letter carries the original frame
-    consumer = FrameConsumer(settings.kafka, max_poll_records=settings.batch.max_size)
-    try:
-        producer = ResultProducer(settings.kafka, max_request_bytes=max_request)
-    except Exception:
-        consumer.close()
-        raise
-    worker = Worker(settings, runner, consumer, producer, metrics)
-    worker_box.append(worker)
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: finishing the batch in hand, then stopping", signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    try:
-        worker.run()
-    finally:
-        producer.close()
-        consumer.close()
-        endpoint.close()
-    log.info("stopped cleanly")
-    return 0
