@@ -28,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -190,7 +191,7 @@ def naive_worker(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str) -> di
 def bare_model(jpegs: list[bytes], batch: int, seconds: float = 5.0) -> dict:
     device = pick_device("auto")
     runner = ModelRunner(artifact_io.load(DEFAULT_MODEL, device), device)
-    images = np.stack([decode_jpeg(j, size=runner.size, **LIMITS)[0] for j in jpegs[:batch]])
+    images = np.stack([decode_jpeg(jpegs[i % len(jpegs)], size=runner.size, **LIMITS)[0] for i in range(batch)])
     runner.warm_up((batch,))
     calls, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -224,11 +225,12 @@ def histogram_quantiles(metrics: str, name: str, labels: str = "", scale: float 
     return out
 
 
-def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: float, tag: str, logdir: Path) -> dict:
+def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: float, tag: str, logdir: Path,
+                batch: int = 32) -> dict:
     bs = broker.bootstrap_servers
     t = topic_set(tag)
     create_topics(KafkaSettings(bootstrap_servers=bs), {t["frames"]: 2, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
-    w = WorkerProc(bs, t, f"g-{tag}", log=logdir / f"{tag}.log")
+    w = WorkerProc(bs, t, f"g-{tag}", batch=batch, log=logdir / f"{tag}.log")
     w.wait_ready()
     n = int(rate * seconds)
     received: list = []
@@ -253,28 +255,34 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=3000, help="backlog per drain run")
     ap.add_argument("--naive-frames", type=int, default=300)
     ap.add_argument("--latency-seconds", type=float, default=20)
+    ap.add_argument("--batch", type=int, default=32, help="worker batch.max_size, and the bare model's batch")
     ap.add_argument("--out", type=Path, default=Path("bench/out/pipeline.json"))
     args = ap.parse_args()
     logdir = args.out.parent / "pipeline-logs"
     logdir.mkdir(parents=True, exist_ok=True)
     jpegs = make_jpegs(200)
-    res: dict = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+    device = pick_device("auto")
+    res: dict = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                             "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"},
+                 "batch": args.batch,
                  "date": time.strftime("%Y-%m-%d"), "mean_jpeg_bytes": int(np.mean([len(j) for j in jpegs]))}
     print(f"frames: 256x256 JPEG q97, mean {res['mean_jpeg_bytes']} bytes", flush=True)
     with LocalKafka(heap="1g") as broker:
-        res["bare_model"] = bare_model(jpegs, 32)
-        print("bare model (batch 32)          ", res["bare_model"], flush=True)
-        res["worker_default"] = drain(broker, jpegs, args.frames // 3, "wd", null=False, logdir=logdir)
+        res["bare_model"] = bare_model(jpegs, args.batch)
+        print(f"bare model (batch {args.batch})".ljust(31), res["bare_model"], flush=True)
+        res["worker_default"] = drain(broker, jpegs, args.frames // 3, "wd", null=False, batch=args.batch,
+                                      logdir=logdir)
         print("worker, default model          ", res["worker_default"], flush=True)
-        res["worker_null"] = drain(broker, jpegs, args.frames, "wn", null=True, logdir=logdir)
+        res["worker_null"] = drain(broker, jpegs, args.frames, "wn", null=True, batch=args.batch, logdir=logdir)
         print("worker, null model             ", res["worker_null"], flush=True)
         res["two_workers_null"] = drain(broker, jpegs, args.frames, "w2", null=True, workers=2, partitions=4,
-                                        logdir=logdir)
+                                        batch=args.batch, logdir=logdir)
         print("two workers, null model        ", res["two_workers_null"], flush=True)
         res["naive_worker"] = naive_worker(broker, jpegs, args.naive_frames, "nv")
         print("naive worker, default model    ", res["naive_worker"], flush=True)
         half = max(5.0, res["worker_default"]["frames_per_s"] / 2)
-        res["latency_half_capacity"] = latency_run(broker, jpegs, half, args.latency_seconds, "lat", logdir)
+        res["latency_half_capacity"] = latency_run(broker, jpegs, half, args.latency_seconds, "lat", logdir,
+                                                   batch=args.batch)
         print("latency at half capacity       ", res["latency_half_capacity"], flush=True)
     wd, wn = res["worker_default"]["frames_per_s"], res["worker_null"]["frames_per_s"]
     res["ratios"] = {

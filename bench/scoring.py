@@ -2,7 +2,8 @@
 
 Runs, in one process and on the same frames, the one-frame-at-a-time loop and batched paths (several batch
 sizes; fp32 / bf16 autocast; channels_last or not; optional torch.compile; OpenCV decode in threads vs GPU
-JPEG decode), and prints ratios against the one-frame loop. Writes JSON. Free of Kafka and pydantic, so it
+JPEG decode vs both at once), then the pipelined stage (the next batch decodes while this one scores, as in
+the worker), and prints ratios against the one-frame loop. Writes JSON. Free of Kafka and pydantic, so it
 runs on a bare GPU machine with torch, torchvision, OpenCV and safetensors.
 
     .venv/bin/python bench/scoring.py                      # default model, CPU or CUDA automatically
@@ -16,8 +17,11 @@ import argparse
 import json
 import os
 import platform
+import queue
 import sys
+import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -70,6 +74,59 @@ def timed(fn, n_frames_per_call: int, seconds: float, device: torch.device) -> d
             "calls": calls}
 
 
+def timed_pipelined(decode, score, chunk: list[bytes], seconds: float, device: torch.device) -> dict:
+    """The worker's overlap: a feeder thread decodes batch i+1 (on its own CUDA stream) while the caller's
+    thread scores batch i. frames/s over about `seconds`, after two warm-up batches."""
+    side = torch.cuda.Stream() if device.type == "cuda" else None
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def feeder() -> None:
+        try:
+            while not stop.is_set():
+                with torch.cuda.stream(side) if side is not None else nullcontext():
+                    x = decode(chunk)
+                    done = torch.cuda.Event() if side is not None else None
+                    if done is not None:
+                        done.record(side)
+                ready.put((x, done))
+        except BaseException as exc:  # noqa: BLE001 - surfaced in the caller's thread
+            ready.put((exc, None))
+
+    thread = threading.Thread(target=feeder, daemon=True)
+    thread.start()
+
+    def next_scored() -> None:
+        x, done = ready.get()
+        if isinstance(x, BaseException):
+            raise x
+        if done is not None:
+            torch.cuda.current_stream().wait_event(done)
+            x.record_stream(torch.cuda.current_stream())  # the allocator must not reuse it mid-model
+        score(x)
+
+    try:
+        for _ in range(2):
+            next_scored()
+        sync(device)
+        calls, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            next_scored()
+            calls += 1
+        sync(device)
+        dt = time.perf_counter() - t0
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a feeder waiting on a full queue
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
+    n = len(chunk)
+    return {"frames_per_s": round(calls * n / dt, 1), "ms_per_call": round(1000 * dt / calls, 3), "calls": calls}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -118,10 +175,30 @@ def main() -> int:
     def record(name: str, r: dict, **info: object) -> None:
         row = {"path": name, **info, **r}
         results["runs"].append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))  # as we go: a run cut short keeps its rows
         print(f"{name:58s} {r['frames_per_s']:>10.1f} frames/s  {r['ms_per_call']:>9.3f} ms/call", flush=True)
 
     def decode_cpu(batch: list[bytes]) -> np.ndarray:
         return np.stack([img for img, _ in pool.map(lambda b: decode_jpeg(b, size=size, **LIMITS), batch)])
+
+    def decode_split(batch: list[bytes], cpu_share: float) -> torch.Tensor:
+        """OpenCV threads and nvJPEG at once, each on its share of the batch -> (B, 3, S, S) on the device."""
+        k = round(len(batch) * cpu_share)
+        futures = [pool.submit(decode_jpeg, b, size=size, **LIMITS) for b in batch[:k]]
+        on_gpu = decode_jpegs_on_device(batch[k:], size, device) if k < len(batch) else None
+        parts = ([to_tensor([f.result()[0] for f in futures], device)] if k else []) + (
+            [on_gpu] if on_gpu is not None else [])
+        return torch.cat(parts).contiguous(memory_format=torch.channels_last)
+
+    def section(name: str, fn) -> None:
+        """One configuration failing (a driver or compiler quirk) is recorded, and the others still run."""
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            results.setdefault("errors", []).append({"section": name, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{name}: FAILED ({type(exc).__name__}: {exc})", flush=True)
 
     # 1. The one-frame-at-a-time loop (how per-image inferencers work): decode, score, sync, per frame.
     frame_iter = iter(range(10**12))
@@ -136,25 +213,44 @@ def main() -> int:
     record("one frame at a time, fp32, OpenCV decode", timed(one_frame, 1, args.seconds, device), batch=1)
     base = results["runs"][0]["frames_per_s"]
 
-    # 2. Decode alone: OpenCV in threads (and nvJPEG on CUDA).
+    # 2. Decode alone: OpenCV in threads; on CUDA also nvJPEG, and both at once with the batch split by the
+    #    two rates just measured (each decoder gets the share it can finish in the same time).
     big = jpegs[: max(batch_sizes)]
     record(f"decode only, OpenCV x{args.decode_threads} threads", timed(lambda: decode_cpu(big), len(big),
                                                                         args.seconds, device), batch=len(big))
+    cpu_share = 1.0
     if device.type == "cuda":
-        record("decode only, nvJPEG batched (torchvision)",
-               timed(lambda: decode_jpegs_on_device(big, size, device), len(big), args.seconds, device),
-               batch=len(big))
+        def gpu_decode_rows() -> None:
+            nonlocal cpu_share
+            record("decode only, nvJPEG batched (torchvision)",
+                   timed(lambda: decode_jpegs_on_device(big, size, device), len(big), args.seconds, device),
+                   batch=len(big))
+            r_cpu, r_gpu = results["runs"][-2]["frames_per_s"], results["runs"][-1]["frames_per_s"]
+            cpu_share = round(r_cpu / (r_cpu + r_gpu), 2)
+            record(f"decode only, split OpenCV {cpu_share:.0%} + nvJPEG",
+                   timed(lambda: decode_split(big, cpu_share), len(big), args.seconds, device), batch=len(big),
+                   cpu_share=cpu_share)
+
+        section("gpu decode", gpu_decode_rows)
+    results["cpu_share"] = cpu_share
+    decoders = {"OpenCV": lambda chunk: to_tensor(decode_cpu(chunk), device)}
+    if device.type == "cuda":
+        decoders["nvJPEG"] = lambda chunk: decode_jpegs_on_device(chunk, size, device)
+        if cpu_share < 1.0:
+            decoders[f"split {cpu_share:.0%} OpenCV + nvJPEG"] = lambda chunk: decode_split(chunk, cpu_share)
 
     # 3. Model + scoring alone on pre-decoded tensors, then the whole stage, per batch size and precision.
     model_cl = model.to(memory_format=torch.channels_last)
     precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
-    for b in batch_sizes:
+    bf16 = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+
+    def batch_rows(b: int) -> None:
         chunk = (jpegs * (b // len(jpegs) + 1))[:b]
         pre = to_tensor(decode_cpu(chunk), device)
         for prec in precisions:
-            ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if prec == "bf16" else nullcontext
+            ctx = bf16 if prec == "bf16" else nullcontext
             for cl in (False, True):
-                m = model_cl if cl else model.to(memory_format=torch.contiguous_format)
+                m = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                 x = pre if cl else pre.contiguous()
 
                 def model_only(m=m, x=x, ctx=ctx) -> None:
@@ -165,47 +261,61 @@ def main() -> int:
                 record(f"model+score only, batch {b}, {prec}, {'channels_last' if cl else 'contiguous'}",
                        timed(model_only, b, args.seconds, device), batch=b, precision=prec, channels_last=cl,
                        stage="model")
-            model_cl = model.to(memory_format=torch.channels_last)
-
-            def stage_cpu_decode(chunk=chunk, ctx=ctx, model_cl=model_cl) -> None:
-                x = to_tensor(decode_cpu(chunk), device)
-                with ctx():
-                    s, _ = score_batch(model_cl, x, scoring)
-                s.cpu()
-
-            record(f"JPEG->score, batch {b}, {prec}, channels_last, OpenCV decode",
-                   timed(stage_cpu_decode, b, args.seconds, device), batch=b, precision=prec, stage="full",
-                   decode="opencv")
-            if device.type == "cuda":
-                def stage_gpu_decode(chunk=chunk, ctx=ctx, model_cl=model_cl) -> None:
-                    x = decode_jpegs_on_device(chunk, size, device)
+            m = model.to(memory_format=torch.channels_last)
+            for dec_name, dec in decoders.items():
+                def stage(chunk=chunk, ctx=ctx, m=m, dec=dec) -> None:
+                    x = dec(chunk)
                     with ctx():
-                        s, _ = score_batch(model_cl, x, scoring)
+                        s, _ = score_batch(m, x, scoring)
                     s.cpu()
 
-                record(f"JPEG->score, batch {b}, {prec}, channels_last, nvJPEG decode",
-                       timed(stage_gpu_decode, b, args.seconds, device), batch=b, precision=prec, stage="full",
-                       decode="nvjpeg")
+                record(f"JPEG->score, batch {b}, {prec}, channels_last, {dec_name} decode",
+                       timed(stage, b, args.seconds, device), batch=b, precision=prec, stage="full",
+                       decode=dec_name)
 
+    for b in batch_sizes:
+        section(f"batch {b}", lambda b=b: batch_rows(b))
+    model_cl = model.to(memory_format=torch.channels_last)
+
+    # 4. torch.compile (max-autotune on CUDA) of the channels_last model, at the largest batch.
+    b = max(batch_sizes)
+    chunk = (jpegs * (b // len(jpegs) + 1))[:b]
+    best_model = model_cl
     if args.compile:
-        b = max(batch_sizes)
-        chunk = (jpegs * (b // len(jpegs) + 1))[:b]
-        pre = to_tensor(decode_cpu(chunk), device)
-        t0 = time.perf_counter()
-        compiled = torch.compile(model_cl, mode="max-autotune" if device.type == "cuda" else "default")
-        ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
-        with ctx():
-            score_batch(compiled, pre, scoring)
-        sync(device)
-        compile_s = time.perf_counter() - t0
+        def compile_rows() -> None:
+            nonlocal best_model
+            pre = to_tensor(decode_cpu(chunk), device)
+            t0 = time.perf_counter()
+            compiled = torch.compile(model_cl, mode="max-autotune" if device.type == "cuda" else "default")
+            with bf16():
+                score_batch(compiled, pre, scoring)
+            sync(device)
+            compile_s = time.perf_counter() - t0
 
-        def compiled_only() -> None:
-            with ctx():
-                s, _ = score_batch(compiled, pre, scoring)
-            s.cpu()
+            def compiled_only() -> None:
+                with bf16():
+                    s, _ = score_batch(compiled, pre, scoring)
+                s.cpu()
 
-        record(f"model+score only, batch {b}, torch.compile", timed(compiled_only, b, args.seconds, device),
-               batch=b, compile_seconds=round(compile_s, 1), stage="model")
+            record(f"model+score only, batch {b}, {precisions[-1]}, torch.compile",
+                   timed(compiled_only, b, args.seconds, device), batch=b, compile_seconds=round(compile_s, 1),
+                   stage="model", compiled=True)
+            best_model = compiled
+
+        section("compile", compile_rows)
+
+    # 5. The whole stage pipelined as in the worker: decode of the next batch overlaps scoring of this one.
+    def score_fn(x: torch.Tensor) -> None:
+        with bf16():
+            s, _ = score_batch(best_model, x, scoring)
+        s.cpu()
+
+    tag = ", torch.compile" if best_model is not model_cl else ""
+    for dec_name, dec in decoders.items():
+        section(f"pipelined {dec_name}", lambda dec_name=dec_name, dec=dec: record(
+            f"JPEG->score pipelined, batch {b}, {precisions[-1]}{tag}, {dec_name} decode",
+            timed_pipelined(dec, score_fn, chunk, args.seconds, device), batch=b, precision=precisions[-1],
+            stage="full", decode=dec_name, pipelined=True, compiled=bool(tag)))
 
     for row in results["runs"]:
         row["x_one_frame_loop"] = round(row["frames_per_s"] / base, 2)

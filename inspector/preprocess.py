@@ -147,9 +147,17 @@ def decode_jpegs_on_device(datas: list[bytes], size: int, device: torch.device) 
     raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8 on device
     out = torch.empty((len(datas), 3, size, size), device=device).to(memory_format=torch.channels_last)
+    # One camera model per line is the common case: frames of one shape convert and resize as one batch,
+    # not one kernel launch per frame (which capped a 256-frame batch at launch overhead).
+    by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, img in enumerate(decoded):
-        x = img.unsqueeze(0).float().div_(255.0)  # (1, 3, H, W)
-        if x.shape[-2:] != (size, size):
+        by_shape.setdefault(tuple(img.shape), []).append(i)
+    for shape, idx in by_shape.items():
+        x = torch.stack([decoded[i] for i in idx]).float().div_(255.0)  # (n, 3, H, W)
+        if shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i] = x[0]
+        if len(idx) == len(datas):
+            out.copy_(x)
+        else:
+            out[torch.tensor(idx, device=device)] = x
     return out

@@ -38,6 +38,7 @@ class ModelRunner:
         self.compile = compile
         self.artifact = artifact
         self._model = self._prepare(artifact)
+        self._warm_sizes: tuple[int, ...] = (1, 8, 32)
 
     @property
     def size(self) -> int:
@@ -51,16 +52,26 @@ class ModelRunner:
             model = torch.compile(model, mode="max-autotune" if self.device.type == "cuda" else "default")
         return model
 
+    def batch_shapes(self, max_batch: int) -> tuple[int, ...]:
+        """The batch sizes this runner will see for batches of 1..max_batch frames: with torch.compile every
+        power of two it pads to (each is a compiled graph), otherwise the two ends."""
+        if not self.compile:
+            return (1, max_batch)
+        top = 1 << (max_batch - 1).bit_length()
+        return tuple(1 << i for i in range(top.bit_length()))
+
     def load(self, artifact: ModelArtifact) -> None:
-        """Switch to another artifact (hot reload) and warm it up before it serves."""
+        """Switch to another artifact (hot reload) and warm it up, on the same batch shapes, before it serves."""
         model = self._prepare(artifact)
-        self.warm_up(model=model, scoring_artifact=artifact)
+        self.warm_up(self._warm_sizes, model=model, scoring_artifact=artifact)
         self.artifact, self._model = artifact, model
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32), *, model: torch.nn.Module | None = None,
                 scoring_artifact: ModelArtifact | None = None) -> float:
         """Run a few batches so kernels are chosen (and compiled) before the first real frame; seconds taken."""
         t0 = time.perf_counter()
+        if model is None:
+            self._warm_sizes = batch_sizes
         artifact = scoring_artifact or self.artifact
         size = artifact.config.image_size
         for b in batch_sizes:

@@ -33,11 +33,7 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
         artifact = replace(artifact, model=NullModel(artifact.config), model_id="null")
     runner = ModelRunner(artifact, device, bf16=settings.model.bf16, compile=settings.model.compile)
     # Warm up (and compile) before joining the group: a slow first batch would trigger a rebalance.
-    sizes: tuple[int, ...] = (1, settings.batch.max_size)
-    if settings.model.compile:  # every power of two the runner pads to, up to the one >= max_size
-        top = 1 << (settings.batch.max_size - 1).bit_length()
-        sizes = tuple(1 << i for i in range(top.bit_length()))
-    warm_s = runner.warm_up(sizes)
+    warm_s = runner.warm_up(runner.batch_shapes(settings.batch.max_size))
     log.info("model %s:%s on %s, warmed up in %.1fs", artifact.model_id, artifact.model_version, device, warm_s)
 
     worker_box: list[Worker] = []

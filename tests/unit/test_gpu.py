@@ -16,8 +16,9 @@ pytestmark = pytest.mark.gpu
 def _jpegs(n: int = 4) -> list[bytes]:
     rng = np.random.default_rng(0)
     out = []
-    for _ in range(n):
-        img = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (15, 15), 5)
+    for i in range(n):
+        shape = (240, 320, 3) if i % 2 == 0 else (64, 64, 3)  # two cameras: one resized group, one as-is
+        img = cv2.GaussianBlur(rng.integers(0, 255, shape, dtype=np.uint8), (15, 15), 5)
         out.append(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
     return out
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU measurements in one go, on a machine with python3, torch, torchvision, OpenCV and prometheus-client
+# but nothing else (no Java, no network): unpacks the bundle from bench/offline_bundle.sh, runs the GPU unit
+# tests, the scoring benchmark at 256x256 (with torch.compile) and the pipeline benchmark through a real
+# local Kafka broker. Each step has its own time limit, so one failing step still leaves the others' results.
+#
+#   bench/gpu_run.sh [bundle=.offline] [out=bench/out/gpu]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bundle=${1:-.offline}
+out=${2:-bench/out/gpu}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+site=/tmp/inspector-site
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+  "$bundle"/whl/*.whl || exit 1
+export PYTHONPATH=$site
+if ! command -v java >/dev/null; then
+  tar -C /tmp -xJf "$bundle/jre.tar.xz" && export PATH=/tmp/jre/bin:$PATH
+fi
+if [ -z "$(ls deploy/kafka/lib/kafka_2.13-*.jar 2>/dev/null)" ]; then
+  mkdir -p deploy/kafka && tar -C deploy/kafka -xJf "$bundle/kafka-lib.tar.xz"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+python3 -c "import sys, torch, torchvision, cv2; print(sys.version.split()[0], torch.__version__, torchvision.__version__, cv2.__version__, torch.cuda.is_available())"
+java -version 2>&1 | head -1
+
+echo "== GPU unit tests"
+timeout 180 python3 -m pytest -q tests/unit/test_gpu.py -p no:cacheprovider 2>&1 | tail -15
+echo "== scoring benchmark"
+timeout "${SCORING_TIMEOUT:-300}" python3 bench/scoring.py ${SCORING_ARGS:---input-size 256 --batch-sizes 128,512 --seconds 1 --compile} \
+  --out "$out/scoring.json"
+echo "== pipeline benchmark"
+timeout "${PIPELINE_TIMEOUT:-300}" python3 bench/pipeline.py ${PIPELINE_ARGS:---batch 128 --frames 3000 --naive-frames 200 --latency-seconds 10} \
+  --out "$out/pipeline.json"
+echo "== done"
