@@ -165,6 +165,10 @@ class FrameConsumer:
                     warned = True
                 time.sleep(0.5)
 
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read `tp` from `offset` at the next poll (a local change: safe inside a rebalance callback)."""
+        self._consumer.seek(tp, offset)
+
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
 

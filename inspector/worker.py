@@ -89,6 +89,15 @@ def next_offsets(records: list) -> Offsets:
     return offsets
 
 
+def first_offsets(records: list) -> Offsets:
+    """Per partition, the offset of the first record: where to read again from if these are dropped."""
+    offsets: Offsets = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        offsets[tp] = min(offsets.get(tp, r.offset), r.offset)
+    return offsets
+
+
 class Worker:
     """One inspector process: a group member on the frames topic with one model on one device."""
 
@@ -109,6 +118,7 @@ class Worker:
         self._batcher: MicroBatcher = MicroBatcher(settings.batch.max_size, 0)  # the batch being collected
         self._max_size = settings.batch.max_size  # shrinks while batches run close to max_poll_interval
         self._assigned = False
+        self._rewind: dict[TopicPartition, int] = {}  # first offset of each partition's dropped records
         self._model_mtime = self._mtime()
         self._next_reload_check = 0.0
         self._next_lag_update = 0.0
@@ -333,14 +343,22 @@ class Worker:
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
         # What we hold here was polled but not yet published: every published batch was committed before this
-        # poll. Dropping it loses nothing and duplicates nothing: the next owner reads it from the committed offset.
+        # poll. We drop it; whoever owns each partition next must read it again from its first dropped offset.
+        dropped = (self._in_hand.records if self._in_hand is not None else []) + self._batcher.take()
+        for tp, first in first_offsets(dropped).items():
+            self._rewind[tp] = min(first, self._rewind.get(tp, first))
         self._in_hand = None
-        self._batcher.take()
         self._assigned = False
         self.m.ready.set(0)
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._assigned = bool(assigned) or self._assigned
+        # A new owner starts from the committed offset, but kafka-python keeps a kept partition's position
+        # across the rebalance: it would read on after the dropped batch, and the next commit would skip it.
+        kept = self.consumer.assignment()
+        for tp, first in self._rewind.items():
+            if tp in kept:
+                self.consumer.seek(tp, first)
+        self._rewind.clear()
         self._assigned = True
         self.m.assigned_partitions.set(len(self.consumer.assignment()))
         self.m.ready.set(1 if self.ready() else 0)

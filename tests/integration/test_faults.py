@@ -593,6 +593,50 @@ def test_sigterm_under_load_commits_and_the_successor_continues_without_gap(topi
              stop_seconds="/".join(f"{s:.1f}" for s in stop_s))
 
 
+# ---- 6b. members joining and leaving mid-stream --------------------------------------------------------------
+
+
+def _cameras_on_each_partition(partitions: int) -> list[str]:
+    """One camera id per partition, as kafka-python's default partitioner places keyed records."""
+    from kafka.partitioner.default import murmur2
+
+    by_partition: dict[int, str] = {}
+    for i in range(1000):
+        cam = f"cam-j{i}"
+        by_partition.setdefault((murmur2(cam.encode()) & 0x7FFFFFFF) % partitions, cam)
+        if len(by_partition) == partitions:
+            return [by_partition[p] for p in range(partitions)]
+    raise AssertionError("no camera ids cover every partition")
+
+
+def test_members_joining_and_leaving_mid_stream_lose_nothing(topics, start_worker, reader, capsys):
+    """A rebalance drops the batch in hand. kafka-python keeps the position of a partition a member keeps
+    across an eager rebalance, so the worker must rewind it, or the next commit skips the dropped frames."""
+    labels: dict[str, str] = {}
+    for i, camera in enumerate(_cameras_on_each_partition(2)):
+        labels.update(_publish(topics, 150, 90 + i, camera)[1])
+    n = len(labels)
+    # Slow scoring (40 ms a frame) keeps a batch in hand whenever the group rebalances.
+    env = {"INSPECTOR_BATCH__MAX_SIZE": "8", "INSPECTOR_FAULTS__SCORE_DELAY_MS": "40"}
+    scores = reader(topics.scores)
+    first = start_worker(topics, **env)
+    scores.until(lambda rs: len(_ids(rs)) >= 40, timeout_s=120)
+    second = start_worker(topics, **env)  # rebalance 1: the first keeps one partition
+    scores.until(lambda rs: len(_ids(rs)) >= n // 2, timeout_s=120)
+    assert len(_ids(scores.records)) < n, "the backlog drained before the second member left"
+    assert second.terminate() == 0  # rebalance 2: the first keeps its partition and takes the other back
+    scores.until(lambda rs: len(_ids(rs)) >= n, timeout_s=180)
+    scores.until(lambda rs: False, timeout_s=2)
+    ids = _ids(scores.records)
+    lost = set(labels) - set(ids)
+    duplicated = sum(ids.values()) - len(ids)
+    assert first.terminate() == 0
+    assert not lost, f"lost {len(lost)} frames across 2 rebalances"
+    assert duplicated <= 2 * 2 * 8, f"{duplicated} duplicates: more than a batch per member per rebalance"
+    _summary(capsys, "rebalance", rebalances=2, sent=n, scored=len(ids), lost=len(lost), duplicated=duplicated,
+             dead_lettered=0)
+
+
 # ---- 7. exactly-once ------------------------------------------------------------------------------------------
 
 
