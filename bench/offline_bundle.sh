@@ -2,7 +2,7 @@
 # Packs what the benchmarks need on a GPU machine that has Python and torch but no Java, no Kafka and no
 # network (an air-gapped line PC, or a lent benchmark box): a trimmed Java 17 runtime (jlink), the Kafka
 # broker's jars (natives for other platforms dropped, stored uncompressed so xz packs them as one stream)
-# and the few Python wheels the worker needs beyond torch/OpenCV/prometheus-client. About 37 MB.
+# and the few Python wheels the worker needs beyond torch/OpenCV/prometheus-client. About 40 MB.
 #
 #   make kafka && bench/offline_bundle.sh [.offline]      then on the GPU box: bench/gpu_run.sh [.offline]
 set -euo pipefail
@@ -35,8 +35,9 @@ tar -C "$work" -cf - lib | xz -T0 -6 > "$dest/kafka-lib.tar.xz"
 # The pins in pyproject.toml, as wheels for CPython $py on x86-64 Linux.
 pins=$(python3 - <<'PY'
 import re, tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-want = ("kafka-python", "pydantic", "pydantic-settings", "crc32c")
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = project["dependencies"] + project["optional-dependencies"]["confluent"]
+want = ("kafka-python", "pydantic", "pydantic-settings", "crc32c", "confluent-kafka")
 print(" ".join(d.split(";")[0].split("#")[0].strip() for d in deps if re.split("[=<>]", d)[0] in want))
 PY
 )

@@ -105,13 +105,14 @@ def cpu_seconds(pid: int) -> float:
 
 class WorkerProc:
     def __init__(self, bootstrap: str, topics: dict[str, str], group: str, *, null: bool = False,
-                 batch: int = 32, log: Path) -> None:
+                 batch: int = 32, transport: str = "kafka-python", log: Path) -> None:
         self.port = free_port()
         env = {**os.environ, "INSPECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "INSPECTOR_KAFKA__GROUP_ID": group,
                "INSPECTOR_KAFKA__FRAMES_TOPIC": topics["frames"], "INSPECTOR_KAFKA__SCORES_TOPIC": topics["scores"],
                "INSPECTOR_KAFKA__ALERTS_TOPIC": topics["alerts"], "INSPECTOR_KAFKA__DLQ_TOPIC": topics["dlq"],
                "INSPECTOR_HTTP__PORT": str(self.port), "INSPECTOR_MODEL__NULL": "true" if null else "false",
-               "INSPECTOR_BATCH__MAX_SIZE": str(batch), "INSPECTOR_MODEL__RELOAD_POLL_S": "0"}
+               "INSPECTOR_BATCH__MAX_SIZE": str(batch), "INSPECTOR_MODEL__RELOAD_POLL_S": "0",
+               "INSPECTOR_KAFKA__TRANSPORT": transport}
         self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env,
                                      stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
@@ -132,14 +133,14 @@ def topic_set(tag: str) -> dict[str, str]:
 
 
 def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: bool, workers: int = 1,
-          partitions: int = 2, batch: int = 32, logdir: Path) -> dict:
+          partitions: int = 2, batch: int = 32, transport: str = "kafka-python", logdir: Path) -> dict:
     """Preload n frames, then start worker(s) and time the drain by the scored_ns of the score records."""
     bs = broker.bootstrap_servers
     t = topic_set(tag)
     create_topics(KafkaSettings(bootstrap_servers=bs),
                   {t["frames"]: partitions, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
     produce(bs, t["frames"], jpegs, n, run=tag)
-    procs = [WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, log=logdir / f"{tag}-{i}.log")
+    procs = [WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}-{i}.log")
              for i in range(workers)]
     for w in procs:
         w.wait_ready()
@@ -155,7 +156,7 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
     scored = sorted(s.scored_ns for s, _ in scores)
     # The drain rate between the first and the last score: excludes start-up, includes everything else.
     span = (scored[-1] - scored[0]) / 1e9 if len(scored) > 1 else float("nan")
-    return {"frames": n, "scored": len(scores), "workers": workers, "null_model": null,
+    return {"frames": n, "scored": len(scores), "workers": workers, "null_model": null, "transport": transport,
             "frames_per_s": round((len(scored) - 1) / span, 1), "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1)}
 
 
@@ -226,11 +227,11 @@ def histogram_quantiles(metrics: str, name: str, labels: str = "", scale: float 
 
 
 def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: float, tag: str, logdir: Path,
-                batch: int = 32) -> dict:
+                batch: int = 32, transport: str = "kafka-python") -> dict:
     bs = broker.bootstrap_servers
     t = topic_set(tag)
     create_topics(KafkaSettings(bootstrap_servers=bs), {t["frames"]: 2, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
-    w = WorkerProc(bs, t, f"g-{tag}", batch=batch, log=logdir / f"{tag}.log")
+    w = WorkerProc(bs, t, f"g-{tag}", batch=batch, transport=transport, log=logdir / f"{tag}.log")
     w.wait_ready()
     n = int(rate * seconds)
     received: list = []
@@ -243,7 +244,7 @@ def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: fl
     lat = np.array([(recv - s.captured_ns) / 1e6 for s, recv in received])
     stages = {stage: histogram_quantiles(metrics, "inspector_stage_duration_seconds", f'stage="{stage}"')
               for stage in ("poll", "decode", "score", "publish", "commit")}
-    return {"rate_target": rate, "rate_achieved": round(achieved, 1), "frames": n, "received": len(received),
+    return {"transport": transport, "rate_target": rate, "rate_achieved": round(achieved, 1), "frames": n, "received": len(received),
             "e2e_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {},
             "worker_e2e_ms": histogram_quantiles(metrics, "inspector_end_to_end_latency_seconds"),
             "stage_ms": stages,
@@ -256,8 +257,17 @@ def main() -> int:
     ap.add_argument("--naive-frames", type=int, default=300)
     ap.add_argument("--latency-seconds", type=float, default=20)
     ap.add_argument("--batch", type=int, default=32, help="worker batch.max_size, and the bare model's batch")
+    ap.add_argument("--transports", default="kafka-python,confluent",
+                    help="Kafka client libraries to compare (the first is the default, used for the other runs)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/pipeline.json"))
     args = ap.parse_args()
+    transports = [t for t in args.transports.split(",") if t]
+    if "confluent" in transports:
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            print("confluent-kafka is not installed: measuring kafka-python only", flush=True)
+            transports.remove("confluent")
     logdir = args.out.parent / "pipeline-logs"
     logdir.mkdir(parents=True, exist_ok=True)
     jpegs = make_jpegs(200)
@@ -284,12 +294,30 @@ def main() -> int:
         res["latency_half_capacity"] = latency_run(broker, jpegs, half, args.latency_seconds, "lat", logdir,
                                                    batch=args.batch)
         print("latency at half capacity       ", res["latency_half_capacity"], flush=True)
+        for transport in transports[1:]:  # the alternative client library, same runs, same broker
+            t = transport.replace("-", "_")
+            res[f"worker_default_{t}"] = drain(broker, jpegs, args.frames // 3, f"wd-{t}", null=False,
+                                               batch=args.batch, transport=transport, logdir=logdir)
+            print(f"worker, default model, {transport}".ljust(31), res[f"worker_default_{t}"], flush=True)
+            res[f"worker_null_{t}"] = drain(broker, jpegs, args.frames, f"wn-{t}", null=True, batch=args.batch,
+                                            transport=transport, logdir=logdir)
+            print(f"worker, null model, {transport}".ljust(31), res[f"worker_null_{t}"], flush=True)
+            half = max(5.0, res[f"worker_default_{t}"]["frames_per_s"] / 2)
+            res[f"latency_half_capacity_{t}"] = latency_run(broker, jpegs, half, args.latency_seconds,
+                                                            f"lat-{t}", logdir, batch=args.batch, transport=transport)
+            print(f"latency at half capacity, {transport}".ljust(31), res[f"latency_half_capacity_{t}"], flush=True)
     wd, wn = res["worker_default"]["frames_per_s"], res["worker_null"]["frames_per_s"]
     res["ratios"] = {
         "worker_vs_bare_model": round(wd / res["bare_model"]["frames_per_s"], 3),
         "worker_vs_naive": round(wd / res["naive_worker"]["frames_per_s"], 2),
         "two_vs_one_null_workers": round(res["two_workers_null"]["frames_per_s"] / wn, 2),
     }
+    for transport in transports[1:]:
+        t = transport.replace("-", "_")
+        res["ratios"][f"{t}_vs_{transports[0].replace('-', '_')}_null"] = round(
+            res[f"worker_null_{t}"]["frames_per_s"] / wn, 2)
+        res["ratios"][f"{t}_worker_vs_bare_model"] = round(
+            res[f"worker_default_{t}"]["frames_per_s"] / res["bare_model"]["frames_per_s"], 3)
     print("ratios", res["ratios"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))

@@ -26,9 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
+# As the worker does (settings.prepare_thread_runtime): idle OpenMP threads must not spin on the cores that
+# the decode threads need. Only effective before torch starts its thread pool, hence before the import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -141,6 +145,7 @@ def main() -> int:
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cv2.setNumThreads(1)  # as in the worker: the decode pool is the parallelism; OpenCV's own would oversubscribe
     if args.input_size:
         art = ModelArtifact(Autoencoder(AutoencoderConfig(image_size=args.input_size)))
     else:

@@ -199,7 +199,7 @@ class FrameConsumer:
 class Pending:
     """A sent record whose acknowledgement we wait for before committing the offsets behind it."""
 
-    future: FutureRecordMetadata
+    future: FutureRecordMetadata  # or, with the confluent transport, its delivery report of the same shape
     what: str
 
 

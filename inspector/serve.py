@@ -22,6 +22,15 @@ from inspector.worker import Worker
 log = logging.getLogger("inspector.worker")
 
 
+def transport_types(transport: str) -> tuple[type, type]:
+    """(consumer class, producer class) of the chosen Kafka client library."""
+    if transport == "confluent":
+        from inspector.kafka_confluent import ConfluentFrameConsumer, ConfluentResultProducer
+
+        return ConfluentFrameConsumer, ConfluentResultProducer
+    return FrameConsumer, ResultProducer
+
+
 def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
     """Load and warm the model, then join the group and run until SIGTERM/SIGINT; returns the exit code."""
     registry = registry or CollectorRegistry()
@@ -41,9 +50,10 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
                             ready=lambda: bool(worker_box) and worker_box[0].ready()).start()
     log.info("metrics and health on http://%s/metrics", endpoint.address)
     max_request = settings.limits.max_frame_bytes + 64 * 1024  # a dead letter carries the original frame
-    consumer = FrameConsumer(settings.kafka, max_poll_records=settings.batch.max_size)
+    consumer_type, producer_type = transport_types(settings.kafka.transport)
+    consumer = consumer_type(settings.kafka, max_poll_records=settings.batch.max_size)
     try:
-        producer = ResultProducer(settings.kafka, max_request_bytes=max_request)
+        producer = producer_type(settings.kafka, max_request_bytes=max_request)
     except Exception:
         consumer.close()
         raise

@@ -43,6 +43,9 @@ class KafkaSettings(BaseModel):
     max_partition_fetch_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     # Producer: a short linger packs alerts of one batch into one request without adding latency.
     linger_ms: int = Field(2, ge=0)
+    # kafka-python (pure Python, the default) or confluent-kafka (librdkafka, C): faster per record, see
+    # bench/RESULTS.md; needs the `confluent` extra.
+    transport: Literal["kafka-python", "confluent"] = "kafka-python"
     exactly_once: bool = False  # transactional alerts+scores with offsets in the transaction
     transactional_id: str | None = None  # defaults to "<group_id>-<hostname>-<pid>"
 

@@ -609,15 +609,19 @@ def _cameras_on_each_partition(partitions: int) -> list[str]:
     raise AssertionError("no camera ids cover every partition")
 
 
-def test_members_joining_and_leaving_mid_stream_lose_nothing(topics, start_worker, reader, capsys):
+@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+def test_members_joining_and_leaving_mid_stream_lose_nothing(topics, start_worker, reader, capsys, transport):
     """A rebalance drops the batch in hand. kafka-python keeps the position of a partition a member keeps
     across an eager rebalance, so the worker must rewind it, or the next commit skips the dropped frames."""
+    if transport == "confluent":
+        pytest.importorskip("confluent_kafka")
     labels: dict[str, str] = {}
     for i, camera in enumerate(_cameras_on_each_partition(2)):
         labels.update(_publish(topics, 150, 90 + i, camera)[1])
     n = len(labels)
     # Slow scoring (40 ms a frame) keeps a batch in hand whenever the group rebalances.
-    env = {"INSPECTOR_BATCH__MAX_SIZE": "8", "INSPECTOR_FAULTS__SCORE_DELAY_MS": "40"}
+    env = {"INSPECTOR_BATCH__MAX_SIZE": "8", "INSPECTOR_FAULTS__SCORE_DELAY_MS": "40",
+           "INSPECTOR_KAFKA__TRANSPORT": transport}
     scores = reader(topics.scores)
     first = start_worker(topics, **env)
     scores.until(lambda rs: len(_ids(rs)) >= 40, timeout_s=120)
@@ -633,7 +637,7 @@ def test_members_joining_and_leaving_mid_stream_lose_nothing(topics, start_worke
     assert first.terminate() == 0
     assert not lost, f"lost {len(lost)} frames across 2 rebalances"
     assert duplicated <= 2 * 2 * 8, f"{duplicated} duplicates: more than a batch per member per rebalance"
-    _summary(capsys, "rebalance", rebalances=2, sent=n, scored=len(ids), lost=len(lost), duplicated=duplicated,
+    _summary(capsys, f"rebalance-{transport}", rebalances=2, sent=n, scored=len(ids), lost=len(lost), duplicated=duplicated,
              dead_lettered=0)
 
 

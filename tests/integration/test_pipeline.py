@@ -39,10 +39,13 @@ def _corrupt_frames(publisher: Publisher) -> list[str]:
     return ["empty_value", "not_jpeg", "truncated", "unknown_schema", "missing_header"]
 
 
-def test_frames_flow_to_alerts_scores_and_dead_letters(topics, start_worker, reader):
+@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+def test_frames_flow_to_alerts_scores_and_dead_letters(topics, start_worker, reader, transport):
+    if transport == "confluent":
+        pytest.importorskip("confluent_kafka")
     frames = planned_stream(producer_settings(seed=11), n_frames=200, n_defects=20)
     publisher = Publisher(topics.kafka_settings(), producer_settings(camera_id="cam-1"))
-    worker = start_worker(topics)
+    worker = start_worker(topics, INSPECTOR_KAFKA__TRANSPORT=transport)
     stats = publisher.publish(ListSource(frames))
     expected_reasons = _corrupt_frames(publisher)
     assert stats.acked == 205 and stats.failed == 0

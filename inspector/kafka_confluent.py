@@ -1,0 +1,326 @@
+"""The optional confluent-kafka (librdkafka) transport, behind the same interface as `inspector.kafka_io`.
+
+kafka-python parses every record in Python, and on a GPU that caps one worker near 3,400 frames/s of 20 KB
+JPEGs (bench/RESULTS.md). librdkafka fetches and parses in C threads. Select it with
+`INSPECTOR_KAFKA__TRANSPORT=confluent`; kafka-python stays the default. Records, partitions and offsets
+cross this boundary as the types the hot loop already knows (`FrameRecord`, kafka-python's `TopicPartition`),
+and every librdkafka error leaves as `TransportError` or `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from kafka import TopicPartition
+
+from inspector.errors import ConfigError, TransportError
+from inspector.kafka_io import Headers, Offsets, Pending
+from inspector.settings import KafkaSettings
+
+try:
+    import confluent_kafka as ck
+except ImportError:  # pragma: no cover - depends on the install
+    ck = None
+
+log = logging.getLogger(__name__)
+
+# The group has moved on (we were evicted, or it is rebalancing): a refused commit, not a failure.
+_GROUP_MOVED_ON = {"REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "_ASSIGNMENT_LOST",
+                   "FENCED_INSTANCE_ID"}
+
+
+def _require() -> None:
+    if ck is None:
+        raise ConfigError("kafka.transport=confluent needs the confluent-kafka package: "
+                          "pip install 'produce-inspector[confluent]'")
+
+
+def librdkafka_config(settings: KafkaSettings) -> dict[str, object]:
+    """The connection settings every client of ours shares, in librdkafka's names."""
+    try:
+        kp = settings.client_config()  # validates SASL/SSL settings and files once, for both transports
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg: dict[str, object] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol,
+        "socket.timeout.ms": settings.request_timeout_ms,
+        "reconnect.backoff.max.ms": 1000,
+        "error_cb": _log_client_error,
+    }
+    if "sasl_mechanism" in kp:
+        cfg.update({"sasl.mechanisms": kp["sasl_mechanism"], "sasl.username": kp["sasl_plain_username"],
+                    "sasl.password": kp["sasl_plain_password"]})
+    for ours, theirs in (("ssl_cafile", "ssl.ca.location"), ("ssl_certfile", "ssl.certificate.location"),
+                         ("ssl_keyfile", "ssl.key.location")):
+        if ours in kp:
+            cfg[theirs] = kp[ours]
+    return cfg
+
+
+def _log_client_error(err: object) -> None:
+    # librdkafka retries connection problems itself; they are worth a line, not an exception.
+    log.warning("kafka client: %s", err)
+
+
+def _transport_error(what: str, exc: Exception) -> TransportError:
+    err = exc.args[0] if exc.args else exc
+    name = err.name() if hasattr(err, "name") else type(exc).__name__
+    text = err.str() if hasattr(err, "str") else str(exc)
+    return TransportError(f"{what} failed: {name}: {text}")
+
+
+@dataclass(slots=True)
+class FrameRecord:
+    """One consumed record, with the attributes the hot loop reads (kafka-python's ConsumerRecord has them too)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+    timestamp: int = -1
+
+
+class ConfluentFrameConsumer:
+    """The frames topic, consumed in a group with manual commits (librdkafka)."""
+
+    def __init__(self, settings: KafkaSettings, *, max_poll_records: int) -> None:
+        _require()
+        self.settings = settings
+        self._max_records = max_poll_records
+        self._assigning: set[TopicPartition] | None = None  # during on_assign: the partitions being assigned
+        self._seeks: dict[TopicPartition, int] = {}
+        config = {
+            **librdkafka_config(settings),
+            "client.id": settings.client_id,
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,  # offsets are committed only after results are acknowledged
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "max.poll.interval.ms": settings.max_poll_interval_ms,
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 4),
+            "fetch.max.bytes": settings.fetch_max_bytes,
+            "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
+            "fetch.wait.max.ms": 5,  # a frame should not sit in the broker waiting for company
+            "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
+        }
+        try:
+            self._consumer = ck.Consumer(config)
+            self._consumer.list_topics(timeout=settings.request_timeout_ms / 1000)  # fail at start, in one line
+        except ck.KafkaException as exc:
+            raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                                 f"{_transport_error('connect', exc)}") from None
+
+    def subscribe(self, on_revoked: Callable[[list[TopicPartition]], None],
+                  on_assigned: Callable[[list[TopicPartition]], None]) -> None:
+        def assign(consumer: object, partitions: list) -> None:
+            tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+            self._assigning, self._seeks = set(tps), {}
+            try:
+                on_assigned(tps)
+            finally:
+                self._assigning = None
+            for p in partitions:  # seeks asked for inside the callback become the starting offsets
+                p.offset = self._seeks.get(TopicPartition(p.topic, p.partition), p.offset)
+            self._consumer.assign(partitions)
+
+        def revoke(consumer: object, partitions: list) -> None:
+            on_revoked([TopicPartition(p.topic, p.partition) for p in partitions])
+            self._consumer.unassign()
+
+        self._consumer.subscribe([self.settings.frames_topic], on_assign=assign, on_revoke=revoke)
+
+    def poll(self, timeout_s: float, max_records: int) -> list[FrameRecord]:
+        """Up to `max_records` records, waiting at most `timeout_s` (partition order kept)."""
+        # consume(n, timeout) waits until it has n messages or the timeout passes; kafka-python's poll returns as
+        # soon as there are any. The micro-batcher decides how long a batch waits, so: block for the first
+        # message only, then take what is already fetched.
+        try:
+            first = self._consumer.poll(max(0.0, timeout_s))
+            messages = [] if first is None else [first]
+            room = min(max_records, self._max_records) - len(messages)
+            if first is not None and room > 0:
+                messages += self._consumer.consume(num_messages=room, timeout=0)
+        except ck.KafkaException as exc:
+            raise _transport_error("poll", exc) from None
+        records = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise TransportError(f"poll failed: {err.name()}: {err.str()}")
+                log.warning("consumer: %s", err.str())  # e.g. a partition's leader moved: librdkafka retries
+                continue
+            records.append(FrameRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                                       list(m.headers() or []), m.timestamp()[1]))
+        return records
+
+    def commit(self, offsets: Offsets) -> bool:
+        """Commit; False when the group has moved on. TransportError for anything not retriable in time."""
+        if not offsets:
+            return True
+        tps = [ck.TopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+        deadline, warned = time.monotonic() + self.settings.delivery_timeout_s, False
+        while True:
+            try:
+                self._consumer.commit(offsets=tps, asynchronous=False)
+                return True
+            except ck.KafkaException as exc:
+                err = exc.args[0]
+                if err.name() in _GROUP_MOVED_ON:
+                    log.warning("offset commit refused, the group has moved on: %s", err.str())
+                    return False
+                if not err.retriable() or time.monotonic() >= deadline:
+                    raise _transport_error("offset commit", exc) from None
+                if not warned:
+                    log.warning("offset commit failed, retrying for up to %.0fs: %s",
+                                self.settings.delivery_timeout_s, err.str())
+                    warned = True
+                time.sleep(0.5)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read `tp` from `offset` next; inside the assignment callback it becomes the starting offset."""
+        if self._assigning is not None:
+            self._seeks[tp] = offset
+            return
+        try:
+            self._consumer.seek(ck.TopicPartition(tp.topic, tp.partition, offset))
+        except ck.KafkaException as exc:
+            raise _transport_error(f"seek {tp.topic}/{tp.partition}", exc) from None
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def assignment(self) -> set[TopicPartition]:
+        if self._assigning is not None:
+            return set(self._assigning)
+        return {TopicPartition(p.topic, p.partition) for p in self._consumer.assignment()}
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages between this consumer's position and the end of each assigned partition (known ones)."""
+        lags: dict[TopicPartition, int] = {}
+        try:
+            for p in self._consumer.position(self._consumer.assignment()):
+                _, high = self._consumer.get_watermark_offsets(p, cached=True)
+                if p.offset >= 0 and high >= 0:
+                    lags[TopicPartition(p.topic, p.partition)] = max(0, high - p.offset)
+        except ck.KafkaException:
+            pass
+        return lags
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except (ck.KafkaException, RuntimeError) as exc:
+            log.warning("consumer close: %s", exc)
+
+
+class _Delivery:
+    """librdkafka's delivery report for one record, shaped like kafka-python's future (is_done, failed())."""
+
+    __slots__ = ("is_done", "exception")
+
+    def __init__(self) -> None:
+        self.is_done = False
+        self.exception: object = None
+
+    def __call__(self, err: object, _msg: object) -> None:
+        self.is_done, self.exception = True, err
+
+    def failed(self) -> bool:
+        return self.exception is not None
+
+
+class ConfluentResultProducer:
+    """Alerts, scores and dead letters: acks=all, idempotent, optionally transactional (librdkafka)."""
+
+    def __init__(self, settings: KafkaSettings, *, max_request_bytes: int) -> None:
+        _require()
+        self.settings = settings
+        self.transactional = settings.exactly_once
+        self._timeout_s = settings.request_timeout_ms / 1000
+        config = {
+            **librdkafka_config(settings),
+            "client.id": f"{settings.client_id}-results",
+            "acks": "all",
+            "enable.idempotence": True,  # broker de-duplicates retries: no doubles from our own resends
+            "linger.ms": settings.linger_ms,
+            "message.max.bytes": max_request_bytes,
+            "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
+        }
+        if self.transactional:
+            config["transactional.id"] = settings.transactional_id or (
+                f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
+        try:
+            self._producer = ck.Producer(config)
+            self._producer.list_topics(timeout=self._timeout_s)
+            if self.transactional:
+                self._producer.init_transactions(self._timeout_s)
+        except ck.KafkaException as exc:
+            raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                                 f"{_transport_error('connect', exc)}") from None
+        self._healthy = True
+
+    def connected(self) -> bool:
+        """True once bootstrapped and as long as the last flush was acknowledged."""
+        return self._healthy
+
+    def begin(self) -> None:
+        if self.transactional:
+            self._wrap(self._producer.begin_transaction, "begin transaction")
+
+    def send(self, topic: str, key: str, value: bytes, headers: Headers, what: str) -> Pending:
+        delivery = _Delivery()
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key.encode(), headers=headers or None,
+                                       on_delivery=delivery)
+                return Pending(delivery, what)  # type: ignore[arg-type]
+            except BufferError:  # the local queue is full: serve delivery reports, then try again
+                self._producer.poll(0.05)
+            except ck.KafkaException as exc:
+                raise _transport_error(f"send {what} to {topic}", exc) from None
+
+    def flush_and_check(self, pending: Iterable[Pending]) -> None:
+        """Block until every pending record is acknowledged; TransportError if any was not."""
+        self._healthy = False
+        self._wrap(lambda: self._producer.flush(self.settings.delivery_timeout_s + 5), "flush")
+        for p in pending:
+            if not p.future.is_done:
+                raise TransportError(f"{p.what} not acknowledged within {self.settings.delivery_timeout_s:.0f}s")
+            if p.future.failed():
+                raise TransportError(f"{p.what} was not delivered: {p.future.exception}")
+        self._healthy = True
+
+    def commit_with_offsets(self, offsets: Offsets, group_metadata: object) -> None:
+        """Exactly-once: the consumed offsets become part of the transaction, then it commits."""
+        tps = [ck.TopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+        self._wrap(lambda: self._producer.send_offsets_to_transaction(tps, group_metadata, self._timeout_s),
+                   "send offsets")
+        self._wrap(lambda: self._producer.commit_transaction(self._timeout_s), "commit transaction")
+
+    def abort(self) -> None:
+        if self.transactional:
+            try:
+                self._producer.abort_transaction(self._timeout_s)
+            except ck.KafkaException as exc:
+                log.warning("abort transaction: %s", exc)
+
+    def _wrap(self, call: Callable[[], object], what: str) -> None:
+        try:
+            call()
+        except ck.KafkaException as exc:
+            raise _transport_error(what, exc) from None
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            log.warning("producer close: %d records not delivered", remaining)
