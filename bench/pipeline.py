@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -73,6 +74,23 @@ def produce(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float 
     return n / dt
 
 
+def _produce_child(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float, run: str, conn) -> None:
+    conn.send(produce(bootstrap, topic, jpegs, n, rate, run))
+
+
+def produce_in_child(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float = 0.0,
+                     run: str = "b") -> float:
+    """`produce` in a process of its own: in this one it would share the GIL with the score reader, and a
+    starved producer holds frames back after stamping their capture time, which reads as worker latency."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_produce_child, args=(bootstrap, topic, jpegs, n, rate, run, send), daemon=True)
+    child.start()
+    achieved = receive.recv()
+    child.join(timeout=60)
+    return achieved
+
+
 def committed_total(bootstrap: str, group: str, topic: str) -> int:
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
@@ -119,6 +137,13 @@ class WorkerProc:
     def wait_ready(self) -> None:
         wait_until_ready(self.proc, self.port)
 
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
             return r.read().decode()
@@ -139,11 +164,21 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
     t = topic_set(tag)
     create_topics(KafkaSettings(bootstrap_servers=bs),
                   {t["frames"]: partitions, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
-    produce(bs, t["frames"], jpegs, n, run=tag)
+    if workers == 1:
+        produce(bs, t["frames"], jpegs, n, run=tag)
     procs = [WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}-{i}.log")
              for i in range(workers)]
     for w in procs:
         w.wait_ready()
+    producer_fps = None
+    if workers > 1:
+        # A member that joins mid-drain stalls the group for a rebalance (seconds on a fast machine), which
+        # would measure the rebalance, not two members working. So the group settles on an empty topic first,
+        # and the backlog then arrives from another process, flat out (its rate is reported beside).
+        deadline = time.monotonic() + 60
+        while not all(w.ready() for w in procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        producer_fps = round(produce_in_child(bs, t["frames"], jpegs, n, run=tag), 1)
     cpu0 = sum(cpu_seconds(w.proc.pid) for w in procs)
     wall0 = time.monotonic()
     while committed_total(bs, f"g-{tag}", t["frames"]) < n and time.monotonic() - wall0 < 600:
@@ -157,7 +192,8 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
     # The drain rate between the first and the last score: excludes start-up, includes everything else.
     span = (scored[-1] - scored[0]) / 1e9 if len(scored) > 1 else float("nan")
     return {"frames": n, "scored": len(scores), "workers": workers, "null_model": null, "transport": transport,
-            "frames_per_s": round((len(scored) - 1) / span, 1), "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1)}
+            "frames_per_s": round((len(scored) - 1) / span, 1), "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+            **({"producer_frames_per_s": producer_fps} if producer_fps else {})}
 
 
 def naive_worker(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str) -> dict:
@@ -237,7 +273,7 @@ def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: fl
     received: list = []
     reader = threading.Thread(target=lambda: received.extend(read_scores(bs, t["scores"], n, seconds + 60)))
     reader.start()
-    achieved = produce(bs, t["frames"], jpegs, n, rate=rate, run=tag)
+    achieved = produce_in_child(bs, t["frames"], jpegs, n, rate=rate, run=tag)
     reader.join()
     metrics = w.metrics()
     w.stop()

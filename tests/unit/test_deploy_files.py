@@ -427,7 +427,8 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck(compose: dict[str, Any])
     copied = {source.rstrip("/") for line in lines if line.startswith("COPY ")
               for source in line.split()[1:-1] if not source.startswith("--")}
     assert {"inspector", "producers", "models", "pyproject.toml", "README.md"} <= copied
-    assert any(line.startswith("RUN pip install --no-cache-dir") and line.endswith(" .") for line in lines)
+    assert any(line.startswith("RUN pip install --no-cache-dir") and line.endswith((' .', ' ".[confluent]"'))
+               for line in lines)
     (healthcheck,) = [line for line in lines if line.startswith("HEALTHCHECK ")]
     assert '"python"' in healthcheck and "/healthz" in healthcheck
     # BuildKit reads <Dockerfile>.dockerignore: it must let every copied path through.
