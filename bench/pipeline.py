@@ -199,13 +199,19 @@ def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], jpegs: lis
         time.sleep(0.5)
     cpu1 = sum(cpu_seconds(w.proc.pid) for w in procs)
     wall = time.monotonic() - wall0
+    metrics = procs[0].metrics()
     scores = read_scores(bs, t["scores"], n)
     scored = sorted(s.scored_ns for s, _ in scores if s.scored_ns >= settled_ns)
     # The drain rate between the first and the last score: excludes start-up, includes everything else.
     span = (scored[-1] - scored[0]) / 1e9 if len(scored) > 1 else float("nan")
     return {"frames": n, "scored": len(scores), "workers": workers, "null_model": null, "transport": transport,
-            "frames_per_s": round((len(scored) - 1) / span, 1), "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
-            **({"scored_after_group_settled": len(scored)} if settled_ns else {})}
+            # None when one member drained the backlog before the other was ready (nothing left to share).
+            "frames_per_s": round((len(scored) - 1) / span, 1) if len(scored) > 1 else None, "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
+            **({"scored_after_group_settled": len(scored)} if settled_ns else {}),
+            # Where the worker's main thread spent the drain: seconds per stage over the drain's wall time.
+            "stage_share": {stage: round(histogram_sum(metrics, "inspector_stage_duration_seconds",
+                                                       f'stage="{stage}"') / wall, 3)
+                            for stage in ("poll", "decode", "score", "publish", "commit")}}
 
 
 def naive_worker(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str) -> dict:
@@ -247,6 +253,12 @@ def bare_model(jpegs: list[bytes], batch: int, seconds: float = 5.0) -> dict:
         runner.score(images)
         calls += 1
     return {"batch": batch, "frames_per_s": round(calls * batch / (time.perf_counter() - t0), 1)}
+
+
+def histogram_sum(metrics: str, name: str, labels: str = "") -> float:
+    """The _sum of a Prometheus histogram, over the label sets that contain `labels`."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith(f"{name}_sum{{") and labels in line)
 
 
 def histogram_quantiles(metrics: str, name: str, labels: str = "", scale: float = 1000.0) -> dict[str, float]:
@@ -365,7 +377,7 @@ def main() -> int:
     res["ratios"] = {
         "worker_vs_bare_model": round(wd / res["bare_model"]["frames_per_s"], 3),
         "worker_vs_naive": round(wd / res["naive_worker"]["frames_per_s"], 2),
-        "two_vs_one_null_workers": round(res["two_workers_null"]["frames_per_s"] / wn, 2),
+        "two_vs_one_null_workers": round((res["two_workers_null"]["frames_per_s"] or float("nan")) / wn, 2),
     }
     for transport in transports[1:]:
         t = transport.replace("-", "_")
