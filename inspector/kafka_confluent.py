@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from kafka import TopicPartition
 
 from inspector.errors import ConfigError, TransportError
-from inspector.kafka_io import Headers, Offsets, Pending
+from inspector.kafka_io import Headers, Offsets, Pending, check_acknowledged
 from inspector.settings import KafkaSettings
 
 try:
@@ -293,11 +293,7 @@ class ConfluentResultProducer:
         """Block until every pending record is acknowledged; TransportError if any was not."""
         self._healthy = False
         self._wrap(lambda: self._producer.flush(self.settings.delivery_timeout_s + 5), "flush")
-        for p in pending:
-            if not p.future.is_done:
-                raise TransportError(f"{p.what} not acknowledged within {self.settings.delivery_timeout_s:.0f}s")
-            if p.future.failed():
-                raise TransportError(f"{p.what} was not delivered: {p.future.exception}")
+        check_acknowledged(pending, self.settings.delivery_timeout_s)
         self._healthy = True
 
     def commit_with_offsets(self, offsets: Offsets, group_metadata: object) -> None:

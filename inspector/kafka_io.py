@@ -33,6 +33,24 @@ Headers = list[tuple[str, bytes]]
 Offsets = dict[TopicPartition, int]  # next offset to read, per partition
 
 
+def next_offsets(records: list) -> Offsets:
+    """Per partition, the offset after the last record: what the group should read next."""
+    offsets: Offsets = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+    return offsets
+
+
+def first_offsets(records: list) -> Offsets:
+    """Per partition, the offset of the first record: where to read again from if these are dropped."""
+    offsets: Offsets = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        offsets[tp] = min(offsets.get(tp, r.offset), r.offset)
+    return offsets
+
+
 def client_config(settings: KafkaSettings) -> dict[str, object]:
     """kafka-python connection arguments for every client of ours (producers, consumers, admin)."""
     try:
@@ -203,6 +221,15 @@ class Pending:
     what: str
 
 
+def check_acknowledged(pending: Iterable[Pending], timeout_s: float) -> None:
+    """After a flush: TransportError naming the first record that was not acknowledged, or failed."""
+    for p in pending:
+        if not p.future.is_done:
+            raise TransportError(f"{p.what} not acknowledged within {timeout_s:.0f}s")
+        if p.future.failed():
+            raise TransportError(f"{p.what} was not delivered: {p.future.exception}")
+
+
 class ResultProducer:
     """Alerts, scores and dead letters: acks=all, idempotent, optionally transactional."""
 
@@ -249,11 +276,7 @@ class ResultProducer:
         """Block until every pending record is acknowledged; TransportError if any was not."""
         self._healthy = False
         self._wrap(lambda: self._producer.flush(timeout=self.settings.delivery_timeout_s + 5), "flush")
-        for p in pending:
-            if not p.future.is_done:
-                raise TransportError(f"{p.what} not acknowledged within {self.settings.delivery_timeout_s:.0f}s")
-            if p.future.failed():
-                raise TransportError(f"{p.what} was not delivered: {p.future.exception}")
+        check_acknowledged(pending, self.settings.delivery_timeout_s)
         self._healthy = True
 
     def commit_with_offsets(self, offsets: Offsets, group_metadata: object) -> None:

@@ -35,7 +35,7 @@ from inspector.contracts import (
     header_value,
 )
 from inspector.errors import BadFrame, ModelFileError
-from inspector.kafka_io import FrameConsumer, Offsets, Pending, ResultProducer
+from inspector.kafka_io import FrameConsumer, Pending, ResultProducer, first_offsets, next_offsets
 from inspector.metrics import STAGES, CameraLabels, WorkerMetrics
 from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, validate_jpeg
 from inspector.runtime import ModelRunner
@@ -78,24 +78,6 @@ def decode_record(record: object, size: int, max_bytes: int, max_pixels: int, de
         return Decoded(record, error=bad)
     except Exception as exc:  # noqa: BLE001 - a frame must never take the worker down
         return Decoded(record, error=BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
-
-
-def next_offsets(records: list) -> Offsets:
-    """Per partition, the offset after the last record: what the group should read next."""
-    offsets: Offsets = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-    return offsets
-
-
-def first_offsets(records: list) -> Offsets:
-    """Per partition, the offset of the first record: where to read again from if these are dropped."""
-    offsets: Offsets = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = min(offsets.get(tp, r.offset), r.offset)
-    return offsets
 
 
 class Worker:
