@@ -9,7 +9,7 @@ VENV_STAMP  := $(VENV)/.installed
 KAFKA_STAMP := deploy/kafka/lib/.fetched
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-unit install kafka system-deps model bench-scoring bench-pipeline bench-quality clean
+.PHONY: demo test test-unit install kafka system-deps model bench-scoring bench-pipeline bench-quality bench-gpu-bundle clean
 
 demo: install kafka
 	$(BIN)/inspector demo
@@ -58,6 +58,11 @@ bench-pipeline: install kafka
 
 bench-quality: install
 	$(BIN)/python bench/quality.py
+
+# For a GPU machine without Java or network: a Java runtime, the Kafka jars and the wheels in .offline/;
+# there, `bench/gpu_run.sh` runs the GPU tests and both benchmarks from it.
+bench-gpu-bundle: install kafka
+	bench/offline_bundle.sh .offline
 
 clean:
 	rm -rf $(VENV) deploy/kafka/lib .pytest_cache
