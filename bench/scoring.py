@@ -41,6 +41,7 @@ from inspector.artifact import ModelArtifact  # noqa: E402
 from inspector.model import Autoencoder, AutoencoderConfig  # noqa: E402
 from inspector.paths import DEFAULT_MODEL  # noqa: E402
 from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, to_tensor  # noqa: E402
+from inspector.runtime import fuse_conv_bn  # noqa: E402
 from inspector.scoring import score_batch  # noqa: E402
 from producers.bananas import render_scene  # noqa: E402
 
@@ -151,7 +152,7 @@ def main() -> int:
     else:
         art = artifact_io.load(args.model)
     size = art.config.image_size
-    model = art.model.to(device).eval()
+    model = fuse_conv_bn(art.model.to(device).eval())  # as the worker runs it (inspector.runtime)
     scoring = art.scoring
     jpegs = make_jpegs(args.frames, args.frame_size)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b] or (
@@ -266,6 +267,17 @@ def main() -> int:
                 record(f"model+score only, batch {b}, {prec}, {'channels_last' if cl else 'contiguous'}",
                        timed(model_only, b, args.seconds, device), batch=b, precision=prec, channels_last=cl,
                        stage="model")
+            # The same, with BatchNorm left as separate layers (how the model trains): what folding is worth.
+            unfolded = art.model.to(device).eval().to(memory_format=torch.channels_last)
+
+            def unfolded_only(ctx=ctx, unfolded=unfolded) -> None:
+                with ctx():
+                    s, _ = score_batch(unfolded, pre, scoring)
+                s.cpu()
+
+            record(f"model+score only, batch {b}, {prec}, channels_last, BatchNorm not folded",
+                   timed(unfolded_only, b, args.seconds, device), batch=b, precision=prec, stage="model",
+                   folded=False)
             m = model.to(memory_format=torch.channels_last)
             for dec_name, dec in decoders.items():
                 def stage(chunk=chunk, ctx=ctx, m=m, dec=dec) -> None:

@@ -3,12 +3,14 @@ warm-up. Shared by the worker, the scoring benchmark and evaluation."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from inspector.artifact import ModelArtifact
 from inspector.errors import ConfigError
@@ -28,6 +30,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def fuse_conv_bn(model: torch.nn.Module) -> torch.nn.Module:
+    """An inference copy of `model` with every Conv2d -> BatchNorm2d pair folded into one Conv2d.
+
+    In eval mode BatchNorm is a per-channel affine map, so it folds into the conv's weights and bias: the same
+    function (to float rounding) without a pass over every activation, which was 13 % of the model's time on
+    the CPU. The artifact's own module is left as it is.
+    """
+    model = copy.deepcopy(model).eval()
+    for seq in [m for m in model.modules() if isinstance(m, torch.nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv, bn)
+                seq[i + 1] = torch.nn.Identity()
+    return model
+
+
 class ModelRunner:
     """Scores uint8 RGB batches with one artifact; swap artifacts with `load()` between batches."""
 
@@ -45,7 +64,7 @@ class ModelRunner:
         return self.artifact.config.image_size
 
     def _prepare(self, artifact: ModelArtifact) -> torch.nn.Module:
-        model = artifact.model.to(self.device).eval()
+        model = fuse_conv_bn(artifact.model.to(self.device).eval())
         # channels_last: the convolutions' fast layout on CUDA (tensor cores) and on CPU (oneDNN), ~2x here.
         model = model.to(memory_format=torch.channels_last)
         if self.compile:
