@@ -250,6 +250,14 @@ def main() -> int:
     precisions = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
     bf16 = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
 
+    def model_only(m: torch.nn.Module, x: torch.Tensor, ctx):
+        """One call: model + score on an already decoded batch, scores copied back."""
+        def call() -> None:
+            with ctx():
+                s, _ = score_batch(m, x, scoring)
+            s.cpu()
+        return call
+
     def batch_rows(b: int) -> None:
         chunk = (jpegs * (b // len(jpegs) + 1))[:b]
         pre = to_tensor(decode_cpu(chunk), device)
@@ -259,25 +267,14 @@ def main() -> int:
                 m = model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                 x = pre if cl else pre.contiguous()
 
-                def model_only(m=m, x=x, ctx=ctx) -> None:
-                    with ctx():
-                        s, _ = score_batch(m, x, scoring)
-                    s.cpu()
-
                 record(f"model+score only, batch {b}, {prec}, {'channels_last' if cl else 'contiguous'}",
-                       timed(model_only, b, args.seconds, device), batch=b, precision=prec, channels_last=cl,
-                       stage="model")
+                       timed(model_only(m, x, ctx), b, args.seconds, device), batch=b, precision=prec,
+                       channels_last=cl, stage="model")
             # The same, with BatchNorm left as separate layers (how the model trains): what folding is worth.
             unfolded = art.model.to(device).eval().to(memory_format=torch.channels_last)
-
-            def unfolded_only(ctx=ctx, unfolded=unfolded) -> None:
-                with ctx():
-                    s, _ = score_batch(unfolded, pre, scoring)
-                s.cpu()
-
             record(f"model+score only, batch {b}, {prec}, channels_last, BatchNorm not folded",
-                   timed(unfolded_only, b, args.seconds, device), batch=b, precision=prec, stage="model",
-                   folded=False)
+                   timed(model_only(unfolded, pre, ctx), b, args.seconds, device), batch=b, precision=prec,
+                   stage="model", folded=False)
             m = model.to(memory_format=torch.channels_last)
             for dec_name, dec in decoders.items():
                 def stage(chunk=chunk, ctx=ctx, m=m, dec=dec) -> None:
