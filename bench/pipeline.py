@@ -38,10 +38,10 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 from inspector import artifact as artifact_io  # noqa: E402
 from inspector.contracts import FrameMeta, FrameScore  # noqa: E402
 from inspector.http_endpoint import wait_until_ready  # noqa: E402
+from inspector.jpeg import decode_jpeg  # noqa: E402
 from inspector.kafka_io import create_topics  # noqa: E402
 from inspector.local_broker import LocalKafka, free_port  # noqa: E402
 from inspector.paths import DEFAULT_MODEL  # noqa: E402
-from inspector.preprocess import decode_jpeg  # noqa: E402
 from inspector.runtime import ModelRunner, pick_device  # noqa: E402
 from inspector.settings import KafkaSettings  # noqa: E402
 from producers.bananas import render_scene  # noqa: E402

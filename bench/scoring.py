@@ -38,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inspector import artifact as artifact_io  # noqa: E402
 from inspector.artifact import ModelArtifact  # noqa: E402
+from inspector.decode_pool import DecodePool  # noqa: E402
+from inspector.jpeg import decode_jpeg  # noqa: E402
 from inspector.model import Autoencoder, AutoencoderConfig  # noqa: E402
 from inspector.paths import DEFAULT_MODEL  # noqa: E402
-from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, to_tensor  # noqa: E402
+from inspector.preprocess import decode_jpegs_on_device, to_tensor  # noqa: E402
 from inspector.runtime import fuse_conv_bn  # noqa: E402
 from inspector.scoring import score_batch  # noqa: E402
 from producers.bananas import render_scene  # noqa: E402
@@ -55,6 +57,18 @@ def make_jpegs(n: int, frame_size: int, quality: int = 90) -> list[bytes]:
         scene = render_scene(rng, frame_size, "brown_spots" if i % 20 == 0 else None)
         out.append(cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes())
     return out
+
+
+def pin_host_buffer(array: np.ndarray, device: torch.device) -> bool:
+    """Page-lock a host buffer in place (cudaHostRegister), so copies to the GPU read it by DMA directly
+    instead of first being copied into pinned memory. False (and nothing done) where that is refused."""
+    if device.type != "cuda":
+        return False
+    try:
+        status = torch.cuda.cudart().cudaHostRegister(array.ctypes.data, array.nbytes, 0)
+    except Exception:  # noqa: BLE001 - an older torch without the binding: copies go through pinned staging
+        return False
+    return int(status) == 0
 
 
 def sync(device: torch.device) -> None:
@@ -140,12 +154,15 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=256)
     p.add_argument("--batch-sizes", default="", help="comma list (default: 8,32,64 on CPU; 32,128,256 on GPU)")
     p.add_argument("--decode-threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--decode-processes", type=int, default=0,
+                   help="OpenCV decode processes (default: every core, less two on CUDA for the feeding threads)")
     p.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
     p.add_argument("--out", type=Path, default=Path("bench/out/scoring.json"))
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.decode_processes = args.decode_processes or max(1, (os.cpu_count() or 2) - (2 if device.type == "cuda" else 0))
     cv2.setNumThreads(1)  # as in the worker: the decode pool is the parallelism; OpenCV's own would oversubscribe
     if args.input_size:
         art = ModelArtifact(Autoencoder(AutoencoderConfig(image_size=args.input_size)))
@@ -188,14 +205,31 @@ def main() -> int:
     def decode_cpu(batch: list[bytes]) -> np.ndarray:
         return np.stack([img for img, _ in pool.map(lambda b: decode_jpeg(b, size=size, **LIMITS), batch)])
 
+    procs: DecodePool | None = None
+
+    def decode_procs(batch: list[bytes]) -> torch.Tensor:
+        """OpenCV in processes (shared memory) -> (B, 3, S, S) on the device."""
+        nonlocal procs
+        if procs is None:
+            procs = DecodePool(args.decode_processes, size, max(batch_sizes), **LIMITS)
+            pin_host_buffer(procs.images, device)
+        images, _ = procs.submit(batch).result()
+        x = to_tensor(images, device)
+        if device.type == "cuda":
+            # The copy reads the shared buffer asynchronously; its slot is reused three batches later.
+            torch.cuda.current_stream().synchronize()
+        return x
+
     def decode_split(batch: list[bytes], cpu_share: float) -> torch.Tensor:
-        """OpenCV threads and nvJPEG at once, each on its share of the batch -> (B, 3, S, S) on the device."""
+        """OpenCV processes and nvJPEG at once, each on its share of the batch -> (B, 3, S, S) on the device."""
         k = round(len(batch) * cpu_share)
-        futures = [pool.submit(decode_jpeg, b, size=size, **LIMITS) for b in batch[:k]]
-        on_gpu = decode_jpegs_on_device(batch[k:], size, device) if k < len(batch) else None
-        parts = ([to_tensor([f.result()[0] for f in futures], device)] if k else []) + (
-            [on_gpu] if on_gpu is not None else [])
-        return torch.cat(parts).contiguous(memory_format=torch.channels_last)
+        job = procs.submit(batch[:k]) if procs is not None and k else None
+        on_gpu = decode_jpegs_on_device(batch[k:] if job else batch, size, device)
+        if job is None:
+            return on_gpu
+        x = torch.cat([to_tensor(job.result()[0], device), on_gpu]).contiguous(memory_format=torch.channels_last)
+        torch.cuda.current_stream().synchronize()  # as in decode_procs: the shared slot is read asynchronously
+        return x
 
     def section(name: str, fn) -> None:
         """One configuration failing (a driver or compiler quirk) is recorded, and the others still run."""
@@ -219,31 +253,39 @@ def main() -> int:
     record("one frame at a time, fp32, OpenCV decode", timed(one_frame, 1, args.seconds, device), batch=1)
     base = results["runs"][0]["frames_per_s"]
 
-    # 2. Decode alone: OpenCV in threads; on CUDA also nvJPEG, and both at once with the batch split by the
-    #    two rates just measured (each decoder gets the share it can finish in the same time).
+    # 2. Decode alone: OpenCV in threads, then in processes; on CUDA also nvJPEG, and processes and nvJPEG at
+    #    once with the batch split by the rates just measured (each gets the share it finishes in the same time).
     big = jpegs[: max(batch_sizes)]
     record(f"decode only, OpenCV x{args.decode_threads} threads", timed(lambda: decode_cpu(big), len(big),
                                                                         args.seconds, device), batch=len(big))
+    section("decode processes", lambda: record(
+        f"decode only, OpenCV x{args.decode_processes} processes",
+        timed(lambda: decode_procs(big), len(big), args.seconds, device), batch=len(big), decode="processes"))
     cpu_share = 1.0
     if device.type == "cuda":
         def gpu_decode_rows() -> None:
             nonlocal cpu_share
             record("decode only, nvJPEG batched (torchvision)",
                    timed(lambda: decode_jpegs_on_device(big, size, device), len(big), args.seconds, device),
-                   batch=len(big))
-            r_cpu, r_gpu = results["runs"][-2]["frames_per_s"], results["runs"][-1]["frames_per_s"]
-            cpu_share = round(r_cpu / (r_cpu + r_gpu), 2)
-            record(f"decode only, split OpenCV {cpu_share:.0%} + nvJPEG",
+                   batch=len(big), decode="nvJPEG")
+            rates = {r.get("decode"): r["frames_per_s"] for r in results["runs"]}
+            if procs is None or "processes" not in rates:
+                return
+            cpu_share = round(rates["processes"] / (rates["processes"] + rates["nvJPEG"]), 2)
+            record(f"decode only, split OpenCV processes {cpu_share:.0%} + nvJPEG",
                    timed(lambda: decode_split(big, cpu_share), len(big), args.seconds, device), batch=len(big),
-                   cpu_share=cpu_share)
+                   cpu_share=cpu_share, decode="split")
 
         section("gpu decode", gpu_decode_rows)
     results["cpu_share"] = cpu_share
-    decoders = {"OpenCV": lambda chunk: to_tensor(decode_cpu(chunk), device)}
+    decoders = {"OpenCV threads": lambda chunk: to_tensor(decode_cpu(chunk), device)}
+    if procs is not None:
+        decoders["OpenCV processes"] = decode_procs
     if device.type == "cuda":
         decoders["nvJPEG"] = lambda chunk: decode_jpegs_on_device(chunk, size, device)
         if cpu_share < 1.0:
-            decoders[f"split {cpu_share:.0%} OpenCV + nvJPEG"] = lambda chunk: decode_split(chunk, cpu_share)
+            decoders[f"split {cpu_share:.0%} OpenCV processes + nvJPEG"] = lambda chunk: decode_split(chunk,
+                                                                                                    cpu_share)
 
     # 3. Model + scoring alone on pre-decoded tensors, then the whole stage, per batch size and precision.
     model_cl = model.to(memory_format=torch.channels_last)
@@ -345,6 +387,8 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
+    if procs is not None:
+        procs.close()
     return 0
 
 
