@@ -1,101 +1,20 @@
-"""Image bytes -> model input. One path for training, calibration, evaluation and serving.
+"""Images -> model input tensors. One path for training, calibration, evaluation and serving.
 
-Frames are validated before OpenCV sees them: size limit, JPEG magic, and the dimensions declared in the
-JPEG header (a decompression bomb declares huge dimensions in a few hundred bytes).
+CPU decode and frame validation live in `inspector.jpeg`; the GPU batch decode (nvJPEG) lives here.
 """
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from inspector.errors import BadFrame, ConfigError
+from inspector.errors import ConfigError
+from inspector.jpeg import to_model_rgb
 
-# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not SOF markers.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def jpeg_dimensions(data: bytes) -> tuple[int, int]:
-    """(height, width) declared by a JPEG's start-of-frame segment; BadFrame if there is none."""
-    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        raise BadFrame("not_jpeg", "missing JPEG start-of-image marker")
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise BadFrame("undecodable", f"bad marker at byte {i}")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if marker in _SOF_MARKERS:
-            if i + 9 > n:
-                break
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            if height == 0 or width == 0:
-                raise BadFrame("undecodable", "zero image dimension")
-            return int(height), int(width)
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any SOF
-            break
-        i += 2 + length
-    raise BadFrame("undecodable", "no start-of-frame segment")
-
-
-def validate_jpeg(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
-    """Check a frame before any decoder sees it -> (frame height, frame width); BadFrame otherwise."""
-    if not data:
-        raise BadFrame("empty_value")
-    if len(data) > max_bytes:
-        raise BadFrame("oversized", f"{len(data)} bytes > {max_bytes}")
-    height, width = jpeg_dimensions(data)
-    # libjpeg "decodes" a truncated stream by filling the rest with grey; refuse it instead. A few
-    # cameras pad after the end-of-image marker, so look for it near the end, not only at the end.
-    if b"\xff\xd9" not in data[-64:]:
-        raise BadFrame("truncated", "no JPEG end-of-image marker")
-    return height, width
-
-
-def decode_jpeg(data: bytes, *, size: int, max_bytes: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Validate and decode JPEG bytes -> ((size, size, 3) uint8 RGB, (frame height, frame width))."""
-    height, width = validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels)
-    if height * width > max_pixels:
-        raise BadFrame("too_many_pixels", f"{width}x{height}")
-    # libjpeg can decode at 1/2, 1/4, 1/8 scale directly: far cheaper than a full decode then resize.
-    shrink = min(height, width) // size
-    flag = cv2.IMREAD_COLOR
-    if shrink >= 8:
-        flag = cv2.IMREAD_REDUCED_COLOR_8
-    elif shrink >= 4:
-        flag = cv2.IMREAD_REDUCED_COLOR_4
-    elif shrink >= 2:
-        flag = cv2.IMREAD_REDUCED_COLOR_2
-    try:
-        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
-    except cv2.error as exc:
-        raise BadFrame("undecodable", str(exc).strip().splitlines()[-1][:120]) from None
-    if bgr is None:
-        raise BadFrame("undecodable", "OpenCV could not decode the JPEG")
-    return to_model_rgb(bgr, size), (height, width)
-
-
-def to_model_rgb(bgr: np.ndarray, size: int) -> np.ndarray:
-    """OpenCV BGR image of any size -> (size, size, 3) uint8 RGB, the model's input geometry."""
-    if bgr.ndim == 2:
-        bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
-    elif bgr.shape[2] == 4:
-        bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
-    if bgr.shape[0] != size or bgr.shape[1] != size:
-        interp = cv2.INTER_AREA if min(bgr.shape[:2]) > size else cv2.INTER_LINEAR
-        bgr = cv2.resize(bgr, (size, size), interpolation=interp)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def to_tensor(images: list[np.ndarray] | np.ndarray, device: torch.device | str = "cpu",
@@ -161,3 +80,20 @@ def decode_jpegs_on_device(datas: list[bytes], size: int, device: torch.device) 
         else:
             out[torch.tensor(idx, device=device)] = x
     return out
+
+
+class DeviceJpegDecoder:
+    """nvJPEG batch decode on a CUDA stream of its own: called from a decode thread, the next batch decodes
+    while the model scores the current one on the default stream."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def decode(self, datas: list[bytes], size: int) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """-> ((B, 3, S, S) float [0, 1], the event after which it is ready); see `decode_jpegs_on_device`."""
+        with torch.cuda.stream(self.stream):
+            x = decode_jpegs_on_device(datas, size, self.device)
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return x, ready

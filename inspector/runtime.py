@@ -106,8 +106,13 @@ class ModelRunner:
         Maps stay on the device: the worker copies back only the few it draws a defect box from."""
         return self._score(images, self._model, self.artifact)
 
-    def score_tensor(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Like `score`, for a batch already on the device: (B, 3, S, S) float in [0, 1]."""
+    def score_tensor(self, x: torch.Tensor, ready: torch.cuda.Event | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """Like `score`, for a batch already on the device: (B, 3, S, S) float in [0, 1]. `ready`: the event
+        after which `x` is complete, when another CUDA stream produced it."""
+        if ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(ready)
+            x.record_stream(stream)  # the side stream's allocator must not hand x's memory out mid-model
         return self._score(x, self._model, self.artifact)
 
     def _score(self, images: np.ndarray | torch.Tensor, model: torch.nn.Module,

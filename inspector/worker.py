@@ -5,7 +5,8 @@ dead letter are acknowledged by the broker. A crash between publish and commit r
 (duplicates bounded by one batch per partition); nothing is ever skipped. With `kafka.exactly_once` the
 results and the offsets go into one transaction instead.
 
-Decoding of the next batch runs in threads while the current batch is scored (pipelining).
+Decoding of the next batch runs in threads while the current batch is scored (pipelining). On CUDA the
+threads only validate, and one more thread decodes the whole batch with nvJPEG on a CUDA stream of its own.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from inspector.contracts import (
     header_value,
 )
 from inspector.errors import BadFrame, ModelFileError
+from inspector.jpeg import decode_jpeg, validate_jpeg
 from inspector.kafka_io import FrameConsumer, Pending, ResultProducer, first_offsets, next_offsets
 from inspector.metrics import STAGES, CameraLabels, WorkerMetrics
-from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, validate_jpeg
+from inspector.preprocess import DeviceJpegDecoder
 from inspector.runtime import ModelRunner
 from inspector.scoring import defect_box
 from inspector.settings import Settings
@@ -60,7 +62,8 @@ class Decoded:
 @dataclass
 class Batch:
     records: list
-    decoding: list[Future] = field(default_factory=list)
+    decoding: list[Future] = field(default_factory=list)  # per record: its Decoded
+    on_device: Future | None = None  # on CUDA: (tensor (G, 3, S, S) of the G valid frames, ready event) or None
 
 
 def decode_record(record: object, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
@@ -91,8 +94,10 @@ class Worker:
         self.producer = producer
         self.m = metrics
         self.cameras = CameraLabels(settings.limits.max_cameras, metrics)
-        # nvJPEG decodes the whole batch on the GPU; the decode threads then only validate.
+        # nvJPEG decodes the whole batch on the GPU, in a thread of its own; the decode threads then only validate.
         self._gpu_decode = settings.batch.gpu_decode and runner.device.type == "cuda"
+        self._nvjpeg = DeviceJpegDecoder(runner.device) if self._gpu_decode else None
+        self._nvjpeg_thread = ThreadPoolExecutor(1, thread_name_prefix="nvjpeg")
         cv2.setNumThreads(1)  # parallelism comes from the decode pool; OpenCV's own pool would oversubscribe
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
         self._stop = threading.Event()
@@ -122,7 +127,7 @@ class Worker:
             while not self._stop.is_set():
                 records = self._collect()
                 # Start decoding the new batch in threads, then finish the previous one meanwhile.
-                batch = Batch(records, [self._submit_decode(r) for r in records]) if records else None
+                batch = self._start_decode(records) if records else None
                 if self._in_hand is not None:
                     self._finish(self._in_hand)
                 self._in_hand = batch
@@ -137,6 +142,7 @@ class Worker:
             self._batcher.take()
             self.m.ready.set(0)
             self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._nvjpeg_thread.shutdown(wait=False, cancel_futures=True)
 
     # ---- 1. poll and batch ------------------------------------------------------------------------
 
@@ -166,18 +172,25 @@ class Worker:
 
     # ---- 2. decode (threads) ----------------------------------------------------------------------
 
-    def _submit_decode(self, record: object) -> Future:
-        size = self.runner.size
-        return self._decoder.submit(decode_record, record, size, self.s.limits.max_frame_bytes,
-                                    self.s.limits.max_pixels, not self._gpu_decode)
+    def _start_decode(self, records: list) -> Batch:
+        size, limits = self.runner.size, self.s.limits
+        decoding = [self._decoder.submit(decode_record, r, size, limits.max_frame_bytes, limits.max_pixels,
+                                         not self._gpu_decode) for r in records]
+        on_device = self._nvjpeg_thread.submit(self._decode_on_device, decoding, size) if self._nvjpeg else None
+        return Batch(records, decoding, on_device)
 
-    def _score(self, good: list[Decoded]) -> tuple[list[Decoded], list[Decoded], np.ndarray, object]:
+    def _decode_on_device(self, decoding: list[Future], size: int) -> tuple | None:
+        """(nvjpeg thread) Once validated, the batch's valid frames decoded by nvJPEG on the decoder's stream."""
+        assert self._nvjpeg is not None
+        valid = [d.record.value for d in (f.result() for f in decoding) if d.error is None]  # type: ignore[attr-defined]
+        return self._nvjpeg.decode(valid, size) if valid else None
+
+    def _score(self, batch: Batch, good: list[Decoded]) -> tuple[list[Decoded], list[Decoded], np.ndarray, object]:
         """Score the good frames in one batch -> (scored, newly bad, scores (B,), maps (B, S, S) on the device)."""
-        if self._gpu_decode:
+        if batch.on_device is not None:
             try:
-                x = decode_jpegs_on_device([d.record.value for d in good], self.runner.size,  # type: ignore[attr-defined]
-                                           self.runner.device)
-                return good, [], *self.runner.score_tensor(x)
+                x, ready = batch.on_device.result()  # the same frames, in the same order, as `good`
+                return good, [], *self.runner.score_tensor(x, ready)
             except RuntimeError:
                 # nvJPEG refused a frame that passed validation: decode each on the CPU, which names the bad one.
                 good = [decode_record(d.record, self.runner.size, self.s.limits.max_frame_bytes,
@@ -204,7 +217,7 @@ class Worker:
         scores: np.ndarray = np.zeros(0, np.float32)
         maps = None
         if good:
-            good, newly_bad, scores, maps = self._score(good)  # (B,), (B, S, S)
+            good, newly_bad, scores, maps = self._score(batch, good)  # (B,), (B, S, S)
             bad.extend(newly_bad)
             self.m.batch_size.observe(len(good))
             if self.s.faults.score_delay_ms:  # fault injection (tests only): a slow device, per frame

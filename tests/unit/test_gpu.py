@@ -1,13 +1,16 @@
 """CUDA paths: nvJPEG batch decode and bf16 scoring agree with the CPU path. Skipped without CUDA."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from inspector.artifact import ModelArtifact
+from inspector.jpeg import decode_jpeg
 from inspector.model import Autoencoder, AutoencoderConfig
-from inspector.preprocess import decode_jpeg, decode_jpegs_on_device, to_tensor
+from inspector.preprocess import DeviceJpegDecoder, decode_jpegs_on_device, to_tensor
 from inspector.runtime import ModelRunner
 
 pytestmark = pytest.mark.gpu
@@ -38,3 +41,18 @@ def test_bf16_scores_track_fp32():
     fp32 = ModelRunner(art, torch.device("cuda"), bf16=False).score(images)[0]
     bf16 = ModelRunner(art, torch.device("cuda"), bf16=True).score(images)[0]
     assert np.allclose(fp32, bf16, rtol=0.05)
+
+
+def test_decode_on_a_side_stream_in_a_thread_scores_like_the_default_stream():
+    # The worker's overlap: its nvjpeg thread decodes on the decoder's stream, the model waits on the event.
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    art = ModelArtifact(Autoencoder(AutoencoderConfig(image_size=64, widths=(8, 16), latent_channels=4)))
+    runner = ModelRunner(art, cuda, bf16=False)
+    jpegs = _jpegs(8)
+    with ThreadPoolExecutor(1) as thread:
+        x, ready = thread.submit(DeviceJpegDecoder(cuda).decode, jpegs, 64).result()
+    side = runner.score_tensor(x, ready)[0]
+    direct = runner.score_tensor(decode_jpegs_on_device(jpegs, 64, cuda))[0]
+    assert side.shape == (8,)
+    assert np.allclose(side, direct, rtol=1e-5)
