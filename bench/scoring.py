@@ -212,7 +212,7 @@ def main() -> int:
         nonlocal procs
         if procs is None:
             procs = DecodePool(args.decode_processes, size, max(batch_sizes), **LIMITS)
-            pin_host_buffer(procs.images, device)
+            results["shared_buffer_pinned"] = pin_host_buffer(procs.images, device)
         images, _ = procs.submit(batch).result()
         x = to_tensor(images, device)
         if device.type == "cuda":
