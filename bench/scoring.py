@@ -253,9 +253,11 @@ def main() -> int:
     record("one frame at a time, fp32, OpenCV decode", timed(one_frame, 1, args.seconds, device), batch=1)
     base = results["runs"][0]["frames_per_s"]
 
-    # 2. Decode alone: OpenCV in threads, then in processes; on CUDA also nvJPEG, and processes and nvJPEG at
-    #    once with the batch split by the rates just measured (each gets the share it finishes in the same time).
-    big = jpegs[: max(batch_sizes)]
+    # 2. Decode alone, at the largest batch: OpenCV in threads, then in processes; on CUDA also nvJPEG, and
+    #    processes and nvJPEG at once on shares of the batch. The share starts from the two rates just measured
+    #    (each decoder gets what it finishes in the same time); its neighbours are tried too, as a call's fixed
+    #    costs shift the best split. The best share is the one the pipelined stage uses.
+    big = (jpegs * (max(batch_sizes) // len(jpegs) + 1))[: max(batch_sizes)]
     record(f"decode only, OpenCV x{args.decode_threads} threads", timed(lambda: decode_cpu(big), len(big),
                                                                         args.seconds, device), batch=len(big))
     section("decode processes", lambda: record(
@@ -271,12 +273,28 @@ def main() -> int:
             rates = {r.get("decode"): r["frames_per_s"] for r in results["runs"]}
             if procs is None or "processes" not in rates:
                 return
-            cpu_share = round(rates["processes"] / (rates["processes"] + rates["nvJPEG"]), 2)
-            record(f"decode only, split OpenCV processes {cpu_share:.0%} + nvJPEG",
-                   timed(lambda: decode_split(big, cpu_share), len(big), args.seconds, device), batch=len(big),
-                   cpu_share=cpu_share, decode="split")
+            estimate = rates["processes"] / (rates["processes"] + rates["nvJPEG"])
+            split_rates = {}
+            for share in sorted({round(min(0.9, max(0.1, estimate + d)), 2) for d in (-0.1, 0.0, 0.1)}):
+                record(f"decode only, split OpenCV processes {share:.0%} + nvJPEG",
+                       timed(lambda share=share: decode_split(big, share), len(big), args.seconds, device),
+                       batch=len(big), cpu_share=share, decode="split")
+                split_rates[share] = results["runs"][-1]["frames_per_s"]
+            cpu_share = max(split_rates, key=split_rates.__getitem__)
 
         section("gpu decode", gpu_decode_rows)
+
+        # The worker's regime: batches of 128 of the pipeline benchmark's frames (q97, ~19 KB).
+        def worker_decode_rows() -> None:
+            worker_frames = (make_jpegs(32, args.frame_size, quality=97) * 4)[:128]
+            record("decode only, nvJPEG batched, batch 128, q97 frames",
+                   timed(lambda: decode_jpegs_on_device(worker_frames, size, device), 128, args.seconds, device),
+                   batch=128, quality=97)
+            if procs is not None:
+                record(f"decode only, OpenCV x{args.decode_processes} processes, batch 128, q97 frames",
+                       timed(lambda: decode_procs(worker_frames), 128, args.seconds, device), batch=128, quality=97)
+
+        section("worker-sized decode", worker_decode_rows)
     results["cpu_share"] = cpu_share
     decoders = {"OpenCV threads": lambda chunk: to_tensor(decode_cpu(chunk), device)}
     if procs is not None:

@@ -55,45 +55,73 @@ def load_images(paths: list[Path], size: int) -> np.ndarray:
 
 
 def decode_jpegs_on_device(datas: list[bytes], size: int, device: torch.device) -> torch.Tensor:
-    """Batch-decode already validated JPEGs on the GPU (nvJPEG via torchvision) -> (B, 3, S, S) float [0, 1].
+    """Batch-decode already validated JPEGs on the GPU -> (B, 3, S, S) float [0, 1]: `nvjpeg_decode`, then
+    `to_model_batch`."""
+    return to_model_batch(nvjpeg_decode(datas, device), size)
+
+
+def nvjpeg_decode(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
+    """Batch-decode already validated JPEGs with nvJPEG (torchvision; the hardware decoder where the GPU has
+    one) -> list of (3, H, W) uint8 RGB on `device`.
 
     Frames must have passed `jpeg_dimensions` and the size checks first; a decode failure raises
     RuntimeError and the caller falls back to `decode_jpeg` frame by frame, which names the bad one.
     """
-    import torch.nn.functional as F
     from torchvision.io import ImageReadMode, decode_jpeg
 
     raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8 on device
-    out = torch.empty((len(datas), 3, size, size), device=device).to(memory_format=torch.channels_last)
+    return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+
+
+def to_model_batch(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    """(3, H_i, W_i) uint8 RGB images on the GPU -> (B, 3, S, S) float [0, 1], channels_last."""
+    import torch.nn.functional as F
+
     # One camera model per line is the common case: frames of one shape convert and resize as one batch,
     # not one kernel launch per frame (which capped a 256-frame batch at launch overhead).
     by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(decoded):
+    for i, img in enumerate(images):
         by_shape.setdefault(tuple(img.shape), []).append(i)
+    out = None
     for shape, idx in by_shape.items():
-        x = torch.stack([decoded[i] for i in idx]).float().div_(255.0)  # (n, 3, H, W)
+        x = torch.stack([images[i] for i in idx]).float().div_(255.0)  # (n, 3, H, W)
         if shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        if len(idx) == len(datas):
-            out.copy_(x)
-        else:
-            out[torch.tensor(idx, device=device)] = x
+        if len(by_shape) == 1:
+            return x.contiguous(memory_format=torch.channels_last)
+        if out is None:
+            out = torch.empty((len(images), 3, size, size), device=x.device).to(memory_format=torch.channels_last)
+        out[torch.tensor(idx, device=x.device)] = x
+    assert out is not None, "no images"
     return out
 
 
 class DeviceJpegDecoder:
-    """nvJPEG batch decode on a CUDA stream of its own: called from a decode thread, the next batch decodes
-    while the model scores the current one on the default stream."""
+    """nvJPEG on a CUDA stream of its own, for a decode thread: `decode` there (one call into torchvision, so
+    the thread waits for the GIL once, not once per tensor operation behind a busy main thread), then
+    `to_batch` in the scoring thread. The next batch decodes while the model scores the current one."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.stream = torch.cuda.Stream(device)
+        # The first call sets up nvJPEG and its hardware decoder: pay that now (before a worker joins its group),
+        # not on the first batch. Raises RuntimeError where nvJPEG cannot decode at all.
+        probe = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+        self.decode([probe])[1].synchronize()
 
-    def decode(self, datas: list[bytes], size: int) -> tuple[torch.Tensor, torch.cuda.Event]:
-        """-> ((B, 3, S, S) float [0, 1], the event after which it is ready); see `decode_jpegs_on_device`."""
+    def decode(self, datas: list[bytes]) -> tuple[list[torch.Tensor], torch.cuda.Event]:
+        """-> ((3, H, W) uint8 images, the event after which they are complete); see `nvjpeg_decode`."""
         with torch.cuda.stream(self.stream):
-            x = decode_jpegs_on_device(datas, size, self.device)
+            images = nvjpeg_decode(datas, self.device)
             ready = torch.cuda.Event()
             ready.record(self.stream)
-        return x, ready
+        return images, ready
+
+    def to_batch(self, decoded: tuple[list[torch.Tensor], torch.cuda.Event], size: int) -> torch.Tensor:
+        """`decode`'s result -> (B, 3, S, S) float [0, 1] on the calling thread's current stream."""
+        images, ready = decoded
+        stream = torch.cuda.current_stream(self.device)
+        stream.wait_event(ready)
+        for img in images:
+            img.record_stream(stream)  # allocated on the decoder's stream: not to be reused until read here
+        return to_model_batch(images, size)

@@ -63,7 +63,7 @@ class Decoded:
 class Batch:
     records: list
     decoding: list[Future] = field(default_factory=list)  # per record: its Decoded
-    on_device: Future | None = None  # on CUDA: (tensor (G, 3, S, S) of the G valid frames, ready event) or None
+    on_device: Future | None = None  # on CUDA: nvJPEG's images of the valid frames and their ready event
 
 
 def decode_record(record: object, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
@@ -95,8 +95,8 @@ class Worker:
         self.m = metrics
         self.cameras = CameraLabels(settings.limits.max_cameras, metrics)
         # nvJPEG decodes the whole batch on the GPU, in a thread of its own; the decode threads then only validate.
-        self._gpu_decode = settings.batch.gpu_decode and runner.device.type == "cuda"
-        self._nvjpeg = DeviceJpegDecoder(runner.device) if self._gpu_decode else None
+        self._nvjpeg = self._start_nvjpeg() if settings.batch.gpu_decode and runner.device.type == "cuda" else None
+        self._gpu_decode = self._nvjpeg is not None
         self._nvjpeg_thread = ThreadPoolExecutor(1, thread_name_prefix="nvjpeg")
         cv2.setNumThreads(1)  # parallelism comes from the decode pool; OpenCV's own pool would oversubscribe
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
@@ -176,21 +176,29 @@ class Worker:
         size, limits = self.runner.size, self.s.limits
         decoding = [self._decoder.submit(decode_record, r, size, limits.max_frame_bytes, limits.max_pixels,
                                          not self._gpu_decode) for r in records]
-        on_device = self._nvjpeg_thread.submit(self._decode_on_device, decoding, size) if self._nvjpeg else None
+        on_device = self._nvjpeg_thread.submit(self._decode_on_device, decoding) if self._nvjpeg else None
         return Batch(records, decoding, on_device)
 
-    def _decode_on_device(self, decoding: list[Future], size: int) -> tuple | None:
+    def _start_nvjpeg(self) -> DeviceJpegDecoder | None:
+        try:
+            return DeviceJpegDecoder(self.runner.device)
+        except RuntimeError as exc:  # e.g. a torchvision built without nvJPEG: the CPU path still works
+            log.warning("nvJPEG unusable, decoding with OpenCV threads instead: %s", str(exc).splitlines()[0])
+            return None
+
+    def _decode_on_device(self, decoding: list[Future]) -> tuple | None:
         """(nvjpeg thread) Once validated, the batch's valid frames decoded by nvJPEG on the decoder's stream."""
         assert self._nvjpeg is not None
         valid = [d.record.value for d in (f.result() for f in decoding) if d.error is None]  # type: ignore[attr-defined]
-        return self._nvjpeg.decode(valid, size) if valid else None
+        return self._nvjpeg.decode(valid) if valid else None
 
     def _score(self, batch: Batch, good: list[Decoded]) -> tuple[list[Decoded], list[Decoded], np.ndarray, object]:
         """Score the good frames in one batch -> (scored, newly bad, scores (B,), maps (B, S, S) on the device)."""
         if batch.on_device is not None:
             try:
-                x, ready = batch.on_device.result()  # the same frames, in the same order, as `good`
-                return good, [], *self.runner.score_tensor(x, ready)
+                assert self._nvjpeg is not None
+                x = self._nvjpeg.to_batch(batch.on_device.result(), self.runner.size)  # the frames of `good`
+                return good, [], *self.runner.score_tensor(x)
             except RuntimeError:
                 # nvJPEG refused a frame that passed validation: decode each on the CPU, which names the bad one.
                 good = [decode_record(d.record, self.runner.size, self.s.limits.max_frame_bytes,

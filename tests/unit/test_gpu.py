@@ -50,9 +50,10 @@ def test_decode_on_a_side_stream_in_a_thread_scores_like_the_default_stream():
     art = ModelArtifact(Autoencoder(AutoencoderConfig(image_size=64, widths=(8, 16), latent_channels=4)))
     runner = ModelRunner(art, cuda, bf16=False)
     jpegs = _jpegs(8)
+    decoder = DeviceJpegDecoder(cuda)
     with ThreadPoolExecutor(1) as thread:
-        x, ready = thread.submit(DeviceJpegDecoder(cuda).decode, jpegs, 64).result()
-    side = runner.score_tensor(x, ready)[0]
+        decoded = thread.submit(decoder.decode, jpegs).result()
+    side = runner.score_tensor(decoder.to_batch(decoded, 64))[0]
     direct = runner.score_tensor(decode_jpegs_on_device(jpegs, 64, cuda))[0]
     assert side.shape == (8,)
     assert np.allclose(side, direct, rtol=1e-5)
