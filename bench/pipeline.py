@@ -16,6 +16,7 @@ Writes JSON and prints a table; see bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import os
@@ -60,6 +61,7 @@ def produce(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float 
     """Send n frames (cycling the pool) flat out or at `rate` frames/s; returns frames/s achieved."""
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=16 << 20,
                       batch_size=1 << 20)
+    p.partitions_for(topic)  # connected, with metadata, before the first capture stamp: a camera runs for hours
     t0 = time.monotonic()
     for i in range(n):
         if rate:
@@ -75,7 +77,16 @@ def produce(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float 
 
 
 def _produce_child(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float, run: str, conn) -> None:
+    frozen_gc()
     conn.send(produce(bootstrap, topic, jpegs, n, rate, run))
+
+
+def frozen_gc() -> None:
+    """As the worker does (inspector.serve): with torch imported, a full garbage collection walks ~370k
+    long-lived objects (~200 ms on cpu-2). In the camera or in the score reader that stall reads as worker
+    latency (it was the p99 of the latency runs), so the measuring processes freeze them too."""
+    gc.collect()
+    gc.freeze()
 
 
 def produce_in_child(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float = 0.0,
@@ -287,27 +298,41 @@ def histogram_quantiles(metrics: str, name: str, labels: str = "", scale: float 
 
 
 def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: float, tag: str, logdir: Path,
-                batch: int = 32, transport: str = "kafka-python") -> dict:
+                batch: int = 32, transport: str = "kafka-python", null: bool = False) -> dict:
     bs = broker.bootstrap_servers
     t = topic_set(tag)
     create_topics(KafkaSettings(bootstrap_servers=bs), {t["frames"]: 2, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
-    w = WorkerProc(bs, t, f"g-{tag}", batch=batch, transport=transport, log=logdir / f"{tag}.log")
+    w = WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}.log")
     try:
         w.wait_ready()
         n = int(rate * seconds)
         received: list = []
+        frozen_gc()  # this process reads the scores: see frozen_gc
         reader = threading.Thread(target=lambda: received.extend(read_scores(bs, t["scores"], n, seconds + 60)))
         reader.start()
         achieved = produce_in_child(bs, t["frames"], jpegs, n, rate=rate, run=tag)
         reader.join()
         metrics = w.metrics()
     finally:
+        gc.unfreeze()
         w.stop()
-    lat = np.array([(recv - s.captured_ns) / 1e6 for s, recv in received])
+    received.sort(key=lambda sr: sr[0].captured_ns)
+    lat = np.array([(recv - s.captured_ns) / 1e6 for s, recv in received])  # (n,) ms, in capture order
+    captured_s = np.array([(s.captured_ns - received[0][0].captured_ns) / 1e9 for s, _ in received])
+
+    def quantiles(ms: np.ndarray) -> dict:
+        return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)} if len(ms) else {}
+
+    # Where the tail sits in time: the first second (clients connecting, first fetches) apart from the rest.
+    per_second = [{"second": sec, "frames": int(m.sum()), "p99_ms": round(float(np.percentile(lat[m], 99)), 1),
+                   "max_ms": round(float(lat[m].max()), 1)}
+                  for sec in range(int(captured_s.max()) + 1 if len(lat) else 0)
+                  if (m := (captured_s >= sec) & (captured_s < sec + 1)).any()]
     stages = {stage: histogram_quantiles(metrics, "inspector_stage_duration_seconds", f'stage="{stage}"')
               for stage in ("poll", "decode", "score", "publish", "commit")}
     return {"transport": transport, "rate_target": rate, "rate_achieved": round(achieved, 1), "frames": n, "received": len(received),
-            "e2e_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {},
+            "e2e_ms": quantiles(lat), "e2e_ms_after_first_second": quantiles(lat[captured_s >= 1.0]),
+            "per_second": per_second,
             "worker_e2e_ms": histogram_quantiles(metrics, "inspector_end_to_end_latency_seconds"),
             "stage_ms": stages,
             "batch_size": histogram_quantiles(metrics, "inspector_batch_size_frames", scale=1.0)}
