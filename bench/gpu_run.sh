@@ -28,9 +28,9 @@ java -version 2>&1 | head -1
 echo "== GPU unit tests"
 timeout 180 python3 -m pytest -q tests/unit/test_gpu.py -p no:cacheprovider 2>&1 | tail -15
 echo "== scoring benchmark"
-timeout "${SCORING_TIMEOUT:-300}" python3 bench/scoring.py ${SCORING_ARGS:---input-size 256 --batch-sizes 256,1024 --seconds 0.7 --compile} \
+timeout "${SCORING_TIMEOUT:-240}" python3 bench/scoring.py ${SCORING_ARGS:---input-size 256 --batch-sizes 1024 --seconds 0.7 --compile} \
   --out "$out/scoring.json"
 echo "== pipeline benchmark"
-timeout "${PIPELINE_TIMEOUT:-300}" python3 bench/pipeline.py ${PIPELINE_ARGS:---batch 128 --frames 6000 --naive-frames 150 --latency-seconds 8} \
+timeout "${PIPELINE_TIMEOUT:-240}" python3 bench/pipeline.py ${PIPELINE_ARGS:---batch 128 --frames 6000 --naive-frames 150 --latency-seconds 8} \
   --out "$out/pipeline.json"
 echo "== done"
