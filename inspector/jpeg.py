@@ -1,8 +1,8 @@
 """JPEG bytes -> (S, S, 3) uint8 RGB on the CPU, with the checks every frame passes first.
 
 Frames are validated before OpenCV sees them: size limit, JPEG magic, and the dimensions declared in the
-JPEG header (a decompression bomb declares huge dimensions in a few hundred bytes). No torch here: the
-decode processes (`inspector.decode_pool`) import this module alone.
+JPEG header (a decompression bomb declares huge dimensions in a few hundred bytes). No torch here, so
+the decode processes of `inspector.decode_pool` need none of it.
 """
 
 from __future__ import annotations
