@@ -176,16 +176,34 @@ def topic_set(tag: str) -> dict[str, str]:
 
 def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: bool, workers: int = 1,
           partitions: int = 2, batch: int = 32, transport: str = "kafka-python", logdir: Path) -> dict:
-    """Preload n frames, then start worker(s) and time the drain by the scored_ns of the score records."""
+    """One worker: preload n frames, start it, and time the drain by the scored_ns of the score records.
+
+    Several workers: start them on the empty topic and wait until the group has settled with every member,
+    then send the n frames flat out from a camera process. (A member that joins while another drains stalls
+    the group for a rebalance, longer than a fast drain lasts.) The camera's own rate is recorded beside."""
     bs = broker.bootstrap_servers
     t = topic_set(tag)
     create_topics(KafkaSettings(bootstrap_servers=bs),
                   {t["frames"]: partitions, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
-    produce(bs, t["frames"], jpegs, n, run=tag)
+    if workers == 1:
+        produce(bs, t["frames"], jpegs, n, run=tag)
     procs = [WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}-{i}.log")
              for i in range(workers)]
     try:
-        return _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport)
+        if workers == 1:
+            return _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport)
+        for w in procs:
+            w.wait_ready()
+        settle_until = time.monotonic() + 60
+        while not all(w.ready() for w in procs) and time.monotonic() < settle_until:
+            time.sleep(0.1)
+        time.sleep(2.0)  # a member that reports ready may still see the group's last rebalance
+        camera: list[float] = []
+        sender = threading.Thread(target=lambda: camera.append(produce_in_child(bs, t["frames"], jpegs, n, run=tag)))
+        sender.start()
+        result = _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport)
+        sender.join()
+        return {**result, "camera_frames_per_s": round(camera[0], 1) if camera else None}
     finally:
         for w in procs:
             w.stop()

@@ -149,7 +149,22 @@ class FrameConsumer:
 
     def subscribe(self, on_revoked: Callable[[list[TopicPartition]], None],
                   on_assigned: Callable[[list[TopicPartition]], None]) -> None:
-        self._consumer.subscribe([self.settings.frames_topic], listener=_Rebalance(on_revoked, on_assigned))
+        # Join with the topic's partitions already in this client's metadata. A member that joins before it
+        # has them is assigned nothing and must rejoin once it learns them, and kafka-python has been seen to
+        # leave that second join unfinished: a worker stuck unassigned (twice in the fault tests).
+        topic = self.settings.frames_topic
+        deadline = time.monotonic() + self.settings.request_timeout_ms / 1000
+        while not self._partitions_known(topic) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not self._partitions_known(topic):
+            log.warning("frames topic %s not found: joining the group anyway; it is read once it exists", topic)
+        self._consumer.subscribe([topic], listener=_Rebalance(on_revoked, on_assigned))
+
+    def _partitions_known(self, topic: str) -> bool:
+        try:
+            return bool(self._consumer.partitions_for_topic(topic))
+        except KafkaError:
+            return False
 
     def poll(self, timeout_s: float, max_records: int) -> list:
         """Up to `max_records` records, waiting at most `timeout_s` (ConsumerRecord list, partition order kept)."""
