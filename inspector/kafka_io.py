@@ -149,16 +149,21 @@ class FrameConsumer:
 
     def subscribe(self, on_revoked: Callable[[list[TopicPartition]], None],
                   on_assigned: Callable[[list[TopicPartition]], None]) -> None:
-        # Join with the topic's partitions already in this client's metadata. A member that joins before it
-        # has them is assigned nothing and must rejoin once it learns them, and kafka-python has been seen to
-        # leave that second join unfinished: a worker stuck unassigned (twice in the fault tests).
+        """Subscribe, then (before the first poll, where the group join happens) fetch the topic's metadata.
+
+        The group leader remembers the metadata it assigned from and rejoins when the metadata it learns
+        next differs. Joining before the subscription's metadata arrived made that a second rebalance right
+        after the first in 3 of 4 starts, and kafka-python sometimes never finished it: a worker stuck
+        unassigned, never ready (twice in fresh-clone test runs). Subscribed and with the metadata in hand
+        first, the first assignment stands (4 of 4).
+        """
         topic = self.settings.frames_topic
+        self._consumer.subscribe([topic], listener=_Rebalance(on_revoked, on_assigned))
         deadline = time.monotonic() + self.settings.request_timeout_ms / 1000
         while not self._partitions_known(topic) and time.monotonic() < deadline:
             time.sleep(0.2)
         if not self._partitions_known(topic):
-            log.warning("frames topic %s not found: joining the group anyway; it is read once it exists", topic)
-        self._consumer.subscribe([topic], listener=_Rebalance(on_revoked, on_assigned))
+            log.warning("frames topic %s not found: joined the group anyway; it is read once it exists", topic)
 
     def _partitions_known(self, topic: str) -> bool:
         try:
