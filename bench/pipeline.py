@@ -11,6 +11,7 @@ In one run, on the same frames (~20 KB synthetic 256x256 JPEGs):
 Writes JSON and prints a table; see bench/RESULTS.md.
 
     .venv/bin/python bench/pipeline.py                 # about 4 minutes on 2 cores
+    .venv/bin/python bench/pipeline.py --latency-only  # 2 and 6 alone, per transport (a short GPU check)
 """
 
 from __future__ import annotations
@@ -364,6 +365,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32, help="worker batch.max_size, and the bare model's batch")
     ap.add_argument("--transports", default="kafka-python,confluent",
                     help="Kafka client libraries to compare (the first is the default, used for the other runs)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only the default worker's drain (for its capacity) and the latency run, per transport")
     ap.add_argument("--out", type=Path, default=Path("bench/out/pipeline.json"))
     args = ap.parse_args()
     transports = [t for t in args.transports.split(",") if t]
@@ -383,6 +386,17 @@ def main() -> int:
                  "date": time.strftime("%Y-%m-%d"), "mean_jpeg_bytes": int(np.mean([len(j) for j in jpegs]))}
     print(f"frames: 256x256 JPEG q97, mean {res['mean_jpeg_bytes']} bytes", flush=True)
     with LocalKafka(heap="1g") as broker:
+        if args.latency_only:
+            for transport in transports:
+                t = "" if transport == transports[0] else f"_{transport.replace('-', '_')}"
+                res[f"worker_default{t}"] = drain(broker, jpegs, args.frames // 3, f"wd{t}", null=False,
+                                                  batch=args.batch, transport=transport, logdir=logdir)
+                print(f"worker, default model, {transport}".ljust(31), res[f"worker_default{t}"], flush=True)
+                half = max(5.0, res[f"worker_default{t}"]["frames_per_s"] / 2)
+                res[f"latency_half_capacity{t}"] = latency_run(broker, jpegs, half, args.latency_seconds,
+                                                               f"lat{t}", logdir, batch=args.batch, transport=transport)
+                print(f"latency at half capacity, {transport}".ljust(31), res[f"latency_half_capacity{t}"], flush=True)
+            return write_results(res, args.out)
         res["bare_model"] = bare_model(jpegs, args.batch)
         print(f"bare model (batch {args.batch})".ljust(31), res["bare_model"], flush=True)
         res["worker_default"] = drain(broker, jpegs, args.frames // 3, "wd", null=False, batch=args.batch,
@@ -429,9 +443,13 @@ def main() -> int:
         res["ratios"][f"{t}_worker_vs_bare_model"] = round(
             res[f"worker_default_{t}"]["frames_per_s"] / res["bare_model"]["frames_per_s"], 3)
     print("ratios", res["ratios"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {args.out}")
+    return write_results(res, args.out)
+
+
+def write_results(res: dict, out: Path) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"wrote {out}")
     return 0
 
 
