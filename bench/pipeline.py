@@ -44,6 +44,7 @@ from inspector.jpeg import decode_jpeg  # noqa: E402
 from inspector.kafka_io import create_topics  # noqa: E402
 from inspector.local_broker import LocalKafka, free_port  # noqa: E402
 from inspector.paths import DEFAULT_MODEL  # noqa: E402
+from inspector.process import freeze_long_lived_objects  # noqa: E402
 from inspector.runtime import ModelRunner, pick_device  # noqa: E402
 from inspector.settings import KafkaSettings  # noqa: E402
 from producers.bananas import render_scene  # noqa: E402
@@ -78,16 +79,8 @@ def produce(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float 
 
 
 def _produce_child(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float, run: str, conn) -> None:
-    frozen_gc()
+    freeze_long_lived_objects()  # a collection pause here would read as worker latency
     conn.send(produce(bootstrap, topic, jpegs, n, rate, run))
-
-
-def frozen_gc() -> None:
-    """As the worker does (inspector.serve): with torch imported, a full garbage collection walks ~370k
-    long-lived objects (~200 ms on cpu-2). In the camera or in the score reader that stall reads as worker
-    latency (it was the p99 of the latency runs), so the measuring processes freeze them too."""
-    gc.collect()
-    gc.freeze()
 
 
 def produce_in_child(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float = 0.0,
@@ -326,7 +319,7 @@ def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: fl
         w.wait_ready()
         n = int(rate * seconds)
         received: list = []
-        frozen_gc()  # this process reads the scores: see frozen_gc
+        freeze_long_lived_objects()  # this process reads the scores: a pause here reads as latency
         reader = threading.Thread(target=lambda: received.extend(read_scores(bs, t["scores"], n, seconds + 60)))
         reader.start()
         achieved = produce_in_child(bs, t["frames"], jpegs, n, rate=rate, run=tag)

@@ -3,6 +3,7 @@ live progress, and a summary; everything it starts is stopped at the end."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from inspector.errors import TransportError
 from inspector.http_endpoint import wait_until_ready
 from inspector.kafka_io import client_config, create_topics
 from inspector.local_broker import LocalKafka, free_port
+from inspector.process import freeze_long_lived_objects
 from inspector.settings import Settings, child_environment
 
 
@@ -117,6 +119,7 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
             print(f"worker ready (metrics: http://127.0.0.1:{metrics_port}/metrics, log: {log_path})")
             source = SyntheticSource(settings.producer)
             publisher = Publisher(settings.kafka, settings.producer)
+            freeze_long_lived_objects()  # this process is the camera and the subscriber: no collection pauses
             sender = threading.Thread(target=publisher.publish, args=(source,), daemon=True)
             t0 = time.monotonic()
             sender.start()
@@ -144,6 +147,7 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
                 code = worker.wait()
             stop.set()
             follower.join(timeout=5)
+            gc.unfreeze()
 
         labels = publisher.stats.labels or {}
         defects_sent = sum(n for label, n in labels.items() if label != "good")

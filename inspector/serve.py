@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka_io import FrameConsumer, ResultProducer
 from inspector.metrics import build_metrics
 from inspector.model import NullModel
+from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval
 from inspector.runtime import ModelRunner, pick_device
 from inspector.settings import Settings
 from inspector.worker import Worker
@@ -35,10 +35,7 @@ def transport_types(transport: str) -> tuple[type, type]:
 
 def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
     """Load and warm the model, then join the group and run until SIGTERM/SIGINT; returns the exit code."""
-    # The decode threads, the nvJPEG thread and the Kafka client's threads each take the GIL back for a moment
-    # between C calls; behind a main thread busy in Python each of those moments waits out the switch interval
-    # (5 ms by default): 20 such steps took 260 ms at 5 ms and 22 ms at 0.5 ms in a side thread (measured).
-    sys.setswitchinterval(0.0005)
+    shorten_gil_switch_interval()
     registry = registry or CollectorRegistry()
     metrics = build_metrics(registry)
     device = pick_device(settings.model.device)
@@ -72,15 +69,11 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    # Everything allocated so far (torch, the model, the clients: ~370k objects) lives as long as the process.
-    # Left to the collector, each full collection walks all of it: 215 ms on cpu-2, a stall that was the
-    # whole end-to-end p99 tail. Frozen, they are skipped, and a full collection takes a fraction of a ms.
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived_objects()
     try:
         worker.run()
     finally:
-        gc.unfreeze()  # let interpreter shutdown collect them (frozen objects trip leak checks at exit)
+        gc.unfreeze()  # see freeze_long_lived_objects
         producer.close()
         consumer.close()
         endpoint.close()
