@@ -160,9 +160,9 @@ class FrameConsumer:
         topic = self.settings.frames_topic
         self._consumer.subscribe([topic], listener=_Rebalance(on_revoked, on_assigned))
         deadline = time.monotonic() + self.settings.request_timeout_ms / 1000
-        while not self._partitions_known(topic) and time.monotonic() < deadline:
+        while not (known := self._partitions_known(topic)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not self._partitions_known(topic):
+        if not known:
             log.warning("frames topic %s not found: joined the group anyway; it is read once it exists", topic)
 
     def _partitions_known(self, topic: str) -> bool:

@@ -96,7 +96,6 @@ class Worker:
         self.cameras = CameraLabels(settings.limits.max_cameras, metrics)
         # nvJPEG decodes the whole batch on the GPU, in a thread of its own; the decode threads then only validate.
         self._nvjpeg = self._start_nvjpeg() if settings.batch.gpu_decode and runner.device.type == "cuda" else None
-        self._gpu_decode = self._nvjpeg is not None
         self._nvjpeg_thread = ThreadPoolExecutor(1, thread_name_prefix="nvjpeg")
         cv2.setNumThreads(1)  # parallelism comes from the decode pool; OpenCV's own pool would oversubscribe
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
@@ -175,7 +174,7 @@ class Worker:
     def _start_decode(self, records: list) -> Batch:
         size, limits = self.runner.size, self.s.limits
         decoding = [self._decoder.submit(decode_record, r, size, limits.max_frame_bytes, limits.max_pixels,
-                                         not self._gpu_decode) for r in records]
+                                         self._nvjpeg is None) for r in records]
         on_device = self._nvjpeg_thread.submit(self._decode_on_device, decoding) if self._nvjpeg else None
         return Batch(records, decoding, on_device)
 
