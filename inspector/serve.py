@@ -44,9 +44,6 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
     if settings.model.null:
         artifact = replace(artifact, model=NullModel(artifact.config), model_id="null")
     runner = ModelRunner(artifact, device, bf16=settings.model.bf16, compile=settings.model.compile)
-    # Warm up (and compile) before joining the group: a slow first batch would trigger a rebalance.
-    warm_s = runner.warm_up(runner.batch_shapes(settings.batch.max_size))
-    log.info("model %s:%s on %s, warmed up in %.1fs", artifact.model_id, artifact.model_version, device, warm_s)
 
     worker_box: list[Worker] = []
     endpoint = HttpEndpoint(settings.http.host, settings.http.port, registry,
@@ -69,8 +66,11 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    freeze_long_lived_objects()
     try:
+        # Warm up (and compile) before joining the group: a slow first batch would trigger a rebalance.
+        warm_s = worker.warm_up()
+        log.info("model %s:%s on %s, warmed up in %.1fs", artifact.model_id, artifact.model_version, device, warm_s)
+        freeze_long_lived_objects()
         worker.run()
     finally:
         gc.unfreeze()  # see freeze_long_lived_objects

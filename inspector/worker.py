@@ -5,8 +5,10 @@ dead letter are acknowledged by the broker. A crash between publish and commit r
 (duplicates bounded by one batch per partition); nothing is ever skipped. With `kafka.exactly_once` the
 results and the offsets go into one transaction instead.
 
-Decoding of the next batch runs in threads while the current batch is scored (pipelining). On CUDA the
-threads only validate, and one more thread decodes the whole batch with nvJPEG on a CUDA stream of its own.
+Pipelining: while the main thread publishes batch N, waits for its acknowledgements and commits it, batch N+1
+is decoded (in threads) and scored (in the scoring thread). A crash then loses the work on N+1 too, but
+nothing of N+1 was published, so the duplicates are still bounded by one batch. On CUDA the decode threads
+only validate, and one more thread decodes the whole batch with nvJPEG on a CUDA stream of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from kafka import TopicPartition
 
 from inspector import artifact as artifact_io
+from inspector.artifact import ModelArtifact
 from inspector.batcher import MicroBatcher
 from inspector.contracts import (
     H_CAMERA_ID,
@@ -38,7 +41,7 @@ from inspector.contracts import (
 from inspector.errors import BadFrame, ModelFileError
 from inspector.jpeg import decode_jpeg, validate_jpeg
 from inspector.kafka_io import FrameConsumer, Pending, ResultProducer, first_offsets, next_offsets
-from inspector.metrics import STAGES, CameraLabels, WorkerMetrics
+from inspector.metrics import CameraLabels, WorkerMetrics
 from inspector.preprocess import DeviceJpegDecoder
 from inspector.runtime import ModelRunner
 from inspector.scoring import defect_box
@@ -64,6 +67,22 @@ class Batch:
     records: list
     decoding: list[Future] = field(default_factory=list)  # per record: its Decoded
     on_device: Future | None = None  # on CUDA: nvJPEG's images of the valid frames and their ready event
+    scoring: Future | None = None  # its Scored, from the scoring thread
+    dropped: threading.Event = field(default_factory=threading.Event)  # a rebalance took it: do not score it
+
+
+@dataclass
+class Scored:
+    """A batch after the score stage, all on the host: what publishing it needs."""
+
+    decoded: list[Decoded]  # every record of the batch, in order
+    good: list[Decoded]  # the scored frames
+    bad: list[Decoded]  # the frames for the dead-letter topic
+    scores: np.ndarray  # (len(good),) float32
+    thresholds: list[float]  # per scored frame
+    alerts: dict[int, Box | None]  # index into `good` -> defect box, for the frames over their threshold
+    artifact: ModelArtifact  # the model that scored them (a hot reload may swap it before they are published)
+    scored_ns: int
 
 
 def decode_record(record: object, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
@@ -99,6 +118,12 @@ class Worker:
         self._nvjpeg_thread = ThreadPoolExecutor(1, thread_name_prefix="nvjpeg")
         cv2.setNumThreads(1)  # parallelism comes from the decode pool; OpenCV's own pool would oversubscribe
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
+        # One thread runs the model (warm-up, reloads and batches), so that scoring never waits for the main
+        # thread's publishing and committing, and a reload never lands in the middle of a batch.
+        self._scorer = ThreadPoolExecutor(1, thread_name_prefix="score")
+        # Score the next batch while this one is published: on once a batch has been quick (see
+        # _fit_batch_to_poll_interval), as after an eviction the next batch is dropped, scored or not.
+        self._overlap = False
         self._stop = threading.Event()
         self._in_hand: Batch | None = None
         self._batcher: MicroBatcher = MicroBatcher(settings.batch.max_size, 0)  # the batch being collected
@@ -119,14 +144,22 @@ class Worker:
     def ready(self) -> bool:
         return self._assigned and not self._stop.is_set() and self.producer.connected()
 
+    def warm_up(self) -> float:
+        """Run the model on every batch shape it will see, in the scoring thread (on CUDA its cuBLAS and cuDNN
+        handles are per thread); call before run(), as a slow first batch would cost a rebalance. Seconds."""
+        shapes = self.runner.batch_shapes(self.s.batch.max_size)
+        return self._scorer.submit(self.runner.warm_up, shapes).result()
+
     def run(self) -> None:
         """Serve until stop(); returns after the last batch is acknowledged and committed."""
         self.consumer.subscribe(on_revoked=self._on_revoked, on_assigned=self._on_assigned)
         try:
             while not self._stop.is_set():
                 records = self._collect()
-                # Start decoding the new batch in threads, then finish the previous one meanwhile.
+                # Start decoding (and scoring) the new batch in threads, then finish the previous one meanwhile.
                 batch = self._start_decode(records) if records else None
+                if batch is not None and self._overlap:
+                    batch.scoring = self._scorer.submit(self._score_stage, batch)
                 if self._in_hand is not None:
                     self._finish(self._in_hand)
                 self._in_hand = batch
@@ -142,6 +175,7 @@ class Worker:
             self.m.ready.set(0)
             self._decoder.shutdown(wait=False, cancel_futures=True)
             self._nvjpeg_thread.shutdown(wait=False, cancel_futures=True)
+            self._scorer.shutdown(wait=False, cancel_futures=True)
 
     # ---- 1. poll and batch ------------------------------------------------------------------------
 
@@ -208,49 +242,67 @@ class Worker:
             return [], bad, np.zeros(0, np.float32), None
         return good, bad, *self.runner.score(np.stack([d.image for d in good]))  # (B, S, S, 3) uint8
 
-    # ---- 3..7. score, publish, flush, commit ------------------------------------------------------
+    # ---- 3. score (the scoring thread) --------------------------------------------------------------
 
-    def _finish(self, batch: Batch) -> None:
+    def _score_stage(self, batch: Batch) -> Scored | None:
+        """(scoring thread) Wait for the batch's decode, score its good frames in one batch, and draw the defect
+        boxes of those over their threshold. None for a batch a rebalance dropped before it was scored."""
         t0 = time.perf_counter()
         decoded = [f.result() for f in batch.decoding]
         t_decoded = time.perf_counter()
+        if batch.dropped.is_set():
+            return None
         good = [d for d in decoded if d.error is None]
         bad = [d for d in decoded if d.error is not None]
-        for d in decoded:
-            camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)  # type: ignore[attr-defined]
-            self.m.frames_consumed.labels(self.cameras(camera or "unknown", start=d.error is None)).inc()
-
-        # 3. Score the good frames in one batch.
+        artifact = self.runner.artifact  # reloads run on this thread too: this is the model that scores
         scores: np.ndarray = np.zeros(0, np.float32)
-        maps = None
+        thresholds: list[float] = []
+        alerts: dict[int, Box | None] = {}
         if good:
-            good, newly_bad, scores, maps = self._score(batch, good)  # (B,), (B, S, S)
+            good, newly_bad, scores, maps = self._score(batch, good)  # (B,), (B, S, S) on the device
             bad.extend(newly_bad)
-            self.m.batch_size.observe(len(good))
             if self.s.faults.score_delay_ms:  # fault injection (tests only): a slow device, per frame
                 time.sleep(self.s.faults.score_delay_ms * len(good) / 1000)
+            thresholds = [self._threshold(d.meta.camera_id, artifact) for d in good]  # type: ignore[union-attr]
+            for i, d in enumerate(good):
+                if is_defect(float(scores[i]), thresholds[i]):
+                    region = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)  # type: ignore[index]
+                    alerts[i] = Box(**region._asdict()) if region is not None else None
+            self.m.batch_size.observe(len(good))
         scored_ns = time.time_ns()
+        self.m.stage_seconds.labels("decode").observe(t_decoded - t0)
+        self.m.stage_seconds.labels("score").observe(time.perf_counter() - t_decoded)
+        return Scored(decoded, good, bad, scores, thresholds, alerts, artifact, scored_ns)
+
+    # ---- 4..7. publish, flush, commit -----------------------------------------------------------------
+
+    def _finish(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        scored = (batch.scoring or self._scorer.submit(self._score_stage, batch)).result()
+        assert scored is not None  # only a dropped batch is not scored, and a dropped batch is not finished
         t_scored = time.perf_counter()
+        for d in scored.decoded:
+            camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)  # type: ignore[attr-defined]
+            self.m.frames_consumed.labels(self.cameras(camera or "unknown", start=d.error is None)).inc()
+        good, scores, artifact, scored_ns = scored.good, scored.scores, scored.artifact, scored.scored_ns
 
         # 4. Publish alerts, scores and dead letters (sends are asynchronous; nothing is committed yet).
         self.producer.begin()
         pending: list[Pending] = []
         alerted: list[tuple[FrameMeta, str]] = []
-        artifact = self.runner.artifact
         for i, d in enumerate(good):
             meta = d.meta
             assert meta is not None
             score = float(scores[i])
-            threshold = self._threshold(meta.camera_id)
-            alert = is_defect(score, threshold)
+            threshold = scored.thresholds[i]
+            alert = i in scored.alerts
             if alert:
-                region = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)  # type: ignore[index]
-                box = Box(**region._asdict()) if region is not None else None
                 message = Alert(
                     frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence,
                     captured_ns=meta.captured_ns, scored_ns=scored_ns, published_ns=time.time_ns(),
                     deadline_ns=meta.deadline_ns, score=score, threshold=threshold,
-                    model_id=artifact.model_id, model_version=artifact.model_version, box=box, label=meta.label,
+                    model_id=artifact.model_id, model_version=artifact.model_version, box=scored.alerts[i],
+                    label=meta.label,
                 )
                 pending.append(self.producer.send(self.s.kafka.alerts_topic, meta.camera_id, message.to_json(),
                                                   [], f"alert for frame {meta.frame_id}"))
@@ -263,7 +315,7 @@ class Worker:
                 )
                 pending.append(self.producer.send(self.s.kafka.scores_topic, meta.camera_id, record.to_json(),
                                                   [], f"score for frame {meta.frame_id}"))
-        for d in bad:
+        for d in scored.bad:
             pending.append(self._dead_letter(d))
 
         # 5. Wait until the broker has acknowledged every one of them (raises TransportError otherwise).
@@ -296,14 +348,17 @@ class Worker:
                 self.m.deadline_missed.labels(camera).inc()
         for _, camera_id in alerted:
             self.m.alerts.labels(self.cameras(camera_id)).inc()
-        for stage, seconds in zip(STAGES[1:], (t_decoded - t0, t_scored - t_decoded, t_published - t_scored,
-                                               t_committed - t_published)):
-            self.m.stage_seconds.labels(stage).observe(seconds)
+        self.m.stage_seconds.labels("publish").observe(t_published - t_scored)
+        self.m.stage_seconds.labels("commit").observe(t_committed - t_published)
 
     def _fit_batch_to_poll_interval(self, size: int, seconds: float) -> None:
         """Keep a batch well inside kafka.max_poll_interval_ms, past which the group evicts this worker and
-        the batch is scored again: a batch over half of it halves the batch size, a full one under 1/8 doubles it."""
+        the batch is scored again: a batch over half of it halves the batch size, a full one under 1/8 doubles it.
+
+        Batches over 1/8 of it also stop the overlap: after an eviction the next batch, already being scored,
+        would be dropped, and its scoring would delay the one after it by as long again."""
         limit_s = self.s.kafka.max_poll_interval_ms / 1000
+        self._overlap = seconds < limit_s / 8
         if seconds > limit_s / 2 and max(1, size // 2) < self._max_size:
             self._max_size = max(1, size // 2)
             log.warning("a batch of %d took %.1fs of the %.1fs max poll interval: batch size lowered to %d", size,
@@ -311,11 +366,11 @@ class Worker:
         elif seconds < limit_s / 8 and size >= self._max_size < self.s.batch.max_size:
             self._max_size = min(self.s.batch.max_size, self._max_size * 2)
 
-    def _threshold(self, camera_id: str) -> float:
+    def _threshold(self, camera_id: str, artifact: ModelArtifact) -> float:
         model = self.s.model
         if camera_id in model.camera_thresholds:
             return model.camera_thresholds[camera_id]
-        return model.threshold if model.threshold is not None else self.runner.artifact.threshold
+        return model.threshold if model.threshold is not None else artifact.threshold
 
     def _dead_letter(self, d: Decoded) -> Pending:
         record, error = d.record, d.error
@@ -346,6 +401,8 @@ class Worker:
         # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
         # What we hold here was polled but not yet published: every published batch was committed before this
         # poll. We drop it; whoever owns each partition next must read it again from its first dropped offset.
+        if self._in_hand is not None:
+            self._in_hand.dropped.set()
         dropped = (self._in_hand.records if self._in_hand is not None else []) + self._batcher.take()
         for tp, first in first_offsets(dropped).items():
             self._rewind[tp] = min(first, self._rewind.get(tp, first))
@@ -400,7 +457,7 @@ class Worker:
         try:
             new = artifact_io.load(Path(self.s.model.path))
             new.threshold  # noqa: B018 - an uncalibrated model must not serve
-            self.runner.load(new)
+            self._scorer.submit(self.runner.load, new).result()  # between two batches, warmed up
         except ModelFileError as exc:
             self.m.model_reloads.labels("rejected").inc()
             log.error("model reload refused, still serving %s:%s: %s", self.runner.artifact.model_id,
