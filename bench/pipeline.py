@@ -3,6 +3,7 @@
 In one run, on the same frames (~20 KB synthetic 256x256 JPEGs):
   1. bare model     the default model scoring pre-decoded batches in this process (the ceiling)
   2. worker         `inspector serve` draining a backlog, default model           -> frames/s, CPU use
+                    (1 and 2 interleaved for --rounds rounds, with each transport; medians compared)
   3. null worker    the same with a model that returns its input (transport + decode cost)
   4. naive worker   poll one -> decode -> score -> produce -> flush -> commit, per message
   5. two workers    null model, one consumer group, 4 partitions, vs one
@@ -10,7 +11,7 @@ In one run, on the same frames (~20 KB synthetic 256x256 JPEGs):
                     and the worker's own per-stage histograms
 Writes JSON and prints a table; see bench/RESULTS.md.
 
-    .venv/bin/python bench/pipeline.py                 # about 4 minutes on 2 cores
+    .venv/bin/python bench/pipeline.py                 # about 3 minutes on 2 cores
     .venv/bin/python bench/pipeline.py --latency-only  # 2 and 6 alone, per transport (a short GPU check)
 """
 
@@ -231,7 +232,8 @@ def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], jpegs: lis
             # None when one member drained the backlog before the other was ready (nothing left to share).
             "frames_per_s": round((len(scored) - 1) / span, 1) if len(scored) > 1 else None, "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
             **({"scored_after_group_settled": len(scored)} if settled_ns else {}),
-            # Where the worker's main thread spent the drain: seconds per stage over the drain's wall time.
+            # Seconds per stage over the drain's wall time: poll, publish and commit are the main thread's,
+            # decode (waiting for it) and score the scoring thread's, which a saturated worker keeps near 1.
             "stage_share": {stage: round(histogram_sum(metrics, "inspector_stage_duration_seconds",
                                                        f'stage="{stage}"') / wall, 3)
                             for stage in ("poll", "decode", "score", "publish", "commit")}}
@@ -358,6 +360,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32, help="worker batch.max_size, and the bare model's batch")
     ap.add_argument("--transports", default="kafka-python,confluent",
                     help="Kafka client libraries to compare (the first is the default, used for the other runs)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="bare model and default-model drains, interleaved this many times (medians compared)")
     ap.add_argument("--latency-only", action="store_true",
                     help="only the default worker's drain (for its capacity) and the latency run, per transport")
     ap.add_argument("--out", type=Path, default=Path("bench/out/pipeline.json"))
@@ -369,6 +373,10 @@ def main() -> int:
         except ImportError:
             print("confluent-kafka is not installed: measuring kafka-python only", flush=True)
             transports.remove("confluent")
+
+    def suffix(transport: str) -> str:  # of the result keys: none for the default transport
+        return "" if transport == transports[0] else f"_{transport.replace('-', '_')}"
+
     logdir = args.out.parent / "pipeline-logs"
     logdir.mkdir(parents=True, exist_ok=True)
     jpegs = make_jpegs(200)
@@ -381,7 +389,7 @@ def main() -> int:
     with LocalKafka(heap="1g") as broker:
         if args.latency_only:
             for transport in transports:
-                t = "" if transport == transports[0] else f"_{transport.replace('-', '_')}"
+                t = suffix(transport)
                 res[f"worker_default{t}"] = drain(broker, jpegs, args.frames // 3, f"wd{t}", null=False,
                                                   batch=args.batch, transport=transport, logdir=logdir)
                 print(f"worker, default model, {transport}".ljust(31), res[f"worker_default{t}"], flush=True)
@@ -390,16 +398,23 @@ def main() -> int:
                                                                f"lat{t}", logdir, batch=args.batch, transport=transport)
                 print(f"latency at half capacity, {transport}".ljust(31), res[f"latency_half_capacity{t}"], flush=True)
             return write_results(res, args.out)
-        res["bare_model"] = bare_model(jpegs, args.batch)
-        print(f"bare model (batch {args.batch})".ljust(31), res["bare_model"], flush=True)
-        res["worker_default"] = drain(broker, jpegs, args.frames // 3, "wd", null=False, batch=args.batch,
-                                      logdir=logdir)
-        # Measured again right after: this machine is shared, and the ratio needs both sides in the same weather.
-        again = bare_model(jpegs, args.batch)
-        res["bare_model"] = {"batch": args.batch, "frames_per_s_before_after": [
-            res["bare_model"]["frames_per_s"], again["frames_per_s"]],
-            "frames_per_s": round((res["bare_model"]["frames_per_s"] + again["frames_per_s"]) / 2, 1)}
-        print("worker, default model          ", res["worker_default"], flush=True)
+        # Worker ÷ bare model in the same weather: this machine is shared, so the bare model and the default-model
+        # drains of each transport are interleaved for a few rounds, and the medians compared.
+        bare = [bare_model(jpegs, args.batch)["frames_per_s"]]
+        defaults: dict[str, list[dict]] = {transport: [] for transport in transports}
+        for round_ in range(args.rounds):
+            for transport in transports if round_ % 2 == 0 else transports[::-1]:
+                defaults[transport].append(drain(broker, jpegs, args.frames // 3, f"wd{round_}{suffix(transport)}",
+                                                 null=False, batch=args.batch, transport=transport, logdir=logdir))
+                print(f"worker, default model, {transport}".ljust(31), defaults[transport][-1], flush=True)
+            bare.append(bare_model(jpegs, args.batch)["frames_per_s"])
+            print(f"bare model (batch {args.batch})".ljust(31), bare[-1], flush=True)
+        res["bare_model"] = {"batch": args.batch, "frames_per_s_runs": bare,
+                             "frames_per_s": round(float(np.median(bare)), 1)}
+        for transport, runs in defaults.items():
+            median = sorted(runs, key=lambda r: r["frames_per_s"])[len(runs) // 2]
+            res[f"worker_default{suffix(transport)}"] = {**median,
+                                                        "frames_per_s_runs": [r["frames_per_s"] for r in runs]}
         res["worker_null"] = drain(broker, jpegs, args.frames, "wn", null=True, batch=args.batch, logdir=logdir)
         print("worker, null model             ", res["worker_null"], flush=True)
         res["two_workers_null"] = drain(broker, jpegs, 2 * args.frames, "w2", null=True, workers=2, partitions=4,
@@ -413,9 +428,6 @@ def main() -> int:
         print("latency at half capacity       ", res["latency_half_capacity"], flush=True)
         for transport in transports[1:]:  # the alternative client library, same runs, same broker
             t = transport.replace("-", "_")
-            res[f"worker_default_{t}"] = drain(broker, jpegs, args.frames // 3, f"wd-{t}", null=False,
-                                               batch=args.batch, transport=transport, logdir=logdir)
-            print(f"worker, default model, {transport}".ljust(31), res[f"worker_default_{t}"], flush=True)
             res[f"worker_null_{t}"] = drain(broker, jpegs, args.frames, f"wn-{t}", null=True, batch=args.batch,
                                             transport=transport, logdir=logdir)
             print(f"worker, null model, {transport}".ljust(31), res[f"worker_null_{t}"], flush=True)

@@ -176,3 +176,25 @@ def header_value(headers: Headers | None, name: str) -> str | None:
         if key == name:
             return (value or b"").decode("utf-8", errors="replace")
     return None
+
+
+def dead_letter(key: bytes | None, value: bytes | None, headers: Headers | None, origin: str, error: BadFrame,
+                max_bytes: int) -> tuple[str, bytes, Headers]:
+    """The frames-dlq record of a frame that cannot be scored -> (key, value, headers).
+
+    `origin` is "<topic>/<partition>/<offset>". A record bigger than `max_bytes` (an oversized frame, huge
+    headers) keeps only its key and small headers: the producer's requests are sized for `max_bytes`, and a
+    dead letter it cannot send would fail the worker each time the frame is read again.
+    """
+    value, original = value or b"", list(headers or [])
+    text_key = key.decode("utf-8", errors="replace") if key else (header_value(original, H_CAMERA_ID) or "")
+    detail = error.detail
+    if len(value) + len(text_key.encode()) + sum(len(v or b"") for _, v in original) > max_bytes:
+        value, text_key = b"", text_key[:128]
+        original = [(k, v) for k, v in original if len(v or b"") <= 1024]
+        detail = f"{detail} [too large to copy: the original is at dlq.origin]"
+    return text_key, value, original + [
+        (H_DLQ_REASON, error.reason.encode()),
+        (H_DLQ_DETAIL, detail.encode("utf-8", errors="replace")[:512]),
+        (H_DLQ_ORIGIN, origin.encode()),
+    ]

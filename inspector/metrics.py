@@ -7,10 +7,15 @@ from small fixed sets: camera ids are capped (`CameraLabels`), frame ids never b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inspector.contracts import DLQ_REASONS
+
+if TYPE_CHECKING:  # the artifact module imports torch; the metrics need only its fields
+    from inspector.artifact import ModelArtifact
+    from inspector.settings import ModelSettings
 
 NAMESPACE = "inspector"
 STAGES = ("poll", "decode", "score", "publish", "commit")
@@ -40,6 +45,18 @@ class WorkerMetrics:
     model_reloads: Counter
     ready: Gauge
     assigned_partitions: Gauge
+
+    def show_model(self, artifact: ModelArtifact, settings: ModelSettings) -> None:
+        """The model in service and the thresholds in force (at start-up and after each hot reload)."""
+        self.model_info.clear()
+        self.model_info.labels(artifact.model_id, artifact.model_version).set(1)
+        self.threshold.clear()
+        self.threshold.labels("default").set(settings.threshold if settings.threshold is not None
+                                             else artifact.threshold)
+        for camera, thr in settings.camera_thresholds.items():
+            self.threshold.labels(camera).set(thr)
+        if artifact.calibration is not None:
+            self.calibration_good_mean.set(artifact.calibration.good_mean)
 
     def start_camera(self, camera: str) -> None:
         """Export a camera's counters at 0 from its first frame: rate() then sees the first increase, and

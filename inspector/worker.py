@@ -18,30 +18,19 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 from kafka import TopicPartition
 
-from inspector import artifact as artifact_io
 from inspector.artifact import ModelArtifact
 from inspector.batcher import MicroBatcher
-from inspector.contracts import (
-    H_CAMERA_ID,
-    H_DLQ_DETAIL,
-    H_DLQ_ORIGIN,
-    H_DLQ_REASON,
-    Alert,
-    Box,
-    FrameMeta,
-    FrameScore,
-    header_value,
-)
-from inspector.errors import BadFrame, ModelFileError
+from inspector.contracts import H_CAMERA_ID, Alert, Box, FrameMeta, FrameScore, dead_letter, header_value
+from inspector.errors import BadFrame
 from inspector.jpeg import decode_jpeg, validate_jpeg
 from inspector.kafka_io import FrameConsumer, Pending, ResultProducer, first_offsets, next_offsets
 from inspector.metrics import CameraLabels, WorkerMetrics
+from inspector.model_reload import ModelFileWatch
 from inspector.preprocess import DeviceJpegDecoder
 from inspector.runtime import ModelRunner
 from inspector.scoring import defect_box
@@ -130,10 +119,10 @@ class Worker:
         self._max_size = settings.batch.max_size  # shrinks while batches run close to max_poll_interval
         self._assigned = False
         self._rewind: dict[TopicPartition, int] = {}  # first offset of each partition's dropped records
-        self._model_mtime = self._mtime()
-        self._next_reload_check = 0.0
+        self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact,
+                                          install=lambda new: self._scorer.submit(runner.load, new).result())
         self._next_lag_update = 0.0
-        self._publish_model_info()
+        metrics.show_model(runner.artifact, settings.model)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -163,7 +152,8 @@ class Worker:
                 if self._in_hand is not None:
                     self._finish(self._in_hand)
                 self._in_hand = batch
-                self._maybe_reload_model()
+                if self._model_file.poll():  # swapped in on the scoring thread, between two batches
+                    self.m.show_model(self.runner.artifact, self.s.model)
                 self._update_lag()
             if self._in_hand is not None:
                 self._finish(self._in_hand)
@@ -376,21 +366,8 @@ class Worker:
         record, error = d.record, d.error
         assert error is not None
         origin = f"{record.topic}/{record.partition}/{record.offset}"  # type: ignore[attr-defined]
-        value, original = record.value or b"", list(record.headers or [])  # type: ignore[attr-defined]
-        key = record.key.decode("utf-8", errors="replace") if record.key else (  # type: ignore[attr-defined]
-            header_value(record.headers, H_CAMERA_ID) or "")  # type: ignore[attr-defined]
-        detail = error.detail
-        # The producer's requests are sized for limits.max_frame_bytes: a bigger record (oversized frame, huge
-        # headers) is dead-lettered without its value and big headers, else it would fail the worker each time.
-        if len(value) + len(key.encode()) + sum(len(v or b"") for _, v in original) > self.s.limits.max_frame_bytes:
-            value, key = b"", key[:128]
-            original = [(k, v) for k, v in original if len(v or b"") <= 1024]
-            detail = f"{detail} [too large to copy: the original is at dlq.origin]"
-        headers = original + [
-            (H_DLQ_REASON, error.reason.encode()),
-            (H_DLQ_DETAIL, detail.encode("utf-8", errors="replace")[:512]),
-            (H_DLQ_ORIGIN, origin.encode()),
-        ]
+        key, value, headers = dead_letter(record.key, record.value, record.headers, origin, error,  # type: ignore[attr-defined]
+                                          self.s.limits.max_frame_bytes)
         log.warning("dead-lettered %s: %s", origin, error)
         self.m.frames_dead_lettered.labels(error.reason).inc()
         return self.producer.send(self.s.kafka.dlq_topic, key, value, headers, f"dead letter {origin}")
@@ -435,47 +412,3 @@ class Worker:
             self.m.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
         self.m.assigned_partitions.set(len(self.consumer.assignment()))
         self.m.ready.set(1 if self.ready() else 0)
-
-    def _mtime(self) -> float:
-        try:
-            return Path(self.s.model.path).stat().st_mtime
-        except OSError:
-            return 0.0
-
-    def _maybe_reload_model(self) -> None:
-        """Hot reload when the model file changes; a bad new file is refused and the old model keeps serving."""
-        if self.s.model.reload_poll_s <= 0:
-            return
-        now = time.monotonic()
-        if now < self._next_reload_check:
-            return
-        self._next_reload_check = now + self.s.model.reload_poll_s
-        mtime = self._mtime()
-        if mtime == self._model_mtime or mtime == 0.0:
-            return
-        self._model_mtime = mtime
-        try:
-            new = artifact_io.load(Path(self.s.model.path))
-            new.threshold  # noqa: B018 - an uncalibrated model must not serve
-            self._scorer.submit(self.runner.load, new).result()  # between two batches, warmed up
-        except ModelFileError as exc:
-            self.m.model_reloads.labels("rejected").inc()
-            log.error("model reload refused, still serving %s:%s: %s", self.runner.artifact.model_id,
-                      self.runner.artifact.model_version, exc)
-            return
-        self.m.model_reloads.labels("ok").inc()
-        self._publish_model_info()
-        log.info("model reloaded: now serving %s:%s", new.model_id, new.model_version)
-
-    def _publish_model_info(self) -> None:
-        a = self.runner.artifact
-        self.m.model_info.clear()
-        self.m.model_info.labels(a.model_id, a.model_version).set(1)
-        self.m.threshold.clear()
-        self.m.threshold.labels("default").set(self.s.model.threshold if self.s.model.threshold is not None
-                                               else a.threshold)
-        for camera, thr in self.s.model.camera_thresholds.items():
-            self.m.threshold.labels(camera).set(thr)
-        if a.calibration is not None:
-            self.m.calibration_good_mean.set(a.calibration.good_mean)
-
