@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -47,7 +48,7 @@ from inspector.local_broker import LocalKafka, free_port  # noqa: E402
 from inspector.paths import DEFAULT_MODEL  # noqa: E402
 from inspector.process import freeze_long_lived_objects  # noqa: E402
 from inspector.runtime import ModelRunner, pick_device  # noqa: E402
-from inspector.settings import KafkaSettings  # noqa: E402
+from inspector.settings import KafkaSettings, ModelSettings  # noqa: E402
 from producers.bananas import render_scene  # noqa: E402
 
 LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
@@ -268,16 +269,31 @@ def naive_worker(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str) -> di
     return {"frames": n, "frames_per_s": round(n / dt, 1)}
 
 
-def bare_model(jpegs: list[bytes], batch: int, seconds: float = 5.0) -> dict:
+def bare_model(jpegs: list[bytes], batch: int, seconds: float = 5.0, streams: int = 1) -> dict:
+    """The model alone on pre-decoded batches: one batch at a time (streams=1, torch's threads on it), or as the
+    CPU worker runs it, `streams` batches at once from threads of their own, each on its share of the threads."""
     device = pick_device("auto")
-    runner = ModelRunner(artifact_io.load(DEFAULT_MODEL, device), device)
+    threads = torch.get_num_threads()
+    runner = ModelRunner(artifact_io.load(DEFAULT_MODEL, device), device, cpu_streams=streams)
     images = np.stack([decode_jpeg(jpegs[i % len(jpegs)], size=runner.size, **LIMITS)[0] for i in range(batch)])
-    runner.warm_up((batch,))
-    calls, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        runner.score(images)
-        calls += 1
-    return {"batch": batch, "frames_per_s": round(calls * batch / (time.perf_counter() - t0), 1)}
+
+    def loop(t0: float) -> int:
+        calls = 0
+        while time.perf_counter() - t0 < seconds:
+            runner.score(images)
+            calls += 1
+        return calls
+
+    try:
+        with ThreadPoolExecutor(runner.streams) as pool:
+            for f in [pool.submit(runner.warm_up, (batch,)) for _ in range(runner.streams)]:
+                f.result()
+            t0 = time.perf_counter()
+            calls = sum(f.result() for f in [pool.submit(loop, t0) for _ in range(runner.streams)])
+        return {"batch": batch, "streams": runner.streams,
+                "frames_per_s": round(calls * batch / (time.perf_counter() - t0), 1)}
+    finally:
+        torch.set_num_threads(threads)  # the runner divided them among its streams (a process-wide setting)
 
 
 def histogram_sum(metrics: str, name: str, labels: str = "") -> float:
@@ -400,17 +416,29 @@ def main() -> int:
             return write_results(res, args.out)
         # Worker ÷ bare model in the same weather: this machine is shared, so the bare model and the default-model
         # drains of each transport are interleaved for a few rounds, and the medians compared.
-        bare = [bare_model(jpegs, args.batch)["frames_per_s"]]
+        # The bare model both ways: one batch at a time on all of torch's threads, and as the worker runs it on
+        # the CPU (model.cpu_streams batches at once; on CUDA the two are the same).
+        streams = ModelSettings().cpu_streams if device.type == "cpu" else 1
+        bare: dict[int, list[float]] = {1: [], streams: []}
+
+        def measure_bare() -> None:
+            for n in bare:
+                bare[n].append(bare_model(jpegs, args.batch, seconds=3.0, streams=n)["frames_per_s"])
+            print(f"bare model (batch {args.batch}), streams {'/'.join(map(str, bare))}".ljust(31),
+                  "/".join(str(runs[-1]) for runs in bare.values()), flush=True)
+
+        measure_bare()
         defaults: dict[str, list[dict]] = {transport: [] for transport in transports}
         for round_ in range(args.rounds):
             for transport in transports if round_ % 2 == 0 else transports[::-1]:
                 defaults[transport].append(drain(broker, jpegs, args.frames // 3, f"wd{round_}{suffix(transport)}",
                                                  null=False, batch=args.batch, transport=transport, logdir=logdir))
                 print(f"worker, default model, {transport}".ljust(31), defaults[transport][-1], flush=True)
-            bare.append(bare_model(jpegs, args.batch)["frames_per_s"])
-            print(f"bare model (batch {args.batch})".ljust(31), bare[-1], flush=True)
-        res["bare_model"] = {"batch": args.batch, "frames_per_s_runs": bare,
-                             "frames_per_s": round(float(np.median(bare)), 1)}
+            measure_bare()
+        res["bare_model"] = {"batch": args.batch, "frames_per_s_runs": bare[1],
+                             "frames_per_s": round(float(np.median(bare[1])), 1)}
+        res["bare_model_as_served"] = {"batch": args.batch, "streams": streams, "frames_per_s_runs": bare[streams],
+                                       "frames_per_s": round(float(np.median(bare[streams])), 1)}
         for transport, runs in defaults.items():
             median = sorted(runs, key=lambda r: r["frames_per_s"])[len(runs) // 2]
             res[f"worker_default{suffix(transport)}"] = {**median,
@@ -438,6 +466,7 @@ def main() -> int:
     wd, wn = res["worker_default"]["frames_per_s"], res["worker_null"]["frames_per_s"]
     res["ratios"] = {
         "worker_vs_bare_model": round(wd / res["bare_model"]["frames_per_s"], 3),
+        "worker_vs_bare_model_as_served": round(wd / res["bare_model_as_served"]["frames_per_s"], 3),
         "worker_vs_naive": round(wd / res["naive_worker"]["frames_per_s"], 2),
         "two_vs_one_null_workers": round((res["two_workers_null"]["frames_per_s"] or float("nan")) / wn, 2),
     }
@@ -445,8 +474,9 @@ def main() -> int:
         t = transport.replace("-", "_")
         res["ratios"][f"{t}_vs_{transports[0].replace('-', '_')}_null"] = round(
             res[f"worker_null_{t}"]["frames_per_s"] / wn, 2)
-        res["ratios"][f"{t}_worker_vs_bare_model"] = round(
-            res[f"worker_default_{t}"]["frames_per_s"] / res["bare_model"]["frames_per_s"], 3)
+        for bare_key in ("bare_model", "bare_model_as_served"):
+            res["ratios"][f"{t}_worker_vs_{bare_key}"] = round(
+                res[f"worker_default_{t}"]["frames_per_s"] / res[bare_key]["frames_per_s"], 3)
     print("ratios", res["ratios"])
     return write_results(res, args.out)
 

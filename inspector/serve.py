@@ -43,7 +43,8 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
     artifact.threshold  # noqa: B018 - refuse an uncalibrated model at start-up
     if settings.model.null:
         artifact = replace(artifact, model=NullModel(artifact.config), model_id="null")
-    runner = ModelRunner(artifact, device, bf16=settings.model.bf16, compile=settings.model.compile)
+    runner = ModelRunner(artifact, device, bf16=settings.model.bf16, compile=settings.model.compile,
+                         cpu_streams=settings.model.cpu_streams)
 
     worker_box: list[Worker] = []
     endpoint = HttpEndpoint(settings.http.host, settings.http.port, registry,

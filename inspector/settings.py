@@ -90,6 +90,9 @@ class ModelSettings(BaseModel):
     camera_thresholds: dict[str, float] = Field(default_factory=dict)  # per-camera overrides
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile, warmed up before joining the consumer group
+    # On the CPU: batches scored at once, each by cores/cpu_streams threads. Two single-threaded batches beat
+    # one batch on two threads on 2 cores (bench/RESULTS.md); on CUDA batches are scored one at a time.
+    cpu_streams: int = Field(2, ge=1, le=16)
     reload_poll_s: float = Field(5.0, ge=0)  # 0 disables hot reload of a changed model file
     null: bool = False  # benchmarks: serve a model that returns its input (exposes transport + decode cost)
 

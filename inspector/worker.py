@@ -1,13 +1,14 @@
 """The inspector's hot loop: poll -> decode -> batch -> score -> publish -> flush -> commit.
 
 Delivery guarantee (at-least-once): a frame's offset is committed only after its alert, its score and any
-dead letter are acknowledged by the broker. A crash between publish and commit re-scores the batch in hand
-(duplicates bounded by one batch per partition); nothing is ever skipped. With `kafka.exactly_once` the
+dead letter are acknowledged by the broker. A crash between publish and commit repeats the results of the batch
+being published (duplicates bounded by one batch per partition); nothing is ever skipped. With `kafka.exactly_once` the
 results and the offsets go into one transaction instead.
 
-Pipelining: while the main thread publishes batch N, waits for its acknowledgements and commits it, batch N+1
-is decoded (in threads) and scored (in the scoring thread). A crash then loses the work on N+1 too, but
-nothing of N+1 was published, so the duplicates are still bounded by one batch. On CUDA the decode threads
+Pipelining: while the main thread publishes batch N, waits for its acknowledgements and commits it, the next
+batches are decoded (in threads) and scored (one per scoring thread: one on CUDA, `model.cpu_streams` on the
+CPU). A crash then loses the work on those too, but none of their results were published, so the duplicates
+are still bounded by one batch. On CUDA the decode threads
 only validate, and one more thread decodes the whole batch with nvJPEG on a CUDA stream of its own.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -107,27 +109,26 @@ class Worker:
         self._nvjpeg_thread = ThreadPoolExecutor(1, thread_name_prefix="nvjpeg")
         cv2.setNumThreads(1)  # parallelism comes from the decode pool; OpenCV's own pool would oversubscribe
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
-        # One thread runs the model (warm-up, reloads and batches), so that scoring never waits for the main
-        # thread's publishing and committing, and a reload never lands in the middle of a batch.
-        self._scorer = ThreadPoolExecutor(1, thread_name_prefix="score")
-        # Score the next batch while this one is published: on once a batch has been quick (see
-        # _fit_batch_to_poll_interval), as after an eviction the next batch is dropped, scored or not.
+        # The model runs in threads of its own (warm-up, reloads and batches; one per stream of the runner), so
+        # that scoring never waits for the main thread's publishing and committing.
+        self._scorer = ThreadPoolExecutor(runner.streams, thread_name_prefix="score")
+        # Score the next batches while this one is published: on once a batch has been quick (see
+        # _fit_batch_to_poll_interval), as after an eviction the next batches are dropped, scored or not.
         self._overlap = False
         self._stop = threading.Event()
-        self._in_hand: Batch | None = None
+        self._in_flight: deque[Batch] = deque()  # polled, not yet published; the oldest is published next
         self._batcher: MicroBatcher = MicroBatcher(settings.batch.max_size, 0)  # the batch being collected
         self._max_size = settings.batch.max_size  # shrinks while batches run close to max_poll_interval
         self._assigned = False
         self._rewind: dict[TopicPartition, int] = {}  # first offset of each partition's dropped records
-        self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact,
-                                          install=lambda new: self._scorer.submit(runner.load, new).result())
+        self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact, self._install_model)
         self._next_lag_update = 0.0
         metrics.show_model(runner.artifact, settings.model)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to finish the batch in hand, commit, and return (signal-safe)."""
+        """Ask the loop to finish the batches in flight, commit, and return (signal-safe)."""
         self._stop.set()
 
     def ready(self) -> bool:
@@ -145,22 +146,24 @@ class Worker:
         try:
             while not self._stop.is_set():
                 records = self._collect()
-                # Start decoding (and scoring) the new batch in threads, then finish the previous one meanwhile.
-                batch = self._start_decode(records) if records else None
-                if batch is not None and self._overlap:
-                    batch.scoring = self._scorer.submit(self._score_stage, batch)
-                if self._in_hand is not None:
-                    self._finish(self._in_hand)
-                self._in_hand = batch
-                if self._model_file.poll():  # swapped in on the scoring thread, between two batches
+                # Start decoding (and scoring) the new batch in threads, then finish the oldest one meanwhile:
+                # once every scoring thread has a batch, or when nothing new came in.
+                if records:
+                    batch = self._start_decode(records)
+                    if self._overlap:
+                        batch.scoring = self._scorer.submit(self._score_stage, batch)
+                    self._in_flight.append(batch)
+                depth = self.runner.streams if self._overlap else 0
+                if len(self._in_flight) > depth or (self._in_flight and not records):
+                    self._finish(self._in_flight.popleft())
+                if self._model_file.poll():
                     self.m.show_model(self.runner.artifact, self.s.model)
                 self._update_lag()
-            if self._in_hand is not None:
-                self._finish(self._in_hand)
-                self._in_hand = None
+            while self._in_flight:
+                self._finish(self._in_flight.popleft())
         finally:
             # After a failure nothing more may be published: consumer.close() calls _on_revoked.
-            self._in_hand = None
+            self._in_flight.clear()
             self._batcher.take()
             self.m.ready.set(0)
             self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -172,11 +175,11 @@ class Worker:
     def _collect(self) -> list:
         """Records for the next batch: up to max_size, waiting at most max_wait after the first arrives.
 
-        While a batch is in hand we only take what is already fetched, so the in-hand batch is not delayed.
+        While batches are in flight we only take what is already fetched, so that they are not delayed.
         """
         t0 = time.perf_counter()
         self._batcher = batcher = MicroBatcher(self._max_size, self.s.batch.max_wait_ms / 1000)
-        if self._in_hand is not None:
+        if self._in_flight:
             for record in self.consumer.poll(0, batcher.room()):
                 batcher.add(record, time.monotonic())
         else:
@@ -356,6 +359,13 @@ class Worker:
         elif seconds < limit_s / 8 and size >= self._max_size < self.s.batch.max_size:
             self._max_size = min(self.s.batch.max_size, self._max_size * 2)
 
+    def _install_model(self, new: ModelArtifact) -> None:
+        """Hot reload, between two batches: the batches in flight finish with the model that scored them, then
+        the new one is warmed up on a scoring thread and swapped in."""
+        while self._in_flight:
+            self._finish(self._in_flight.popleft())
+        self._scorer.submit(self.runner.load, new).result()
+
     def _threshold(self, camera_id: str, artifact: ModelArtifact) -> float:
         model = self.s.model
         if camera_id in model.camera_thresholds:
@@ -378,12 +388,12 @@ class Worker:
         # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
         # What we hold here was polled but not yet published: every published batch was committed before this
         # poll. We drop it; whoever owns each partition next must read it again from its first dropped offset.
-        if self._in_hand is not None:
-            self._in_hand.dropped.set()
-        dropped = (self._in_hand.records if self._in_hand is not None else []) + self._batcher.take()
+        dropped = [record for batch in self._in_flight for record in batch.records] + self._batcher.take()
+        for batch in self._in_flight:
+            batch.dropped.set()
         for tp, first in first_offsets(dropped).items():
             self._rewind[tp] = min(first, self._rewind.get(tp, first))
-        self._in_hand = None
+        self._in_flight.clear()
         self._assigned = False
         self.m.ready.set(0)
 

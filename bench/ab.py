@@ -1,0 +1,77 @@
+"""Interleaved A/B of two worker variants on one local broker, against the bare model in the same weather.
+
+This machine is shared and its speed drifts by ±15 % within minutes, so single runs of two variants compare
+the weather, not the variants. Here each round measures the bare model, then drains a backlog with A and with B
+(the order alternating), and the medians are compared. A variant is settings (`INSPECTOR_...=value`) and/or
+another checkout of the project to run the worker from (`--a-tree`, e.g. a `git worktree` of an older commit).
+
+    .venv/bin/python bench/ab.py --b INSPECTOR_MODEL__CPU_STREAMS=1 --rounds 3
+    git worktree add /tmp/old HEAD~1 && .venv/bin/python bench/ab.py --a-tree /tmp/old
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipeline import bare_model, drain, make_jpegs  # noqa: E402
+
+from inspector.local_broker import LocalKafka  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for v in ("a", "b"):
+        ap.add_argument(f"--{v}", nargs="*", default=[], metavar="NAME=VALUE", help=f"settings of variant {v}")
+        ap.add_argument(f"--{v}-tree", type=Path, help=f"checkout that variant {v}'s worker runs from")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=1000, help="backlog per drain")
+    ap.add_argument("--transport", default="kafka-python")
+    ap.add_argument("--null", action="store_true", help="both variants with the null model")
+    ap.add_argument("--out", type=Path, default=Path("bench/out/ab.json"))
+    args = ap.parse_args()
+    root = Path(__file__).resolve().parent.parent
+    variants = {v: ({k: val for k, _, val in (s.partition("=") for s in getattr(args, v))},
+                    (getattr(args, f"{v}_tree") or root).resolve()) for v in ("a", "b")}
+    logdir = args.out.parent / "ab-logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    jpegs = make_jpegs(200)
+    base_env = dict(os.environ)
+    res: dict = {"variants": {v: {"settings": env, "tree": str(tree)} for v, (env, tree) in variants.items()},
+                 "bare": [], "a": [], "b": []}
+    with LocalKafka(heap="1g") as broker:
+        for round_ in range(args.rounds):
+            res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
+            for v in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
+                env, tree = variants[v]
+                os.environ.clear()
+                os.environ.update({**base_env, **env})
+                os.chdir(tree)  # `python -m inspector` imports the package from the working directory
+                try:
+                    run = drain(broker, jpegs, args.frames, f"ab{round_}{v}", null=args.null,
+                                transport=args.transport, logdir=logdir.resolve())
+                finally:
+                    os.environ.clear()
+                    os.environ.update(base_env)
+                    os.chdir(root)
+                res[v].append(run["frames_per_s"])
+                print(round_, v, run["frames_per_s"], "frames/s", run["stage_share"], flush=True)
+        res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
+    bare = statistics.median(res["bare"])
+    res["median"] = {k: statistics.median(res[k]) for k in ("bare", "a", "b")}
+    res["vs_bare"] = {v: round(res["median"][v] / bare, 3) for v in ("a", "b")}
+    res["b_vs_a"] = round(res["median"]["b"] / res["median"]["a"], 3)
+    print(json.dumps({k: res[k] for k in ("median", "vs_bare", "b_vs_a")}))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
