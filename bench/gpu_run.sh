@@ -30,6 +30,6 @@ steps=" ${STEPS:-tests scoring pipeline} "
 [[ $steps == *" tests "* ]] && echo "== GPU unit tests" && timeout 180 python3 -m pytest -q tests/unit/test_gpu.py -p no:cacheprovider 2>&1 | tail -15
 [[ $steps == *" scoring "* ]] && echo "== scoring benchmark" && timeout "${SCORING_TIMEOUT:-240}" python3 bench/scoring.py ${SCORING_ARGS:---input-size 256 --batch-sizes 1024 --seconds 0.7 --compile} \
   --out "$out/scoring.json"
-[[ $steps == *" pipeline "* ]] && echo "== pipeline benchmark" && timeout "${PIPELINE_TIMEOUT:-240}" python3 bench/pipeline.py ${PIPELINE_ARGS:---batch 128 --frames 6000 --naive-frames 150 --latency-seconds 8} \
+[[ $steps == *" pipeline "* ]] && echo "== pipeline benchmark" && timeout "${PIPELINE_TIMEOUT:-240}" python3 bench/pipeline.py ${PIPELINE_ARGS:---batch 128 --frames 6000 --naive-frames 150 --latency-seconds 8 --rounds 1} \
   --out "$out/pipeline.json"
 echo "== done"
