@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline import bare_model, drain, make_jpegs  # noqa: E402
+from pipeline_runs import bare_model, drain, make_jpegs  # noqa: E402
 
 from inspector.local_broker import LocalKafka  # noqa: E402
 
