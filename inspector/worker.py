@@ -247,7 +247,7 @@ class Worker:
             return None
         good = [d for d in decoded if d.error is None]
         bad = [d for d in decoded if d.error is not None]
-        artifact = self.runner.artifact  # reloads run on this thread too: this is the model that scores
+        artifact = self.runner.artifact  # a reload waits until no batch is in flight: this model scores it
         scores: np.ndarray = np.zeros(0, np.float32)
         thresholds: list[float] = []
         alerts: dict[int, Box | None] = {}
