@@ -135,10 +135,17 @@ class Worker:
         return self._assigned and not self._stop.is_set() and self.producer.connected()
 
     def warm_up(self) -> float:
-        """Run the model on every batch shape it will see, in the scoring thread (on CUDA its cuBLAS and cuDNN
+        """Run the model on every batch shape it will see, in every scoring thread (on CUDA its cuBLAS and cuDNN
         handles are per thread); call before run(), as a slow first batch would cost a rebalance. Seconds."""
         shapes = self.runner.batch_shapes(self.s.batch.max_size)
-        return self._scorer.submit(self.runner.warm_up, shapes).result()
+        all_threads = threading.Barrier(self.runner.streams)  # holds each warm-up until every thread has one
+
+        def warm_up_one_thread() -> float:
+            seconds = self.runner.warm_up(shapes)
+            all_threads.wait()
+            return seconds
+
+        return max(f.result() for f in [self._scorer.submit(warm_up_one_thread) for _ in range(self.runner.streams)])
 
     def run(self) -> None:
         """Serve until stop(); returns after the last batch is acknowledged and committed."""
