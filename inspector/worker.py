@@ -1,15 +1,15 @@
 """The inspector's hot loop: poll -> decode -> batch -> score -> publish -> flush -> commit.
 
 Delivery guarantee (at-least-once): a frame's offset is committed only after its alert, its score and any
-dead letter are acknowledged by the broker. A crash between publish and commit repeats the results of the batch
-being published (duplicates bounded by one batch per partition); nothing is ever skipped. With `kafka.exactly_once` the
-results and the offsets go into one transaction instead.
+dead letter are acknowledged by the broker. A crash between publish and commit repeats the results of the
+batch being published (duplicates bounded by one batch per partition); nothing is ever skipped. With
+`kafka.exactly_once` the results and the offsets go into one transaction instead.
 
 Pipelining: while the main thread publishes batch N, waits for its acknowledgements and commits it, the next
 batches are decoded (in threads) and scored (one per scoring thread: one on CUDA, `model.cpu_streams` on the
 CPU). A crash then loses the work on those too, but none of their results were published, so the duplicates
-are still bounded by one batch. On CUDA the decode threads
-only validate, and one more thread decodes the whole batch with nvJPEG on a CUDA stream of its own.
+are still bounded by one batch. On CUDA the decode threads only validate, and one more thread decodes the
+whole batch with nvJPEG on a CUDA stream of its own.
 """
 
 from __future__ import annotations
