@@ -61,7 +61,8 @@ def main() -> int:
                     os.environ.update(base_env)
                     os.chdir(root)
                 res[v].append(run["frames_per_s"])
-                print(round_, v, run["frames_per_s"], "frames/s", run["stage_share"], flush=True)
+                print(round_, v, run["frames_per_s"], "frames/s", run["stage_share"], "CPU", run["machine_cpu"],
+                      flush=True)
         res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
     bare = statistics.median(res["bare"])
     res["median"] = {k: statistics.median(res[k]) for k in ("bare", "a", "b")}

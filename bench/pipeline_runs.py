@@ -114,6 +114,48 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class CpuShares:
+    """Where the machine's CPU went, in % of one core: the workers, the broker, this benchmark process, everything
+    else, idle, and time the hypervisor gave to other guests (steal). Sampled every 0.1 s in a thread, so that a
+    drain's share covers the drain alone (between its first and last score), not its start-up or tail."""
+
+    def __init__(self, workers: list[int], broker: int | None) -> None:
+        self.pids = {"workers": workers, "broker": [broker] if broker else [], "benchmark": [os.getpid()]}
+        self.samples: list[tuple[int, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def __enter__(self) -> CpuShares:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample_until_stopped(self) -> None:
+        while True:
+            # /proc/stat "cpu": user nice system idle iowait irq softirq steal (clock ticks, all cores together)
+            v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            counters = {"busy": v[0] + v[1] + v[2] + v[5] + v[6], "idle": v[3] + v[4], "steal": v[7]}
+            tck = os.sysconf("SC_CLK_TCK")
+            counters.update({k: tck * sum(cpu_seconds(p) for p in pids) for k, pids in self.pids.items()})
+            self.samples.append((time.time_ns(), counters))
+            if self._stop.wait(0.1):
+                return
+
+    def shares(self, from_ns: int, to_ns: int) -> dict[str, float]:
+        inside = [c for t, c in self.samples if from_ns <= t <= to_ns] or [c for _, c in self.samples[-2:]]
+        a, b = inside[0], inside[-1]
+        d = {k: b[k] - a[k] for k in a}
+        total = (d["busy"] + d["idle"] + d["steal"]) / (os.cpu_count() or 1) / 100  # ticks per 1 % of one core
+        if total <= 0:
+            return {}
+        shares = {k: d[k] / total for k in (*self.pids, "idle", "steal")}
+        shares["other"] = d["busy"] / total - sum(shares[k] for k in self.pids)
+        return {k: round(v, 1) for k, v in shares.items()}
+
+
 class WorkerProc:
     def __init__(self, bootstrap: str, topics: dict[str, str], group: str, *, null: bool = False,
                  batch: int = 32, transport: str = "kafka-python", log: Path) -> None:
@@ -173,7 +215,7 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
              for i in range(workers)]
     try:
         if workers == 1:
-            return _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport)
+            return _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport, broker_pid=broker.pid)
         for w in procs:
             w.wait_ready()
         settle_until = time.monotonic() + 60
@@ -183,7 +225,7 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
         camera: list[float] = []
         sender = threading.Thread(target=lambda: camera.append(produce_in_child(bs, t["frames"], jpegs, n, run=tag)))
         sender.start()
-        result = _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport)
+        result = _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport, broker_pid=broker.pid)
         sender.join()
         return {**result, "camera_frames_per_s": round(camera[0], 1) if camera else None}
     finally:
@@ -192,7 +234,7 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
 
 
 def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], jpegs: list[bytes], n: int, tag: str, *,
-                 null: bool, transport: str) -> dict:
+                 null: bool, transport: str, broker_pid: int | None) -> dict:
     workers = len(procs)
     for w in procs:
         w.wait_ready()
@@ -206,8 +248,9 @@ def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], jpegs: lis
         settled_ns = time.time_ns()
     cpu0 = sum(cpu_seconds(w.proc.pid) for w in procs)
     wall0 = time.monotonic()
-    while committed_total(bs, f"g-{tag}", t["frames"]) < n and time.monotonic() - wall0 < 600:
-        time.sleep(0.5)
+    with CpuShares([w.proc.pid for w in procs], broker_pid) as machine:
+        while committed_total(bs, f"g-{tag}", t["frames"]) < n and time.monotonic() - wall0 < 600:
+            time.sleep(0.5)
     cpu1 = sum(cpu_seconds(w.proc.pid) for w in procs)
     wall = time.monotonic() - wall0
     metrics = procs[0].metrics()
@@ -219,6 +262,8 @@ def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], jpegs: lis
             # None when one member drained the backlog before the other was ready (nothing left to share).
             "frames_per_s": round((len(scored) - 1) / span, 1) if len(scored) > 1 else None, "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
             **({"scored_after_group_settled": len(scored)} if settled_ns else {}),
+            # % of one core over the drain's wall time, the whole machine's CPU split by who used it
+            "machine_cpu": machine.shares(scored[0], scored[-1]) if scored else {},
             # Seconds per stage over the drain's wall time: poll, publish and commit are the main thread's,
             # decode (waiting for it) and score the scoring thread's, which a saturated worker keeps near 1.
             "stage_share": {stage: round(histogram_sum(metrics, "inspector_stage_duration_seconds",

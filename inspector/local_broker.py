@@ -93,6 +93,11 @@ class LocalKafka:
         return f"127.0.0.1:{self.sasl_port}"
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (benchmarks account for its CPU)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    @property
     def log_file(self) -> Path:
         return self.work_dir / "server.log"
 
