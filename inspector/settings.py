@@ -41,10 +41,10 @@ class KafkaSettings(BaseModel):
     # Frames are 20-100 KB: fetch several batches' worth per request.
     fetch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_partition_fetch_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    # How long the broker holds a fetch that finds no new frame (it answers as soon as one arrives). 5 ms had
-    # librdkafka, which fetches ahead in the background, ask an empty log 200 times a second: the broker took 30-45 %
-    # of a core while a confluent worker drained. 50 ms costs no latency measured; 500 (the clients' default) added
-    # about 470 ms to the kafka-python worker's p50 at half capacity (bench/RESULTS.md, run E).
+    # How long the broker holds a fetch that finds no new frame. 5 ms had librdkafka, which fetches ahead in the
+    # background, ask an empty log 200 times a second: the broker took 30-45 % of a core while a confluent worker
+    # drained a backlog. 50 ms costs no latency measured. 500 (both clients' default) raised the kafka-python
+    # worker's p50 at half capacity from 66 to about 540 ms (bench/RESULTS.md, run E).
     fetch_max_wait_ms: int = Field(50, ge=0, le=5_000)
     # Producer: a short linger packs alerts of one batch into one request without adding latency.
     linger_ms: int = Field(2, ge=0)
