@@ -109,7 +109,7 @@ class ConfluentFrameConsumer:
             "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 4),
             "fetch.max.bytes": settings.fetch_max_bytes,
             "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
-            "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+            "fetch.wait.max.ms": settings.fetch_wait_ms(),
             "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
         }
         try:

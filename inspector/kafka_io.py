@@ -141,7 +141,7 @@ class FrameConsumer:
                 heartbeat_interval_ms=max(500, settings.session_timeout_ms // 4),
                 fetch_max_bytes=settings.fetch_max_bytes,
                 max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
-                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                fetch_max_wait_ms=settings.fetch_wait_ms(),
                 isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
             )
         except (KafkaError, OSError) as exc:

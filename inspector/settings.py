@@ -41,11 +41,9 @@ class KafkaSettings(BaseModel):
     # Frames are 20-100 KB: fetch several batches' worth per request.
     fetch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_partition_fetch_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    # How long the broker holds a fetch that finds no new frame. 5 ms had librdkafka, which fetches ahead in the
-    # background, ask an empty log 200 times a second: the broker took 30-45 % of a core while a confluent worker
-    # drained a backlog. 50 ms costs no latency measured. 500 (both clients' default) raised the kafka-python
-    # worker's p50 at half capacity from 66 to about 540 ms (bench/RESULTS.md, run E).
-    fetch_max_wait_ms: int = Field(50, ge=0, le=5_000)
+    # How long the broker holds a fetch that finds no new frame; unset, the measured best of the transport in use
+    # (fetch_wait_ms; bench/RESULTS.md, run E).
+    fetch_max_wait_ms: int | None = Field(None, ge=0, le=5_000)
     # Producer: a short linger packs alerts of one batch into one request without adding latency.
     linger_ms: int = Field(2, ge=0)
     # kafka-python (pure Python, the default) or confluent-kafka (librdkafka, C): faster per record, see
@@ -53,6 +51,16 @@ class KafkaSettings(BaseModel):
     transport: Literal["kafka-python", "confluent"] = "kafka-python"
     exactly_once: bool = False  # transactional alerts+scores with offsets in the transaction
     transactional_id: str | None = None  # defaults to "<group_id>-<hostname>-<pid>"
+
+    def fetch_wait_ms(self) -> int:
+        """fetch_max_wait_ms, or 5 ms with kafka-python and 50 ms with librdkafka. kafka-python keeps one fetch per
+        broker in flight, and now and then sends one for the idle partitions alone (those with buffered records are
+        left out): until the broker answers it, after the whole wait, the busy partitions are not fetched. At 500 ms
+        that raised the worker's latency p50 from 66 to about 540 ms. librdkafka fetches every partition each time,
+        ahead in the background; at 5 ms its empty fetches took the broker 30-45 % of a core during a drain."""
+        if self.fetch_max_wait_ms is not None:
+            return self.fetch_max_wait_ms
+        return 50 if self.transport == "confluent" else 5
 
     def client_config(self) -> dict[str, object]:
         """Connection keyword arguments shared by kafka-python producers, consumers and admin clients."""

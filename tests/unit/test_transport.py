@@ -51,3 +51,12 @@ def test_a_delivery_report_reads_like_a_kafka_python_future():
     bad("MSG_TIMED_OUT", None)
     assert ok.is_done and not ok.failed()
     assert bad.is_done and bad.failed() and bad.exception == "MSG_TIMED_OUT"
+
+
+def test_the_fetch_wait_defaults_to_what_each_transport_was_measured_best_with():
+    # kafka-python: a fetch for idle partitions alone holds back the busy ones for the whole wait (RESULTS, run E).
+    assert KafkaSettings().fetch_wait_ms() == 5
+    assert KafkaSettings(transport="confluent").fetch_wait_ms() == 50
+    assert KafkaSettings(transport="confluent", fetch_max_wait_ms=0).fetch_wait_ms() == 0
+    with pytest.raises(ValueError):
+        KafkaSettings(fetch_max_wait_ms=60_000)
