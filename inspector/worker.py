@@ -61,6 +61,9 @@ class Batch:
     scoring: Future | None = None  # its Scored, from the scoring thread
     dropped: threading.Event = field(default_factory=threading.Event)  # a rebalance took it: do not score it
 
+    def is_scored(self) -> bool:
+        return self.scoring is not None and self.scoring.done()
+
 
 @dataclass
 class Scored:
@@ -154,14 +157,14 @@ class Worker:
             while not self._stop.is_set():
                 records = self._collect()
                 # Start decoding (and scoring) the new batch in threads, then finish the oldest one meanwhile:
-                # once every scoring thread has a batch, or when nothing new came in.
+                # once every scoring thread has a batch, when nothing new came in, or as soon as it is scored.
                 if records:
                     batch = self._start_decode(records)
                     if self._overlap:
                         batch.scoring = self._scorer.submit(self._score_stage, batch)
                     self._in_flight.append(batch)
                 depth = self.runner.streams if self._overlap else 0
-                if len(self._in_flight) > depth or (self._in_flight and not records):
+                if self._in_flight and (len(self._in_flight) > depth or not records or self._in_flight[0].is_scored()):
                     self._finish(self._in_flight.popleft())
                 if self._model_file.poll():
                     self.m.show_model(self.runner.artifact, self.s.model)
