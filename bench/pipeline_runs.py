@@ -262,7 +262,7 @@ def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], jpegs: lis
             # None when one member drained the backlog before the other was ready (nothing left to share).
             "frames_per_s": round((len(scored) - 1) / span, 1) if len(scored) > 1 else None, "cpu_percent": round(100 * (cpu1 - cpu0) / wall, 1),
             **({"scored_after_group_settled": len(scored)} if settled_ns else {}),
-            # % of one core over the drain's wall time, the whole machine's CPU split by who used it
+            # the whole machine's CPU between the first and the last score, in % of one core, split by who used it
             "machine_cpu": machine.shares(scored[0], scored[-1]) if scored else {},
             # Seconds per stage over the drain's wall time: poll, publish and commit are the main thread's,
             # decode (waiting for it) and score the scoring thread's, which a saturated worker keeps near 1.

@@ -91,7 +91,7 @@ class BatchSettings(BaseModel):
     max_size: int = Field(32, ge=1, le=4096)
     # An idle worker scores what has arrived at once. Under load batches fill by themselves while the previous ones
     # score, so a wait only adds latency: 10 ms doubled the null model's latency p50 at a fixed rate on cpu-2, and
-    # left the default model's capacity where it was (bench/RESULTS.md, run E).
+    # left the default model's capacity where it was (bench/RESULTS.md, run F).
     max_wait_ms: float = Field(0.0, ge=0)
     decode_threads: int = Field(2, ge=1, le=64)
     gpu_decode: bool = True  # on CUDA, decode JPEG batches with nvJPEG; OpenCV threads otherwise
