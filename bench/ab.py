@@ -4,9 +4,12 @@ This machine is shared and its speed drifts by ±15 % within minutes, so single 
 the weather, not the variants. Here each round measures the bare model, then drains a backlog with A and with B
 (the order alternating), and the medians are compared. A variant is settings (`INSPECTOR_...=value`) and/or
 another checkout of the project to run the worker from (`--a-tree`, e.g. a `git worktree` of an older commit).
+With `--latency RATE` each round instead feeds each variant RATE frames/s for `--seconds` and compares the
+latency (capture -> score read) p50 and p99.
 
     .venv/bin/python bench/ab.py --b INSPECTOR_MODEL__CPU_STREAMS=1 --rounds 3
     git worktree add /tmp/old HEAD~1 && .venv/bin/python bench/ab.py --a-tree /tmp/old
+    .venv/bin/python bench/ab.py --latency 300 --null --a INSPECTOR_BATCH__MAX_WAIT_MS=10 --rounds 2
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline_runs import bare_model, drain, make_jpegs  # noqa: E402
+from pipeline_runs import bare_model, drain, latency_run, make_jpegs  # noqa: E402
 
 from inspector.local_broker import LocalKafka  # noqa: E402
 
@@ -34,6 +37,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=1000, help="backlog per drain")
     ap.add_argument("--transport", default="kafka-python")
     ap.add_argument("--null", action="store_true", help="both variants with the null model")
+    ap.add_argument("--latency", type=float, metavar="RATE", help="compare latency at RATE frames/s, not drains")
+    ap.add_argument("--seconds", type=float, default=10, help="length of each latency run")
     ap.add_argument("--out", type=Path, default=Path("bench/out/ab.json"))
     args = ap.parse_args()
     root = Path(__file__).resolve().parent.parent
@@ -47,28 +52,43 @@ def main() -> int:
                  "bare": [], "a": [], "b": []}
     with LocalKafka(heap="1g") as broker:
         for round_ in range(args.rounds):
-            res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
+            if not args.latency:
+                res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
             for v in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
                 env, tree = variants[v]
                 os.environ.clear()
                 os.environ.update({**base_env, **env})
                 os.chdir(tree)  # `python -m inspector` imports the package from the working directory
                 try:
-                    run = drain(broker, jpegs, args.frames, f"ab{round_}{v}", null=args.null,
-                                transport=args.transport, logdir=logdir.resolve())
+                    if args.latency:
+                        run = latency_run(broker, jpegs, args.latency, args.seconds, f"ab{round_}{v}", logdir.resolve(),
+                                          transport=args.transport, null=args.null)
+                    else:
+                        run = drain(broker, jpegs, args.frames, f"ab{round_}{v}", null=args.null,
+                                    transport=args.transport, logdir=logdir.resolve())
                 finally:
                     os.environ.clear()
                     os.environ.update(base_env)
                     os.chdir(root)
-                res[v].append(run["frames_per_s"])
-                print(round_, v, run["frames_per_s"], "frames/s", run["stage_share"], "CPU", run["machine_cpu"],
-                      flush=True)
-        res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
-    bare = statistics.median(res["bare"])
-    res["median"] = {k: statistics.median(res[k]) for k in ("bare", "a", "b")}
-    res["vs_bare"] = {v: round(res["median"][v] / bare, 3) for v in ("a", "b")}
-    res["b_vs_a"] = round(res["median"]["b"] / res["median"]["a"], 3)
-    print(json.dumps({k: res[k] for k in ("median", "vs_bare", "b_vs_a")}))
+                if args.latency:
+                    res[v].append(run["e2e_ms"])
+                    print(round_, v, "latency ms", run["e2e_ms"], "batch p50", run["batch_size"]["p50"], flush=True)
+                else:
+                    res[v].append(run["frames_per_s"])
+                    print(round_, v, run["frames_per_s"], "frames/s", run["stage_share"], "CPU", run["machine_cpu"],
+                          flush=True)
+        if not args.latency:
+            res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
+    if args.latency:
+        res["median"] = {v: {q: statistics.median(r[q] for r in res[v]) for q in ("p50", "p99")} for v in ("a", "b")}
+        res["b_vs_a"] = {q: round(res["median"]["b"][q] / res["median"]["a"][q], 3) for q in ("p50", "p99")}
+        print(json.dumps({k: res[k] for k in ("median", "b_vs_a")}))
+    else:
+        bare = statistics.median(res["bare"])
+        res["median"] = {k: statistics.median(res[k]) for k in ("bare", "a", "b")}
+        res["vs_bare"] = {v: round(res["median"][v] / bare, 3) for v in ("a", "b")}
+        res["b_vs_a"] = round(res["median"]["b"] / res["median"]["a"], 3)
+        print(json.dumps({k: res[k] for k in ("median", "vs_bare", "b_vs_a")}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
     return 0
