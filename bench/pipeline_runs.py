@@ -136,10 +136,10 @@ class CpuShares:
     def _sample_until_stopped(self) -> None:
         while True:
             # /proc/stat "cpu": user nice system idle iowait irq softirq steal (clock ticks, all cores together)
-            v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-            counters = {"busy": v[0] + v[1] + v[2] + v[5] + v[6], "idle": v[3] + v[4], "steal": v[7]}
             tck = os.sysconf("SC_CLK_TCK")
-            counters.update({k: tck * sum(cpu_seconds(p) for p in pids) for k, pids in self.pids.items()})
+            v = [int(x) / tck for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            counters = {"busy": v[0] + v[1] + v[2] + v[5] + v[6], "idle": v[3] + v[4], "steal": v[7]}  # CPU seconds
+            counters.update({k: sum(cpu_seconds(p) for p in pids) for k, pids in self.pids.items()})
             self.samples.append((time.time_ns(), counters))
             if self._stop.wait(0.1):
                 return
@@ -148,7 +148,7 @@ class CpuShares:
         inside = [c for t, c in self.samples if from_ns <= t <= to_ns] or [c for _, c in self.samples[-2:]]
         a, b = inside[0], inside[-1]
         d = {k: b[k] - a[k] for k in a}
-        total = (d["busy"] + d["idle"] + d["steal"]) / (os.cpu_count() or 1) / 100  # ticks per 1 % of one core
+        total = (d["busy"] + d["idle"] + d["steal"]) / (os.cpu_count() or 1) / 100  # CPU seconds per 1 % of one core
         if total <= 0:
             return {}
         shares = {k: d[k] / total for k in (*self.pids, "idle", "steal")}
