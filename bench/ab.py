@@ -10,6 +10,7 @@ latency (capture -> score read) p50 and p99.
     .venv/bin/python bench/ab.py --b INSPECTOR_MODEL__CPU_STREAMS=1 --rounds 3
     git worktree add /tmp/old HEAD~1 && .venv/bin/python bench/ab.py --a-tree /tmp/old
     .venv/bin/python bench/ab.py --latency 300 --null --a INSPECTOR_BATCH__MAX_WAIT_MS=10 --rounds 2
+    .venv/bin/python bench/ab.py --latency 1000 --null --batch 128 --b INSPECTOR_KAFKA__TRANSPORT=confluent
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def main() -> int:
         ap.add_argument(f"--{v}-tree", type=Path, help=f"checkout that variant {v}'s worker runs from")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--frames", type=int, default=1000, help="backlog per drain")
-    ap.add_argument("--transport", default="kafka-python")
+    ap.add_argument("--transport", default="kafka-python",
+                    help="both variants' Kafka client, unless a variant sets INSPECTOR_KAFKA__TRANSPORT")
+    ap.add_argument("--batch", type=int, default=32, help="worker batch.max_size (and the bare model's batch)")
     ap.add_argument("--null", action="store_true", help="both variants with the null model")
     ap.add_argument("--latency", type=float, metavar="RATE", help="compare latency at RATE frames/s, not drains")
     ap.add_argument("--seconds", type=float, default=10, help="length of each latency run")
@@ -53,19 +56,20 @@ def main() -> int:
     with LocalKafka(heap="1g") as broker:
         for round_ in range(args.rounds):
             if not args.latency:
-                res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
+                res["bare"].append(bare_model(jpegs, args.batch, seconds=3.0)["frames_per_s"])
             for v in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
                 env, tree = variants[v]
+                transport = env.get("INSPECTOR_KAFKA__TRANSPORT", args.transport)  # a variant may be the other client
                 os.environ.clear()
                 os.environ.update({**base_env, **env})
                 os.chdir(tree)  # `python -m inspector` imports the package from the working directory
                 try:
                     if args.latency:
                         run = latency_run(broker, jpegs, args.latency, args.seconds, f"ab{round_}{v}", logdir.resolve(),
-                                          transport=args.transport, null=args.null)
+                                          batch=args.batch, transport=transport, null=args.null)
                     else:
-                        run = drain(broker, jpegs, args.frames, f"ab{round_}{v}", null=args.null,
-                                    transport=args.transport, logdir=logdir.resolve())
+                        run = drain(broker, jpegs, args.frames, f"ab{round_}{v}", null=args.null, batch=args.batch,
+                                    transport=transport, logdir=logdir.resolve())
                 finally:
                     os.environ.clear()
                     os.environ.update(base_env)
@@ -78,7 +82,7 @@ def main() -> int:
                     print(round_, v, run["frames_per_s"], "frames/s", run["stage_share"], "CPU", run["machine_cpu"],
                           flush=True)
         if not args.latency:
-            res["bare"].append(bare_model(jpegs, 32, seconds=3.0)["frames_per_s"])
+            res["bare"].append(bare_model(jpegs, args.batch, seconds=3.0)["frames_per_s"])
     if args.latency:
         res["median"] = {v: {q: statistics.median(r[q] for r in res[v]) for q in ("p50", "p99")} for v in ("a", "b")}
         res["b_vs_a"] = {q: round(res["median"]["b"][q] / res["median"]["a"][q], 3) for q in ("p50", "p99")}
