@@ -1,6 +1,8 @@
-"""The PromQL of the deploy files (Grafana dashboard, Prometheus rules) and the metric names it uses.
+"""The monitoring deploy files (Prometheus config and rules, Grafana provisioning and dashboard): where they are,
+their PromQL, and the metric names it uses.
 
-Shared by the static checks (tests/unit/test_deploy_files.py) and the tests that run the expressions on a
+Shared by the static checks (tests/unit/test_monitoring_files.py, tests/unit/test_compose_files.py) and the
+tests that run the expressions on a
 real Prometheus scraping a worker: those render `prometheus.local.yml.tmpl` and substitute the Grafana
 variables with `substitute_grafana_variables`.
 """
@@ -19,7 +21,10 @@ PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULES_DIR = PROMETHEUS_DIR / "rules"
 RULES = RULES_DIR / "inspector.rules.yml"
 LOCAL_CONFIG_TEMPLATE = PROMETHEUS_DIR / "prometheus.local.yml.tmpl"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "inspector.json"
+GRAFANA_DATASOURCES = REPO_ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+GRAFANA_DASHBOARDS = REPO_ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 
 # The only Grafana variables dashboard expressions may use, and plain PromQL to put in their place.
 GRAFANA_SUBSTITUTES = {"$__rate_interval": "30s", "$__interval": "5s", "$camera": ".*"}
@@ -36,6 +41,10 @@ _RANGE = re.compile(r"\[[^\[\]]*\]")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 # A number or duration (0.3, 1e3, 5m) is consumed whole so that its letters never look like a name.
 _TOKEN = re.compile(r"\d[\w.]*|([A-Za-z_:][\w:]*)(\s*\()?")
+
+
+def read_yaml(path: Path) -> Any:
+    return yaml.safe_load(Path(path).read_text())
 
 
 def dashboard_panels(path: Path = DASHBOARD) -> list[dict[str, Any]]:
@@ -59,8 +68,7 @@ def dashboard_expressions(path: Path = DASHBOARD) -> list[str]:
 
 
 def _rules(path: Path) -> list[dict[str, Any]]:
-    doc = yaml.safe_load(Path(path).read_text())
-    return [rule for group in doc["groups"] for rule in group["rules"]]
+    return [rule for group in read_yaml(path)["groups"] for rule in group["rules"]]
 
 
 def rule_expressions(path: Path = RULES) -> list[str]:

@@ -3,7 +3,7 @@
 Every dashboard expression and every rule expression must return data, the rules must evaluate without error,
 and the worker's /metrics must pass `promtool check metrics`. Alert rules whose condition is a fault are proven
 as ALERT_PROOFS says; their firing logic (thresholds, `for`) is covered by `promtool test rules`
-(tests/unit/test_deploy_files.py).
+(tests/unit/test_monitoring_files.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,151 @@
+"""Static checks of the compose files and the Dockerfile: no broker and no Docker engine.
+
+The compose model comes from a Compose v2 client when one is installed, else from the compose-spec schema check
+(tests/compose_model.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.compose_model import (
+    COMPOSE,
+    COMPOSE_CPU,
+    COMPOSE_SCHEMA,
+    bind_mounts,
+    compose_model,
+    environment,
+    gpu_devices,
+    interpolate,
+    schema_model,
+)
+from tests.deploy_expressions import (
+    DASHBOARD,
+    GRAFANA_DASHBOARDS,
+    GRAFANA_DATASOURCES,
+    PROMETHEUS_CONFIG,
+    REPO_ROOT,
+    RULES_DIR,
+    read_yaml,
+)
+
+DOCKERFILE = REPO_ROOT / "deploy" / "docker" / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return compose_model(COMPOSE)
+
+
+def test_compose_schema_validates_and_rejects() -> None:
+    """The fallback validator is a real one: it passes our file and fails a broken service."""
+    model = schema_model([COMPOSE])
+    model["services"]["inspector"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] = "gpu"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text())).validate(model)
+
+
+def test_every_service_has_an_image_or_a_build(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"kafka", "kafka-init", "inspector", "producer", "prometheus", "grafana"}
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            context = (REPO_ROOT / build["context"]).resolve()
+            assert context.is_dir(), name
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+        else:
+            assert service.get("image"), f"{name}: neither image nor build"
+
+
+def test_inspector_is_a_scalable_gpu_worker(compose: dict[str, Any]) -> None:
+    inspector = compose["services"]["inspector"]
+    assert gpu_devices(inspector) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "container_name" not in inspector
+    assert not inspector.get("ports"), "a fixed host port stops --scale inspector=N"
+    assert inspector["user"].split(":")[0] not in {"0", "root"}
+    assert "/readyz" in " ".join(inspector["healthcheck"]["test"])
+    assert inspector["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    env = environment(inspector)
+    assert env["INSPECTOR_MODEL__DEVICE"] == "cuda"
+    assert env["INSPECTOR_HTTP__PORT"] == "9400"
+    assert env["INSPECTOR_HTTP__HOST"] == "0.0.0.0"
+    assert env["INSPECTOR_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert all(key.startswith("INSPECTOR_") for key in env)
+
+
+def test_topics_are_created_with_default_partitions(compose: dict[str, Any]) -> None:
+    init = compose["services"]["kafka-init"]
+    assert init["image"] == compose["services"]["kafka"]["image"] == "apache/kafka:4.1.1"
+    env = environment(init)
+    assert {k: env[k] for k in ("FRAMES_PARTITIONS", "ALERTS_PARTITIONS", "SCORES_PARTITIONS", "DLQ_PARTITIONS")} \
+        == {"FRAMES_PARTITIONS": "12", "ALERTS_PARTITIONS": "3", "SCORES_PARTITIONS": "3", "DLQ_PARTITIONS": "1"}
+    script = " ".join(init.get("command") or [])
+    for topic in ("frames", "defect-alerts", "frame-scores", "frames-dlq"):
+        assert re.search(rf"create {topic} ", script), topic
+    assert "--if-not-exists" in script
+
+
+def test_service_shell_scripts_parse() -> None:
+    services = interpolate(read_yaml(COMPOSE))["services"]
+    for name in ("kafka-init", "producer"):
+        command = services[name]["command"]
+        script = command[-1] if name == "kafka-init" else command[command.index("-c") + 1]
+        result = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+
+
+def test_monitoring_mounts_exist_and_agree(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    prometheus = bind_mounts(services["prometheus"])
+    grafana = bind_mounts(services["grafana"])
+    for source in [*prometheus, *grafana]:
+        assert source.exists(), source
+    assert prometheus[PROMETHEUS_CONFIG] == "/etc/prometheus/prometheus.yml"
+    assert prometheus[RULES_DIR] == "/etc/prometheus/rules"
+    # Grafana reads the dashboards where the provider looks, and the datasource reaches the prometheus service.
+    dashboards_dir = grafana[DASHBOARD.parent]
+    (provider,) = read_yaml(GRAFANA_DASHBOARDS)["providers"]
+    assert provider["options"]["path"] == dashboards_dir
+    assert environment(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == \
+        f"{dashboards_dir}/{DASHBOARD.name}"
+    assert grafana[(REPO_ROOT / "deploy/grafana/provisioning").resolve()] == "/etc/grafana/provisioning"
+    (datasource,) = read_yaml(GRAFANA_DATASOURCES)["datasources"]
+    assert datasource["url"] == "http://prometheus:9090"
+
+
+def test_cpu_override_drops_the_gpu() -> None:
+    merged = compose_model(COMPOSE, COMPOSE_CPU)
+    inspector = merged["services"]["inspector"]
+    assert gpu_devices(inspector) == []
+    assert environment(inspector)["INSPECTOR_MODEL__DEVICE"] == "cpu"
+    assert environment(inspector)["INSPECTOR_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"  # merged, not replaced
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------------
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck(compose: dict[str, Any]) -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert lines[0].startswith("FROM python:3.11")
+    (user,) = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert user not in {"root", "0"}
+    (uid,) = [line.split("=")[1] for line in lines if line.startswith("ARG APP_UID=")]
+    assert compose["services"]["inspector"]["user"] == f"{uid}:{uid}"
+    copied = {source.rstrip("/") for line in lines if line.startswith("COPY ")
+              for source in line.split()[1:-1] if not source.startswith("--")}
+    assert {"inspector", "producers", "models", "pyproject.toml", "README.md"} <= copied
+    assert any(line.startswith("RUN pip install --no-cache-dir") and line.endswith((' .', ' ".[confluent]"'))
+               for line in lines)
+    (healthcheck,) = [line for line in lines if line.startswith("HEALTHCHECK ")]
+    assert '"python"' in healthcheck and "/healthz" in healthcheck
+    # BuildKit reads <Dockerfile>.dockerignore: it must let every copied path through.
+    ignore = DOCKERFILE.with_name("Dockerfile.dockerignore").read_text().split()
+    for source in copied:
+        assert f"!{source}/" in ignore or f"!{source}" in ignore, source
