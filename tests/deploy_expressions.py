@@ -2,9 +2,8 @@
 their PromQL, and the metric names it uses.
 
 Shared by the static checks (tests/unit/test_monitoring_files.py, tests/unit/test_compose_files.py) and the
-tests that run the expressions on a
-real Prometheus scraping a worker: those render `prometheus.local.yml.tmpl` and substitute the Grafana
-variables with `substitute_grafana_variables`.
+tests that run the expressions on a real Prometheus scraping a worker: those render `prometheus.local.yml.tmpl`
+and substitute the Grafana variables with `substitute_grafana_variables`.
 """
 
 from __future__ import annotations
