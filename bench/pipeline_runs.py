@@ -48,13 +48,10 @@ def make_jpegs(n: int, size: int = 256, quality: int = 97) -> list[bytes]:
 
 
 def produce(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float = 0.0, run: str = "b") -> float:
-    """Send n frames (cycling the pool) flat out or at `rate` frames/s; returns frames/s achieved.
-
-    At a rate it is a camera, and lingers as the project's producers do (kafka.linger_ms); flat out it fills a
-    backlog, in requests of up to 1 MiB."""
-    linger_ms = KafkaSettings().linger_ms if rate else 5
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms, max_request_size=16 << 20,
-                      batch_size=1 << 20)
+    """Send n frames (cycling the pool) flat out or at `rate` frames/s; returns frames/s achieved. At a rate it is
+    a camera and lingers as the project's producers do (kafka.linger_ms); flat out it fills a backlog."""
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=KafkaSettings().linger_ms if rate else 5,
+                      max_request_size=16 << 20, batch_size=1 << 20)
     p.partitions_for(topic)  # connected, with metadata, before the first capture stamp: a camera runs for hours
     t0 = time.monotonic()
     for i in range(n):
