@@ -40,20 +40,51 @@ def _test_sets(root: Path) -> dict[str, list[Path]]:
     return sets
 
 
-def _mask_for(root: Path, kind: str, image: Path, size: int) -> np.ndarray | None:
+def _mask_for(root: Path, kind: str, image: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The defect mask of `image` at the anomaly map's (h, w), or None when the set has none for it."""
     path = root / "ground_truth" / kind / f"{image.stem}_mask.png"
     if not path.is_file():
         return None
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         return None
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 127
+    h, w = shape
+    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 127
+
+
+def _at_shape(image_rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`image_rgb` resized to (h, w) when it differs (the map, not the model input, sets the picture's size)."""
+    h, w = shape
+    return image_rgb if image_rgb.shape[:2] == (h, w) else cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def _overlay(image_rgb: np.ndarray, amap: np.ndarray, vmax: float) -> np.ndarray:
-    """Image with the anomaly map as a translucent heat map (BGR for cv2.imwrite)."""
+    """Image at the map's (h, w) with the anomaly map as a translucent heat map (BGR for cv2.imwrite)."""
     heat = cv2.applyColorMap(np.clip(amap / max(vmax, 1e-12) * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.addWeighted(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), 0.6, heat, 0.4, 0)
+    base = cv2.cvtColor(_at_shape(image_rgb, amap.shape), cv2.COLOR_RGB2BGR)
+    return cv2.addWeighted(base, 0.6, heat, 0.4, 0)
+
+
+def _pixel_auroc(masks: list[np.ndarray], maps: list[np.ndarray]) -> float:
+    """AUROC of map values against mask pixels; NaN when no mask marks a defect."""
+    if not any(m.any() for m in masks):
+        return float("nan")
+    labels, values = np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])
+    if labels.size > 4_000_000:  # subsample evenly: AUROC over millions of pixels changes in the 4th decimal
+        step = labels.size // 4_000_000 + 1
+        labels, values = labels[::step], values[::step]
+    return auroc(labels, values)
+
+
+def _colour_warning(model_auroc: float, baseline_auroc: float) -> str | None:
+    """The report's warning when colour statistics alone rank the test set better than the model does."""
+    if not baseline_auroc > model_auroc:  # also False when either is NaN
+        return None
+    return (f"the colour-statistics baseline (AUROC {baseline_auroc:.3f}) beats the model ({model_auroc:.3f}): "
+            "on this set defects stand out more in overall colour than in the model's reconstruction error. "
+            "Check that train/good holds only good images and covers their whole colour range; if it does, "
+            "don't deploy this model alone: retrain with more epochs or a larger --size, or add a colour "
+            "check (inspector.colour_baseline) beside it.")
 
 
 def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, kinds: list[str], threshold: float) -> list[str]:
@@ -110,7 +141,9 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
         "image": {"auroc": auroc(labels, scores), "aupr": average_precision(labels, scores),
                   **rates_at(labels, scores, threshold)},
         "per_kind": {},
+        "warnings": [],  # plain sentences, each saying what is wrong and what to do; shown atop report.html
     }
+    report["image"]["threshold_method"] = (report["model"]["calibration"] or {}).get("method")
     good_sel = ~labels
     for kind in sets:
         if kind == "good":
@@ -123,20 +156,27 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
             "detection_rate": float((scores[sel] > threshold).mean()),
         }
 
-    # Pixel AUROC over defective images that have masks and the good images (all-zero masks).
-    pix_labels, pix_scores = [], []
+    # Pixel AUROC over defective images that have masks and the good images (all-zero masks): overall and
+    # per kind. Masks are resized to the map's (h, w), which need not be the model input's.
+    map_h, map_w = maps.shape[1:]  # maps: (N, h, w)
+    map_shape = (int(map_h), int(map_w))
+    good_idx = np.flatnonzero(good_sel)
+    masked: dict[str, list[tuple[int, np.ndarray]]] = {}
     for i, (p, kind) in enumerate(zip(paths, kinds)):
-        mask = np.zeros((size, size), bool) if kind == "good" else _mask_for(root, kind, p, size)
-        if mask is None:
-            continue
-        pix_labels.append(mask.ravel())
-        pix_scores.append(maps[i].ravel())
-    if pix_labels and any(m.any() for m in pix_labels):
-        pl, ps = np.concatenate(pix_labels), np.concatenate(pix_scores)
-        if pl.size > 4_000_000:  # subsample evenly: AUROC over millions of pixels changes in the 4th decimal
-            step = pl.size // 4_000_000 + 1
-            pl, ps = pl[::step], ps[::step]
-        report["pixel"] = {"auroc": auroc(pl, ps), "n_images": len(pix_labels)}
+        if kind != "good":
+            mask = _mask_for(root, kind, p, map_shape)
+            if mask is not None:
+                masked.setdefault(kind, []).append((i, mask))
+    good_masks = [np.zeros(map_shape, bool) for _ in good_idx]
+    good_maps = [maps[i] for i in good_idx]
+    for kind, items in masked.items():
+        kind_auroc = _pixel_auroc([m for _, m in items] + good_masks, [maps[i] for i, _ in items] + good_maps)
+        report["per_kind"][kind].update(pixel_auroc=kind_auroc, pixel_n_masks=len(items))
+    all_masked = [item for items in masked.values() for item in items]
+    if all_masked and any(m.any() for _, m in all_masked):
+        report["pixel"] = {"auroc": _pixel_auroc([m for _, m in all_masked] + good_masks,
+                                                 [maps[i] for i, _ in all_masked] + good_maps),
+                           "n_images": len(all_masked) + len(good_masks)}
 
     if baseline and (root / "train" / "good").is_dir():
         from inspector.colour_baseline import colour_baseline_scores
@@ -145,6 +185,9 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
         test_bgr = [cv2.cvtColor(im, cv2.COLOR_RGB2BGR) for im in images]
         base = colour_baseline_scores(train_bgr, test_bgr)
         report["colour_baseline"] = {"auroc": auroc(labels, base), "aupr": average_precision(labels, base)}
+        warning = _colour_warning(report["image"]["auroc"], report["colour_baseline"]["auroc"])
+        if warning:
+            report["warnings"].append(warning)
 
     out.mkdir(parents=True, exist_ok=True)
     figures = _plots(out, labels, scores, kinds, threshold)
@@ -160,8 +203,8 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
     for group, idx in (("false_alarms", worst_fa), ("missed_defects", missed)):
         for i in idx:
             name = f"{group}_{i:04d}.png"
-            cv2.imwrite(str(out / name), np.hstack([cv2.cvtColor(images[i], cv2.COLOR_RGB2BGR),
-                                                    _overlay(images[i], maps[i], vmax)]))
+            plain = cv2.cvtColor(_at_shape(images[i], map_shape), cv2.COLOR_RGB2BGR)
+            cv2.imwrite(str(out / name), np.hstack([plain, _overlay(images[i], maps[i], vmax)]))
             examples[group].append({"file": name, "image": str(paths[i]), "kind": kinds[i],
                                     "score": float(scores[i])})
     report["examples"] = examples
@@ -173,23 +216,33 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
 
 def _write_html(out: Path, report: dict, figures: list[str]) -> None:
     img = report["image"]
+
+    def pixel_cell(v: dict) -> str:
+        return f"{v['pixel_auroc']:.4f}" if "pixel_auroc" in v else "—"
+
+    warnings = "".join(f"<p class='warn'>Warning: {html.escape(w)}</p>" for w in report["warnings"])
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['n']}</td><td>{v['auroc']:.4f}</td>"
-                   f"<td>{v['detection_rate']:.2%}</td></tr>" for k, v in report["per_kind"].items())
+                   f"<td>{v['detection_rate']:.2%}</td><td>{pixel_cell(v)}</td></tr>"
+                   for k, v in report["per_kind"].items())
     ex = "".join(f"<figure><img src='{e['file']}'><figcaption>{html.escape(group)}: {html.escape(e['kind'])} "
                  f"score {e['score']:.5f}</figcaption></figure>"
                  for group, items in report["examples"].items() for e in items)
     pixel = f"<li>pixel AUROC {report['pixel']['auroc']:.4f}</li>" if "pixel" in report else ""
     base = (f"<li>colour-statistics baseline image AUROC {report['colour_baseline']['auroc']:.4f}</li>"
             if "colour_baseline" in report else "")
+    method = f" ({html.escape(str(img['threshold_method']))})" if img.get("threshold_method") else ""
     body = f"""<!doctype html><meta charset="utf-8"><title>Inspector evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:2px 10px}}
-figure{{display:inline-block;margin:4px}}img{{max-width:480px}}</style>
+figure{{display:inline-block;margin:4px}}img{{max-width:480px}}
+.warn{{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px}}</style>
 <h1>Evaluation of {html.escape(report['model']['model_id'])}:{html.escape(report['model']['model_version'])}</h1>
+{warnings}
 <p>Data: {html.escape(report['data']['root'])} {html.escape(json.dumps(report['data']['counts']))}</p>
 <ul><li>image AUROC {img['auroc']:.4f}, AUPR {img['aupr']:.4f}</li>
-<li>at the stored threshold {report['model']['threshold']:.5g}: false-alarm rate {img['false_alarm_rate']:.2%},
-detection rate {img['detection_rate']:.2%}, F1 {img['f1']:.3f}</li>{pixel}{base}</ul>
-<h2>Per defect kind</h2><table><tr><th>kind</th><th>n</th><th>AUROC</th><th>detected</th></tr>{rows}</table>
+<li>at the stored threshold {report['model']['threshold']:.5g}{method}: false-alarm rate on test/good
+{img['false_alarm_rate']:.2%}, detection rate {img['detection_rate']:.2%}, F1 {img['f1']:.3f}</li>{pixel}{base}</ul>
+<h2>Per defect kind</h2><table><tr><th>kind</th><th>n</th><th>AUROC</th><th>detected</th><th>pixel AUROC</th></tr>
+{rows}</table>
 <h2>Plots</h2>{''.join(f"<img src='{f}'>" for f in figures)}
 <h2>Worst false alarms and missed defects</h2>{ex}
 <p><a href="report.json">report.json</a></p>"""
