@@ -1,21 +1,59 @@
 """Thresholds from score samples: pure functions, no I/O.
 
-The default threshold comes from good images only: a split-conformal quantile of held-out good scores, so
-that a new good frame is flagged with probability at most the target false-alarm rate (for exchangeable
-scores), whatever the score distribution looks like.
+The default threshold comes from good images only, by one of two methods, picked by how many there are:
+
+- "conformal": a split-conformal quantile of held-out good scores, so that a new good frame is flagged
+  with probability at most the target false-alarm rate (for exchangeable scores), whatever the score
+  distribution looks like. It needs enough scores for the target (see `conformal_is_reliable`).
+- "fitted_tail": with fewer, a normal fitted to the log (or, when the data clearly prefer it, a Box-Cox
+  power) of the good scores, extrapolated to the target with a Student-t prediction bound. With 8 good
+  images and a 1 % target the conformal rank is the largest score, so one odd photo would set it.
+
+With defect scores at hand, "f1" picks the threshold that best separates them from the good ones.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
+
+METHODS = ("auto", "conformal", "fitted_tail", "f1")
+_POWERS = np.linspace(0.0, 1.0, 11)  # (P,) Box-Cox powers a tail fit may use: 0 = log, 1 = scores as they are
+_LOG_FLOAT_MAX = math.log(np.finfo(np.float64).max)
 
 
 def is_defect(score: float, threshold: float) -> bool:
     """The one comparison that turns a score into an alert."""
     return score > threshold
+
+
+def realised_false_alarm(good_scores: np.ndarray, threshold: float) -> float:
+    """Share of good scores that `is_defect` flags at this threshold."""
+    s = np.asarray(good_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("need at least one good score to measure a false-alarm rate")
+    return float(np.count_nonzero(s > threshold) / s.size)  # is_defect's comparison, over the whole array
+
+
+def _check_target(target_false_alarm: float) -> None:
+    if not 0 < target_false_alarm < 1:
+        raise ValueError(f"target false-alarm rate must be in (0, 1), got {target_false_alarm}")
+
+
+def _conformal_rank(n: int, target_false_alarm: float) -> int:
+    """1-based rank ceil((n+1)(1-a)) of the conformal quantile; above n when no sample is high enough."""
+    return math.ceil((n + 1) * (1 - target_false_alarm))
+
+
+def conformal_is_reliable(n: int, target_false_alarm: float) -> bool:
+    """True when at least two of n held-out scores lie above the conformal rank (n >= 3/a - 1)."""
+    # The realised rate of an order-statistic threshold is Beta(j, n+1-j), j = n+1-rank: at j >= 3 its
+    # relative spread is about 1/sqrt(j) < 0.6; at j = 1 it is the sample maximum, set by one photo.
+    return n - _conformal_rank(n, target_false_alarm) >= 2
 
 
 def conformal_threshold(good_scores: np.ndarray, target_false_alarm: float) -> float:
@@ -27,10 +65,89 @@ def conformal_threshold(good_scores: np.ndarray, target_false_alarm: float) -> f
     s = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())
     if s.size == 0:
         raise ValueError("need at least one good score to calibrate")
-    if not 0 < target_false_alarm < 1:
-        raise ValueError(f"target false-alarm rate must be in (0, 1), got {target_false_alarm}")
-    k = math.ceil((s.size + 1) * (1 - target_false_alarm))  # 1-based rank
+    _check_target(target_false_alarm)
+    k = _conformal_rank(s.size, target_false_alarm)
     return float(s[min(k, s.size) - 1])
+
+
+@functools.lru_cache(maxsize=64)
+def _t_upper_quantile(tail: float, dof: int) -> float:
+    """t with P(T > t) = tail for Student's t with integer dof >= 1 (exact CDF, Abramowitz-Stegun 26.7.3-4)."""
+    if tail > 0.5:
+        return -_t_upper_quantile(1 - tail, dof)
+    # P(|T| < sqrt(dof) tan(theta)) is a finite series in cos(theta): bisect theta for 1 - 2 tail.
+    if dof % 2:
+        terms = (dof - 1) // 2  # none for dof = 1: the Cauchy CDF
+        k = np.arange(1, terms)
+        coefs = np.cumprod(np.r_[1.0, 2 * k / (2 * k + 1)])[:terms]  # 1, 2/3, 2*4/(3*5), ...
+
+        def inside(theta: float) -> float:
+            c = math.cos(theta)
+            series = c * np.polynomial.polynomial.polyval(c * c, coefs) if coefs.size else 0.0
+            return 2 / math.pi * (theta + math.sin(theta) * series)
+    else:
+        k = np.arange(1, dof // 2)
+        coefs = np.cumprod(np.r_[1.0, (2 * k - 1) / (2 * k)])  # 1, 1/2, 1*3/(2*4), ...
+
+        def inside(theta: float) -> float:
+            c = math.cos(theta)
+            return math.sin(theta) * float(np.polynomial.polynomial.polyval(c * c, coefs))
+
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if inside(mid) < 1 - 2 * tail else (lo, mid)
+    return math.sqrt(dof) * math.tan((lo + hi) / 2)
+
+
+def _tail_fit(good_scores: np.ndarray, target_false_alarm: float) -> tuple[float, float]:
+    """(threshold, Box-Cox power) of the fitted tail; see `fitted_tail_threshold`."""
+    s = np.asarray(good_scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("need at least one good score to calibrate")
+    _check_target(target_false_alarm)
+    median = float(np.median(s))
+    if s.min() == s.max():
+        return median, 0.0  # no spread to fit: one score, or all equal
+    # The log needs positive values: shift so the lowest score lies as far above zero as the next one above it.
+    shift = 0.0 if s.min() > 0 else float(s[s > s.min()].min() - 2 * s.min())
+    log_x = np.log(s + shift)
+    if not np.ptp(log_x) > 0:
+        return median, 0.0  # scores so close that their logs are equal
+    log_scale = float(log_x.mean())
+    log_x -= log_scale  # scores over their geometric mean: the fit is scale-free and tiny scores keep precision
+    n = s.size
+    powers = _POWERS[:, None]  # (P, 1)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # scores spanning 1e300: powers overflow
+        transformed = np.expm1(powers * log_x) / np.where(powers > 0, powers, 1.0)  # Box-Cox, (P, n)
+        transformed[_POWERS == 0] = log_x
+        # Profile log-likelihood of each power (the Jacobian term is zero after the geometric-mean scaling);
+        # a power other than the log must beat it by AIC's one unit per extra parameter.
+        loglik = -0.5 * n * np.log(transformed.var(axis=1))  # (P,)
+    loglik[~np.isfinite(loglik)] = -np.inf
+    best = int(np.argmax(loglik))
+    best = best if loglik[best] - loglik[0] > 1 else 0
+    power, y = float(_POWERS[best]), transformed[best]
+    # Prediction bound for one new normal draw: its expected exceedance is exactly the target.
+    q = _t_upper_quantile(target_false_alarm, n - 1) * math.sqrt(1 + 1 / n)
+    y_t = float(y.mean() + q * y.std(ddof=1))
+    if power == 0:
+        log_t = y_t
+    else:
+        log_t = math.log1p(power * y_t) / power if power * y_t > -1 else -math.inf
+    # Capped to stay finite: with n = 2 the bound is 39 standard deviations up (t with 1 dof is 31.8 at 1 %).
+    threshold = math.exp(min(log_t + log_scale, _LOG_FLOAT_MAX)) - shift
+    return max(threshold, median), power  # below the median most good frames would alert
+
+
+def fitted_tail_threshold(good_scores: np.ndarray, target_false_alarm: float) -> float:
+    """Threshold at rate a of a normal fitted to the log (or a Box-Cox power) of good scores.
+
+    Uses the Student-t prediction bound mean + t_{1-a, n-1} * std * sqrt(1 + 1/n), so that for log-normal
+    scores a new good frame is flagged with probability a on average over calibration sets. Never below the
+    median good score; one score, or all equal, gives that score.
+    """
+    return _tail_fit(good_scores, target_false_alarm)[0]
 
 
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -54,22 +171,27 @@ def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 class CalibrationStats:
     """What the threshold was set from; stored in the model file and shown in reports and metrics."""
 
-    method: str  # "conformal" or "f1"
+    method: str  # "conformal", "fitted_tail" or "f1"
     target_false_alarm: float
     threshold: float
     pixel_threshold: float  # difference-map level that outlines a defect region
     n_good: int
-    guaranteed: bool  # n_good was large enough for the conformal guarantee at this target
+    guaranteed: bool  # the threshold is conformal and n_good was large enough for its guarantee at this target
     good_mean: float
     good_std: float
     good_quantiles: dict[str, float]  # "p50", "p90", "p99", "max"
+    tail_power: float | None = None  # "fitted_tail" only: Box-Cox power of the fit, 0 = log-normal
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "CalibrationStats":
-        return cls(**data)  # type: ignore[arg-type]
+    def from_dict(cls, data: dict[str, Any]) -> "CalibrationStats":
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"calibration has unknown fields {unknown}: the model file is newer than this code; "
+                             "upgrade the inspector or recalibrate")
+        return cls(**data)
 
 
 def calibrate(
@@ -78,15 +200,35 @@ def calibrate(
     target_false_alarm: float,
     *,
     defect_scores: np.ndarray | None = None,
+    method: str = "auto",
 ) -> CalibrationStats:
-    """Threshold at the target false-alarm rate from good scores (or F1-optimal when defects are given)."""
+    """Threshold at the target false-alarm rate from good scores (or F1-optimal when defects are given).
+
+    method "auto" picks "f1" when defect scores are given, else "conformal" when `conformal_is_reliable`,
+    else "fitted_tail"; naming one forces it.
+    """
     s = np.asarray(good_scores, dtype=np.float64).ravel()
-    if defect_scores is not None and len(defect_scores):
-        both = np.r_[s, np.asarray(defect_scores, dtype=np.float64).ravel()]
-        labels = np.r_[np.zeros(s.size, bool), np.ones(len(defect_scores), bool)]
-        method, threshold = "f1", f1_optimal_threshold(both, labels)
+    if s.size == 0:
+        raise ValueError("need at least one good score to calibrate")
+    _check_target(target_false_alarm)
+    if method not in METHODS:
+        raise ValueError(f"unknown threshold method {method!r}: use one of {', '.join(METHODS)}")
+    defects = np.asarray(defect_scores if defect_scores is not None else [], dtype=np.float64).ravel()
+    if method == "auto":
+        if defects.size:
+            method = "f1"
+        else:
+            method = "conformal" if conformal_is_reliable(s.size, target_false_alarm) else "fitted_tail"
+    tail_power = None
+    if method == "f1":
+        if not defects.size:
+            raise ValueError("method 'f1' needs defect scores: pass defect_scores, or use 'auto'")
+        labels = np.r_[np.zeros(s.size, bool), np.ones(defects.size, bool)]
+        threshold = f1_optimal_threshold(np.r_[s, defects], labels)
+    elif method == "conformal":
+        threshold = conformal_threshold(s, target_false_alarm)
     else:
-        method, threshold = "conformal", conformal_threshold(s, target_false_alarm)
+        threshold, tail_power = _tail_fit(s, target_false_alarm)
     # A pixel is "defect" when it is above nearly every pixel of good images: the same false-alarm
     # target, applied per pixel, would outline noise; 1e-4 of good pixels keeps boxes tight.
     pixels = np.asarray(good_pixel_values, dtype=np.float64).ravel()
@@ -97,13 +239,10 @@ def calibrate(
         threshold=float(threshold),
         pixel_threshold=pixel_threshold,
         n_good=int(s.size),
-        guaranteed=bool(s.size >= math.ceil(1 / target_false_alarm) - 1),
+        guaranteed=method == "conformal" and _conformal_rank(s.size, target_false_alarm) <= s.size,
         good_mean=float(s.mean()),
         good_std=float(s.std()),
-        good_quantiles={
-            "p50": float(np.quantile(s, 0.5)),
-            "p90": float(np.quantile(s, 0.9)),
-            "p99": float(np.quantile(s, 0.99)),
-            "max": float(s.max()),
-        },
+        good_quantiles={**{name: float(q) for name, q in zip(("p50", "p90", "p99"), np.quantile(s, [0.5, 0.9, 0.99]))},
+                        "max": float(s.max())},
+        tail_power=tail_power,
     )
