@@ -48,7 +48,7 @@ system-deps:
 model: install
 	$(BIN)/inspector synth --out data/bananas --train 600 --test-good 100 --test-per-defect 25
 	$(BIN)/inspector train --data data/bananas/train/good --out models/banana-ae-v1.safetensors \
-	  --model-version 1 --epochs 40 --device cpu
+	  --model-version 2 --device cpu
 
 bench-scoring: install
 	$(BIN)/python bench/scoring.py

@@ -42,12 +42,17 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_config(args: argparse.Namespace):  # noqa: ANN202 - local import keeps `--help` fast
-    from inspector.model import AutoencoderConfig
+def _model_config(args: argparse.Namespace, paths: list[Path]):  # noqa: ANN202 - local imports keep `--help` fast
+    from inspector.model import AutoencoderConfig, FeatureReconstructorConfig, RepairAutoencoderConfig
+    from inspector.train import default_input_size
 
-    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else AutoencoderConfig.widths
+    size = args.size or default_input_size(paths, args.mode)
     try:
-        return AutoencoderConfig(image_size=args.size, widths=widths, latent_channels=args.latent_channels)
+        if args.mode == "features":
+            return FeatureReconstructorConfig(image_size=size)
+        widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else AutoencoderConfig.widths
+        config_type = RepairAutoencoderConfig if args.mode == "repair" else AutoencoderConfig
+        return config_type(image_size=size, widths=widths, latent_channels=args.latent_channels)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -60,17 +65,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     device = pick_device(settings.model.device)
     paths = list_images(Path(args.data))
-    cfg = _model_config(args)
+    if args.denoise and args.mode != "plain":
+        raise ConfigError("--denoise trains the plain autoencoder: add --mode plain")
+    cfg = _model_config(args, paths)
     images = load_images(paths, cfg.image_size)
-    train_cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss,
-                            denoise=args.denoise, target_false_alarm=args.target_far, seed=args.seed)
+    train_cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            loss=args.loss, denoise=args.denoise, target_false_alarm=args.target_far, seed=args.seed)
     out = Path(args.out)
-    print(f"training on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) -> {out}")
+    print(f"training a {args.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) "
+          f"-> {out}")
     artifact = train_and_calibrate(images, paths, out, cfg, train_cfg, device, model_id=args.model_id,
                                    model_version=args.model_version)
     cal = artifact.calibration
     assert cal is not None
-    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB): threshold {cal.threshold:.6f} at target "
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB): threshold {cal.threshold:.6f} ({cal.method}) at target "
           f"false-alarm {cal.target_false_alarm:.2%} from {cal.n_good} held-out good images")
     return 0
 
@@ -110,6 +118,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"detection {img['detection_rate']:.2%}  pixel AUROC {report.get('pixel', {}).get('auroc', float('nan')):.4f}")
     if "colour_baseline" in report:
         print(f"colour baseline image AUROC {report['colour_baseline']['auroc']:.4f}")
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
@@ -163,14 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--frames-partitions", type=int, default=4)
     sp.set_defaults(func=cmd_topics)
 
-    sp = sub.add_parser("train", help="train an autoencoder on a folder of good images, then calibrate")
+    sp = sub.add_parser("train", help="train a model on a folder of good images, then calibrate")
     with_model(sp)
     sp.add_argument("--data", required=True, help="folder of good images (e.g. DATA/train/good)")
     sp.add_argument("--out", required=True, help="model file to write (.safetensors)")
-    sp.add_argument("--size", type=int, default=128, help="model input side in pixels")
+    sp.add_argument("--mode", default="features", choices=["features", "repair", "plain"],
+                    help="features: reconstruct pretrained features (default); repair: DRAEM-style autoencoder "
+                         "and head, from scratch; plain: the plain autoencoder (--denoise for the denoising one)")
+    sp.add_argument("--size", type=int, default=None,
+                    help="model input side in pixels (default: chosen from the images' size and the mode)")
     sp.add_argument("--widths", default=None, help="channels per stage, e.g. 16,32,64,64")
     sp.add_argument("--latent-channels", type=int, default=16)
-    sp.add_argument("--epochs", type=int, default=40)
+    sp.add_argument("--epochs", type=int, default=40, help="epochs of the repair and plain modes")
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--lr", type=float, default=2e-3)
     sp.add_argument("--loss", default="l2+ssim", choices=["l2", "l1", "ssim", "l2+ssim", "l1+ssim"])

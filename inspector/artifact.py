@@ -19,12 +19,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from inspector.errors import ModelFileError
-from inspector.model import Autoencoder, AutoencoderConfig
+from inspector.model import ARCHITECTURES, Autoencoder, FeatureReconstructor, RepairAutoencoder
 from inspector.scoring import ScoringConfig
 from inspector.threshold import CalibrationStats
 
 FORMAT_NAME = "inspector-autoencoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model family (architecture name picks the module); 1 files still load
+READABLE_VERSIONS = (1, 2)
 _META_KEY = "inspector"
 
 
@@ -32,7 +33,7 @@ _META_KEY = "inspector"
 class ModelArtifact:
     """A trained autoencoder and everything needed to score with it."""
 
-    model: Autoencoder
+    model: Autoencoder | RepairAutoencoder | FeatureReconstructor
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     calibration: CalibrationStats | None = None
     model_id: str = "banana-ae"
@@ -41,7 +42,7 @@ class ModelArtifact:
     checksum: str = ""
 
     @property
-    def config(self) -> AutoencoderConfig:
+    def config(self):  # noqa: ANN201 - the model's own config dataclass; every one has image_size
         return self.model.config
 
     @property
@@ -64,7 +65,7 @@ class ModelArtifact:
             "format_version": FORMAT_VERSION,
             "model_id": self.model_id,
             "model_version": self.model_version,
-            "architecture": {"name": "Autoencoder", **self.config.to_dict()},
+            "architecture": {"name": type(self.model).__name__, **self.config.to_dict()},
             "preprocessing": {"size": self.config.image_size, "channels": "RGB", "scale": "x/255",
                               "resize": "INTER_AREA down, INTER_LINEAR up, aspect not kept"},
             "scoring": self.scoring.to_dict(),
@@ -122,17 +123,19 @@ def load(path: Path, device: torch.device | str = "cpu") -> ModelArtifact:
         raise ModelFileError(f"{path}: model header is malformed") from None
     if header.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: format {header.get('format')!r} is not {FORMAT_NAME!r}")
-    if header.get("format_version") != FORMAT_VERSION:
+    if header.get("format_version") not in READABLE_VERSIONS:
         raise ModelFileError(f"{path}: format version {header.get('format_version')} is not supported "
-                             f"(this build reads {FORMAT_VERSION})")
+                             f"(this build reads {', '.join(map(str, READABLE_VERSIONS))}): retrain it with "
+                             f"`inspector train` or upgrade the inspector")
     if _digest(tensors, header) != stored:
         raise ModelFileError(f"{path}: checksum mismatch; the file was modified after it was written")
     try:
         arch = dict(header["architecture"])
-        if arch.pop("name", None) != "Autoencoder":
-            raise ValueError("unknown architecture")
-        config = AutoencoderConfig.from_dict(arch)
-        model = Autoencoder(config)
+        name = arch.pop("name", None)
+        if name not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {name!r} (this build knows {sorted(ARCHITECTURES)})")
+        module, config_type = ARCHITECTURES[name]
+        model = module(config_type.from_dict(arch))
         model.load_state_dict(tensors, strict=True)
         scoring = ScoringConfig.from_dict(header["scoring"])
         calibration = CalibrationStats.from_dict(header["calibration"]) if header.get("calibration") else None

@@ -73,7 +73,7 @@ def _ensure_model(settings: Settings) -> None:
     if path.is_file():
         return
     print(f"no model at {path}: training a small one on synthetic good bananas (a few minutes on 2 cores)")
-    from inspector.model import AutoencoderConfig
+    from inspector.model import FeatureReconstructorConfig
     from inspector.preprocess import list_images, load_images
     from inspector.runtime import pick_device
     from inspector.train import TrainConfig, train_and_calibrate
@@ -82,8 +82,8 @@ def _ensure_model(settings: Settings) -> None:
     with tempfile.TemporaryDirectory(prefix="bananas-") as tmp:
         write_dataset(Path(tmp), n_train=400, n_test_good=0, n_test_per_defect=0, size=256, seed=1)
         paths = list_images(Path(tmp) / "train" / "good")
-        cfg = AutoencoderConfig()
-        train_and_calibrate(load_images(paths, cfg.image_size), paths, path, cfg, TrainConfig(epochs=20),
+        cfg = FeatureReconstructorConfig()
+        train_and_calibrate(load_images(paths, cfg.image_size), paths, path, cfg, TrainConfig(),
                             pick_device(settings.model.device), model_version="demo")
 
 

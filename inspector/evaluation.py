@@ -49,7 +49,10 @@ def _mask_for(root: Path, kind: str, image: Path, shape: tuple[int, int]) -> np.
     if mask is None:
         return None
     h, w = shape
-    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 127
+    defect = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 127
+    # Some sets (PIPED paper) draw defects black on white: a defect never covers most of a frame, so a mask
+    # that is mostly "defect" is read the other way round.
+    return ~defect if defect.mean() > 0.5 else defect
 
 
 def _at_shape(image_rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -257,6 +260,9 @@ def denoise_folder(model_path: Path, folder: Path, out: Path, device_name: str =
 
     device = pick_device(device_name)
     art = artifact_io.load(model_path, device)
+    if type(art.model).__name__ == "FeatureReconstructor":
+        raise ConfigError(f"{model_path} reconstructs features, not images: denoise needs an image autoencoder "
+                          "(`inspector train --mode plain --denoise`)")
     paths = list_images(folder)
     out.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode():

@@ -1,15 +1,23 @@
-"""The convolutional autoencoder: a pure torch module and its dataclass config (no I/O, no Kafka, no cv2).
+"""The model family: pure torch modules with dataclass configs (no I/O, no Kafka, no cv2).
 
-Trained on good produce only, it reconstructs good produce well and defects badly; scoring (in
+- `Autoencoder`: the plain (or denoising) convolutional autoencoder.
+- `RepairAutoencoder`: trained to repair synthetic anomalies, with a discriminative head that outlines them.
+- `FeatureReconstructor`: reconstructs frozen pretrained features of good images (the default).
+
+Each is trained on good produce only and rebuilds good produce well and defects badly; scoring (in
 `inspector.scoring`) turns the reconstruction error into an anomaly map and score.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from inspector.backbone import BLOCK_CHANNELS, EfficientNetLite0Features
 
 
 @dataclass(frozen=True)
@@ -106,3 +114,180 @@ class NullModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+@dataclass(frozen=True)
+class RepairAutoencoderConfig:
+    """A DRAEM-style pair: the autoencoder (repairs synthetic anomalies) and a discriminative head on
+    [input, reconstruction] that outlines what was repaired. Trained from scratch."""
+
+    image_size: int = 128
+    in_channels: int = 3
+    widths: tuple[int, ...] = (16, 32, 64, 64)
+    latent_channels: int = 16
+    blocks_per_stage: int = 0
+    head_widths: tuple[int, ...] = (16, 32, 64)  # the head's U-Net stages
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "head_widths", tuple(int(w) for w in self.head_widths))
+        self.autoencoder  # noqa: B018 - validates the shared fields
+        if self.image_size % (2 ** len(self.head_widths)):
+            raise ValueError(f"image_size {self.image_size} is not divisible by 2**{len(self.head_widths)}")
+
+    @property
+    def autoencoder(self) -> AutoencoderConfig:
+        return AutoencoderConfig(self.image_size, self.in_channels, self.widths, self.latent_channels,
+                                 self.blocks_per_stage)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "widths": list(self.widths), "head_widths": list(self.head_widths)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> "RepairAutoencoderConfig":
+        return _from_dict(cls, data)
+
+
+class DiscriminativeHead(nn.Module):
+    """A small U-Net: (B, 2C, H, W) [input, reconstruction] -> (B, 1, H, W) anomaly logits."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.down = nn.ModuleList()
+        c_prev = in_channels
+        for width in widths:
+            self.down.append(nn.Sequential(_conv_block(c_prev, width), _conv_block(width, width)))
+            c_prev = width
+        self.middle = _conv_block(c_prev, c_prev)
+        self.up = nn.ModuleList(
+            nn.Sequential(_conv_block(c_in + skip, skip), _conv_block(skip, skip))
+            for c_in, skip in zip((widths[-1], *widths[:0:-1]), widths[::-1])
+        )
+        self.out = nn.Conv2d(widths[0], 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for stage in self.down:
+            x = stage(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.middle(x)
+        for stage, skip in zip(self.up, skips[::-1]):
+            x = stage(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], dim=1))
+        return self.out(x)
+
+
+class RepairAutoencoder(nn.Module):
+    """(B, C, H, W) in [0, 1] -> reconstruction; `segment` gives the head's anomaly logits (B, 1, H, W)."""
+
+    def __init__(self, config: RepairAutoencoderConfig | None = None) -> None:
+        super().__init__()
+        config = config or RepairAutoencoderConfig()
+        self.config = config
+        self.reconstructive = Autoencoder(config.autoencoder)
+        self.head = DiscriminativeHead(2 * config.in_channels, config.head_widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reconstructive(x)
+
+    def segment(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([x, recon], dim=1))
+
+
+@dataclass(frozen=True)
+class FeatureReconstructorConfig:
+    """Reconstruction in a pretrained feature space: frozen EfficientNet-Lite0 features of each image region
+    are squeezed through a bottleneck and rebuilt; what the bottleneck of good images cannot rebuild is the
+    anomaly. A linear autoencoder does the same for the image's mean feature vector (whole-object changes)."""
+
+    image_size: int = 256
+    in_channels: int = 3
+    blocks: tuple[int, ...] = (4, 10)  # backbone blocks whose outputs are joined (stride 8 and 16)
+    neighbourhood: int = 3  # local average of features, in feature cells: a region, not a pixel
+    hidden_channels: int = 128
+    latent_channels: int = 32  # the bottleneck of the per-region autoencoder
+    global_components: int = 32  # rank of the linear autoencoder of the mean feature vector
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        if not self.blocks or any(b not in BLOCK_CHANNELS for b in self.blocks):
+            raise ValueError(f"blocks must be taken from {sorted(BLOCK_CHANNELS)}, got {self.blocks}")
+        if self.image_size % 16:
+            raise ValueError(f"image_size {self.image_size} is not divisible by 16")
+
+    @property
+    def feature_channels(self) -> int:
+        return sum(BLOCK_CHANNELS[b][0] for b in self.blocks)
+
+    @property
+    def feature_size(self) -> int:
+        return self.image_size // min(BLOCK_CHANNELS[b][1] for b in self.blocks)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "blocks": list(self.blocks)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> "FeatureReconstructorConfig":
+        return _from_dict(cls, data)
+
+
+class FeatureReconstruction(NamedTuple):
+    local: torch.Tensor  # (B, C, h, w) standardised features
+    local_recon: torch.Tensor  # (B, C, h, w)
+    pooled: torch.Tensor  # (B, C) mean feature vector
+    pooled_recon: torch.Tensor  # (B, C)
+
+
+class FeatureReconstructor(nn.Module):
+    """(B, 3, S, S) in [0, 1] -> FeatureReconstruction: features and their reconstructions, local and global."""
+
+    def __init__(self, config: FeatureReconstructorConfig | None = None) -> None:
+        super().__init__()
+        config = config or FeatureReconstructorConfig()
+        self.config = config
+        c = config.feature_channels
+        self.backbone = EfficientNetLite0Features(last_block=max(config.blocks))
+        self.register_buffer("feature_mean", torch.zeros(1, c, 1, 1))
+        self.register_buffer("feature_std", torch.ones(1, c, 1, 1))
+        h, z = config.hidden_channels, config.latent_channels
+        # 1x1 convolutions: each region's feature vector is rebuilt from its own bottleneck code, so a defect
+        # cannot borrow good texture from its neighbours.
+        self.local = nn.Sequential(
+            nn.Conv2d(c, h, 1), nn.SiLU(), nn.Conv2d(h, z, 1), nn.SiLU(),
+            nn.Conv2d(z, h, 1), nn.SiLU(), nn.Conv2d(h, c, 1),
+        )
+        self.register_buffer("global_mean", torch.zeros(c))
+        self.register_buffer("global_basis", torch.zeros(config.global_components, c))  # orthonormal rows
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, C, S/8, S/8) standardised, neighbourhood-averaged backbone features."""
+        maps = self.backbone(x, self.config.blocks)
+        size = maps[0].shape[-2:]
+        maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                for m in maps]
+        f = torch.cat(maps, dim=1)
+        k = self.config.neighbourhood
+        if k > 1:
+            f = F.avg_pool2d(f, k, 1, k // 2, count_include_pad=False)
+        return (f - self.feature_mean) / self.feature_std
+
+    def reconstruct_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        centred = pooled - self.global_mean
+        return self.global_mean + (centred @ self.global_basis.T) @ self.global_basis  # (B, C)
+
+    def forward(self, x: torch.Tensor) -> FeatureReconstruction:
+        f = self.features(x)
+        pooled = f.mean(dim=(2, 3))
+        return FeatureReconstruction(f, self.local(f), pooled, self.reconstruct_pooled(pooled))
+
+
+def _from_dict(cls, data: dict[str, object]):  # noqa: ANN001, ANN202 - shared by the config dataclasses
+    unknown = set(data) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**data)
+
+
+ARCHITECTURES = {"Autoencoder": (Autoencoder, AutoencoderConfig),
+                 "RepairAutoencoder": (RepairAutoencoder, RepairAutoencoderConfig),
+                 "FeatureReconstructor": (FeatureReconstructor, FeatureReconstructorConfig)}

@@ -44,6 +44,9 @@ def fuse_conv_bn(model: torch.nn.Module) -> torch.nn.Module:
             if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
                 seq[i] = fuse_conv_bn_eval(conv, bn)
                 seq[i + 1] = torch.nn.Identity()
+    for module in list(model.modules()):
+        if hasattr(module, "fold_batchnorm"):  # the backbone's blocks, whose pairs are named, not sequenced
+            module.fold_batchnorm()
     return model
 
 

@@ -13,17 +13,32 @@ from typing import Literal, NamedTuple
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from inspector.image_similarity import ERROR_MAPS, combined_error_map
+from inspector.model import FeatureReconstruction, FeatureReconstructor, RepairAutoencoder
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """How an error map becomes a score; stored in the model file with the threshold it was calibrated for."""
+    """How a model's output becomes a map and a score; stored in the model file with its threshold."""
 
-    error: Literal["l2", "l1"] = "l2"
-    smoothing_sigma: float = 5.0  # Gaussian blur of the error map, in model pixels (0 = off); chosen on a
-    # validation set (`inspector synth --seed 1`), not the test set: it pools a defect's error over its area.
+    # Image-space error of the autoencoders: names from `inspector.image_similarity.ERROR_MAPS` joined by "+"
+    # (e.g. "msgms+lab"); the feature reconstructor and the repair head ignore it.
+    error: str = "l2"
+    smoothing_sigma: float = 5.0  # Gaussian blur of the map, in model pixels (0 = off): pools a defect's error
+    # over its area.
     reduction: Literal["max", "topk_mean", "mean"] = "topk_mean"
     topk_fraction: float = 0.005  # share of the map's pixels averaged by "topk_mean"
+    # Feature reconstructor: the local and global scores, each divided by its good level (mean + 3 std of
+    # held-out good images), summed; 0 = that term is not used.
+    local_reference: float = 0.0
+    global_reference: float = 0.0
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.error.split("+") if n not in ERROR_MAPS]
+        if unknown:
+            raise ValueError(f"unknown error map {unknown}; choose from {sorted(ERROR_MAPS)} joined by '+'")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -54,17 +69,26 @@ def _blur_matrix(n: int, sigma: float, device: str, dtype: torch.dtype) -> torch
     return m.to(device=device, dtype=dtype)
 
 
+def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps (reflect padding); sigma 0 returns them as they are."""
+    if sigma <= 0:
+        return maps
+    h, w = maps.shape[-2:]
+    rows = _blur_matrix(h, sigma, str(maps.device), maps.dtype)  # (H, H)
+    cols = _blur_matrix(w, sigma, str(maps.device), maps.dtype)  # (W, W)
+    return rows @ maps @ cols.T  # along H, then along W
+
+
 def error_maps(x: torch.Tensor, recon: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
-    """Per-pixel anomaly map: channel-mean reconstruction error, smoothed. (B, C, H, W) x2 -> (B, H, W)."""
-    diff = (x.float() - recon.float())
-    err = diff.square() if config.error == "l2" else diff.abs()
-    maps = err.mean(dim=1)  # (B, H, W)
-    if config.smoothing_sigma > 0:
-        h, w = maps.shape[-2:]
-        rows = _blur_matrix(h, config.smoothing_sigma, str(maps.device), maps.dtype)  # (H, H)
-        cols = _blur_matrix(w, config.smoothing_sigma, str(maps.device), maps.dtype)  # (W, W)
-        maps = rows @ maps @ cols.T  # separable blur: along H, then along W
-    return maps
+    """Per-pixel anomaly map of an image reconstruction, smoothed. (B, C, H, W) x2 -> (B, H, W)."""
+    return smooth(combined_error_map(x.float(), recon.float(), tuple(config.error.split("+"))), config.smoothing_sigma)
+
+
+def feature_maps(out: FeatureReconstruction, size: int, config: ScoringConfig) -> torch.Tensor:
+    """Per-region feature reconstruction error, upsampled to the model input and smoothed -> (B, S, S)."""
+    err = (out.local.float() - out.local_recon.float()).square().mean(dim=1, keepdim=True)  # (B, 1, h, w)
+    maps = F.interpolate(err, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return smooth(maps, config.smoothing_sigma)
 
 
 def image_scores(maps: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
@@ -81,9 +105,30 @@ def image_scores(maps: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
 @torch.inference_mode()
 def score_batch(model: torch.nn.Module, x: torch.Tensor, config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Score a preprocessed batch (B, C, H, W) in [0, 1] -> (scores (B,), maps (B, H, W)), float32."""
+    if isinstance(model, FeatureReconstructor):
+        out = model(x)
+        maps = feature_maps(out, x.shape[-1], config)
+        local = image_scores(maps, config)
+        if not config.local_reference:
+            return local.float(), maps.float()
+        scores = local / config.local_reference
+        if config.global_reference:
+            pooled_err = (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)  # (B,)
+            scores = scores + pooled_err / config.global_reference
+        return scores.float(), maps.float()
     recon = model(x)
-    maps = error_maps(x, recon, config)
+    if isinstance(model, RepairAutoencoder):
+        maps = smooth(torch.sigmoid(model.segment(x, recon).float())[:, 0], config.smoothing_sigma)
+    else:
+        maps = error_maps(x, recon, config)
     return image_scores(maps, config).float(), maps.float()
+
+
+def global_errors(model: FeatureReconstructor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) the mean feature vector's reconstruction error: the global term, before its reference."""
+    with torch.inference_mode():
+        out = model(x)
+        return (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)
 
 
 class RegionBox(NamedTuple):

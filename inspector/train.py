@@ -7,7 +7,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -18,18 +18,35 @@ from tqdm import tqdm
 
 from inspector import artifact as artifact_io
 from inspector.artifact import ModelArtifact
-from inspector.model import Autoencoder, AutoencoderConfig
+from inspector.anomaly_synth import AnomalySynthConfig, synthesize_anomalies
+from inspector.backbone import load_pretrained
+from inspector.model import (
+    Autoencoder,
+    AutoencoderConfig,
+    FeatureReconstructor,
+    FeatureReconstructorConfig,
+    RepairAutoencoder,
+    RepairAutoencoderConfig,
+)
 from inspector.noise import NOISE_KINDS, corrupt_mixed
 from inspector.preprocess import to_tensor
 from inspector.runtime import ModelRunner
-from inspector.scoring import ScoringConfig
+from inspector.scoring import ScoringConfig, global_errors
 from inspector.threshold import CalibrationStats, calibrate
 
 log = logging.getLogger(__name__)
 
 
+MODES = ("features", "repair", "plain")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    # "features": reconstruct pretrained features (the default; see models/README.md for the measurements),
+    # "repair": DRAEM-style, from scratch; "plain": the plain (or, with denoise, denoising) autoencoder.
+    mode: Literal["features", "repair", "plain"] = "features"
+    feature_steps: int = 1000  # optimiser steps of the feature reconstructor, each on feature_batch regions
+    feature_batch: int = 2048
     epochs: int = 40
     batch_size: int = 32
     lr: float = 2e-3
@@ -88,6 +105,22 @@ def data_fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def default_input_size(paths: list[Path], mode: str) -> int:
+    """The model input side for these images: 256 px (128 for the from-scratch modes), 320 when the photos are
+    large enough that small defects would shrink below the features' reach at 256."""
+    import cv2
+
+    sides = []
+    for p in paths[:: max(1, len(paths) // 16)]:
+        image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            sides.append(max(image.shape[:2]))
+    long_side = float(np.median(sides)) if sides else 0.0
+    if mode != "features":
+        return 128
+    return 320 if long_side >= 448 else 256
+
+
 def split_for_calibration(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, held-out calibration indices), a fixed random split."""
     order = np.random.default_rng(seed).permutation(n)
@@ -95,23 +128,45 @@ def split_for_calibration(n: int, fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(order[n_cal:]), np.sort(order[:n_cal])
 
 
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss of mask logits (B, 1, H, W) against a {0, 1} mask: the rare anomalous pixels are not drowned."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_true = torch.exp(-bce)
+    return ((1 - p_true) ** gamma * bce).mean()
+
+
+def repair_loss(model: RepairAutoencoder, clean: torch.Tensor, config: TrainConfig,
+                synth: AnomalySynthConfig, g: torch.Generator) -> torch.Tensor:
+    """DRAEM's objective: rebuild the clean image from an anomalous one, and outline what was repaired."""
+    anomalous, masks = synthesize_anomalies(clean, synth, g)  # (B, 3, H, W), (B, 1, H, W)
+    recon = model(anomalous)
+    return reconstruction_loss(recon, clean, config) + focal_loss(model.segment(anomalous, recon), masks)
+
+
 def train_model(
     images: np.ndarray,
-    model_config: AutoencoderConfig,
+    model_config: AutoencoderConfig | RepairAutoencoderConfig,
     config: TrainConfig,
     device: torch.device,
     *,
     checkpoint: Path | None = None,
     progress: bool = True,
-) -> tuple[Autoencoder, list[float]]:
-    """Fit an autoencoder to (N, S, S, 3) uint8 RGB good images; returns the model and loss per epoch.
+) -> tuple[Autoencoder | RepairAutoencoder, list[float]]:
+    """Fit an image autoencoder (plain, denoising or repair) to (N, S, S, 3) uint8 RGB good images; returns the
+    model and loss per epoch.
 
     With `checkpoint`, the state is saved after every epoch (pickle-free: weights_only) and training
     resumes from it when the file exists.
     """
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
-    model = Autoencoder(model_config).to(device).to(memory_format=torch.channels_last)
+    model: Autoencoder | RepairAutoencoder
+    if isinstance(model_config, RepairAutoencoderConfig):
+        model = RepairAutoencoder(model_config)
+    else:
+        model = Autoencoder(model_config)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    synth = AnomalySynthConfig()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-5)
     steps_per_epoch = max(1, math.ceil(len(images) / config.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
@@ -144,8 +199,11 @@ def train_model(
             clean = to_tensor(data[order[i : i + config.batch_size]].numpy(), device)  # (B, 3, S, S)
             if config.augment:
                 clean = _augment(clean, g)
-            noisy = corrupt_mixed(clean, config.noise_kinds, g) if config.denoise else clean
-            loss = reconstruction_loss(model(noisy), clean, config)
+            if isinstance(model, RepairAutoencoder):
+                loss = repair_loss(model, clean, config, synth, g)
+            else:
+                noisy = corrupt_mixed(clean, config.noise_kinds, g) if config.denoise else clean
+                loss = reconstruction_loss(model(noisy), clean, config)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -160,6 +218,103 @@ def train_model(
                         "history": history, "generator": g.get_state()}, checkpoint)
     model.eval()
     return model, history
+
+
+@torch.no_grad()
+def _backbone_features(model: FeatureReconstructor, images: np.ndarray, device: torch.device,
+                       batch: int = 16) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, C, h, w) float32 on the CPU, with the model's standardisation."""
+    model.eval()
+    return torch.cat([model.features(to_tensor(images[i : i + batch], device)).float().cpu()
+                      for i in range(0, len(images), batch)])
+
+
+def train_feature_model(
+    images: np.ndarray,
+    model_config: FeatureReconstructorConfig,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    progress: bool = True,
+) -> tuple[FeatureReconstructor, list[float]]:
+    """Fit the feature reconstructor to (N, S, S, 3) uint8 RGB good images; returns it and the loss per 100 steps.
+
+    1. frozen backbone features of every image (and its mirror images when the set is small),
+    2. per-channel standardisation and the linear autoencoder of the mean vector (closed form, by SVD),
+    3. the per-region autoencoder on random regions of all images (its cost does not grow with the set).
+    """
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    rank = min(model_config.global_components, max(1, len(images) // 2))
+    model_config = replace(model_config, global_components=rank)
+    model = FeatureReconstructor(model_config)
+    load_pretrained(model.backbone)
+    model.to(device)
+    views = [images]
+    if config.augment and len(images) < 200:  # mirror images: exact, and cheap next to a second photo shoot
+        views += [np.ascontiguousarray(images[:, :, ::-1]), np.ascontiguousarray(images[:, ::-1])]
+    feats = torch.cat([_backbone_features(model, v, device) for v in views])  # (V*N, C, h, w)
+    mean = feats.mean(dim=(0, 2, 3), keepdim=True)
+    std = feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+    model.feature_mean.copy_(mean.to(device))
+    model.feature_std.copy_(std.to(device))
+    feats = (feats - mean) / std
+    pooled = feats[: len(images)].mean(dim=(2, 3)).double()  # (N, C): originals only, mirrors add nothing global
+    centre = pooled.mean(dim=0)
+    _, _, vh = torch.linalg.svd(pooled - centre, full_matrices=False)
+    model.global_mean.copy_(centre.float().to(device))
+    model.global_basis.copy_(vh[:rank].float().to(device))
+
+    regions = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])  # (V*N*h*w, C)
+    local = model.local.train()
+    opt = torch.optim.AdamW(local.parameters(), lr=config.lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.feature_steps)
+    history: list[float] = []
+    running = 0.0
+    bar = tqdm(range(config.feature_steps), desc="train", unit="step", disable=not progress)
+    for step in bar:
+        batch = regions[torch.randint(len(regions), (config.feature_batch,), generator=g)].to(device)
+        batch = batch[:, :, None, None]  # (B, C, 1, 1): the 1x1 convolutions see one region each
+        loss = F.mse_loss(local(batch), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += loss.item()
+        if (step + 1) % 100 == 0 or step + 1 == config.feature_steps:
+            history.append(running / (step % 100 + 1))
+            running = 0.0
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+    model.eval()
+    return model, history
+
+
+def feature_scoring(model: FeatureReconstructor, good_images: np.ndarray, scoring: ScoringConfig,
+                    device: torch.device) -> ScoringConfig:
+    """The scoring config with the two references (mean + 3 std of held-out good images' local and global
+    scores), so that neither term's units decide which one raises the alert."""
+    runner = ModelRunner(_with_scoring(model, scoring), device)
+    local = score_images(runner, good_images)[0].astype(np.float64)
+    glob = np.concatenate([global_errors(model, to_tensor(good_images[i : i + 32], device)).cpu().numpy()
+                           for i in range(0, len(good_images), 32)]).astype(np.float64)
+
+    def reference(s: np.ndarray) -> float:
+        return float(max(s.mean() + 3 * s.std(), 1e-12))
+
+    return replace(scoring, local_reference=reference(local), global_reference=reference(glob))
+
+
+def _with_scoring(model: FeatureReconstructor, scoring: ScoringConfig) -> ModelArtifact:
+    return ModelArtifact(model=model, scoring=replace(scoring, local_reference=0.0, global_reference=0.0))
+
+
+def default_scoring(mode: str) -> ScoringConfig:
+    """The scoring each mode was measured with (bench/RESULTS.md, "Model quality")."""
+    if mode == "features":
+        return ScoringConfig(smoothing_sigma=4.0, reduction="topk_mean", topk_fraction=0.01)
+    if mode == "repair":
+        return ScoringConfig(smoothing_sigma=2.0, reduction="max")
+    return ScoringConfig()
 
 
 def score_images(runner: ModelRunner, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +351,7 @@ def train_and_calibrate(
     images: np.ndarray,
     paths: list[Path],
     out: Path,
-    model_config: AutoencoderConfig,
+    model_config: AutoencoderConfig | RepairAutoencoderConfig | FeatureReconstructorConfig,
     config: TrainConfig,
     device: torch.device,
     *,
@@ -210,11 +365,17 @@ def train_and_calibrate(
     train_idx, cal_idx = split_for_calibration(len(images), config.calibration_fraction, config.seed)
     if len(cal_idx) == 0:
         cal_idx = train_idx  # a handful of images: calibrate on what we have, and say so below
-    model, history = train_model(images[train_idx], model_config, config, device,
-                                 checkpoint=out.with_suffix(".ckpt"), progress=progress)
+    scoring = scoring or default_scoring(config.mode)
+    model: Autoencoder | RepairAutoencoder | FeatureReconstructor
+    if isinstance(model_config, FeatureReconstructorConfig):
+        model, history = train_feature_model(images[train_idx], model_config, config, device, progress=progress)
+        scoring = feature_scoring(model, images[cal_idx], scoring, device)
+    else:
+        model, history = train_model(images[train_idx], model_config, config, device,
+                                     checkpoint=out.with_suffix(".ckpt"), progress=progress)
     artifact = ModelArtifact(
         model=model.cpu(),
-        scoring=scoring or ScoringConfig(),
+        scoring=scoring,
         model_id=model_id,
         model_version=model_version or time.strftime("%Y%m%d-%H%M%S"),
         training={

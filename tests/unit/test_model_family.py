@@ -1,0 +1,107 @@
+"""The model family: each architecture trains, scores and survives its model file; the repair head learns."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inspector import artifact as artifact_io
+from inspector.anomaly_synth import AnomalySynthConfig
+from inspector.artifact import ModelArtifact
+from inspector.errors import ModelFileError
+from inspector.model import FeatureReconstructorConfig, RepairAutoencoder, RepairAutoencoderConfig
+from inspector.runtime import ModelRunner
+from inspector.scoring import ScoringConfig
+from inspector.train import TrainConfig, repair_loss, train_and_calibrate
+
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+
+
+def _textures(n: int, size: int, seed: int) -> np.ndarray:
+    """(n, size, size, 3) uint8: a warm paper-like texture with mild noise."""
+    rng = np.random.default_rng(seed)
+    base = np.array([200, 180, 140], np.float32)
+    return np.clip(base + rng.normal(0, 8, (n, size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def test_repair_head_loss_falls_in_a_few_steps() -> None:
+    torch.manual_seed(0)
+    model = RepairAutoencoder(RepairAutoencoderConfig(image_size=32, widths=(8, 16), latent_channels=4,
+                                                      head_widths=(8, 16)))
+    clean = torch.from_numpy(_textures(8, 32, 0)).permute(0, 3, 1, 2).float() / 255
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    synth = AnomalySynthConfig(probability=1.0, min_opacity=0.8)
+    losses = []
+    for step in range(30):
+        loss = repair_loss(model, clean, TrainConfig(mode="repair"), synth, torch.Generator().manual_seed(step % 3))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_feature_model_trains_calibrates_round_trips_and_flags_a_blob(tmp_path: Path) -> None:
+    good = _textures(24, 128, 1)
+    out = tmp_path / "f.safetensors"
+    config = FeatureReconstructorConfig(image_size=128, hidden_channels=32, latent_channels=8)
+    art = train_and_calibrate(good, [], out, config, TrainConfig(feature_steps=100, feature_batch=512),
+                              torch.device("cpu"), progress=False)
+    assert art.scoring.local_reference > 0 and art.scoring.global_reference > 0
+    assert art.calibration is not None and art.calibration.method == "fitted_tail"
+    loaded = artifact_io.load(out)
+    assert type(loaded.model).__name__ == "FeatureReconstructor" and loaded.scoring == art.scoring
+    test_good = _textures(4, 128, 2)
+    blob = test_good.copy()
+    blob[:, 40:64, 56:80] = (40, 30, 20)  # a dark impurity
+    scores, maps = ModelRunner(loaded, torch.device("cpu")).score(np.concatenate([test_good, blob]))
+    assert scores[4:].min() > scores[:4].max()
+    for m in maps[4:].numpy():  # the map's peak is on the impurity (within one feature cell of it)
+        y, x = np.unravel_index(np.argmax(m), m.shape)
+        assert 32 <= y < 72 and 48 <= x < 88
+
+
+def test_repair_model_round_trips(tmp_path: Path) -> None:
+    config = RepairAutoencoderConfig(image_size=32, widths=(8, 16), latent_channels=4, head_widths=(8, 16))
+    art = train_and_calibrate(_textures(10, 32, 3), [], tmp_path / "r.safetensors", config,
+                              TrainConfig(mode="repair", epochs=1, batch_size=8), torch.device("cpu"), progress=False)
+    loaded = artifact_io.load(tmp_path / "r.safetensors")
+    assert isinstance(loaded.model, RepairAutoencoder) and loaded.threshold == art.threshold
+    scores, maps = ModelRunner(loaded, torch.device("cpu")).score(_textures(3, 32, 4))
+    assert scores.shape == (3,) and maps.shape == (3, 32, 32) and float(maps.min()) >= 0
+
+
+def test_unknown_error_map_and_future_format_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown error map"):
+        ScoringConfig(error="l2+psnr")
+    from inspector.model import Autoencoder, AutoencoderConfig
+
+    path = tmp_path / "m.safetensors"
+    artifact_io.save(ModelArtifact(Autoencoder(AutoencoderConfig(image_size=32, widths=(8, 16)))), path)
+    assert artifact_io.load(path).scoring.error == "l2"
+    original = artifact_io.FORMAT_VERSION
+    try:
+        artifact_io.FORMAT_VERSION = 99
+        artifact_io.save(ModelArtifact(Autoencoder(AutoencoderConfig(image_size=32, widths=(8, 16)))), path)
+    finally:
+        artifact_io.FORMAT_VERSION = original
+    with pytest.raises(ModelFileError, match="format version 99 is not supported"):
+        artifact_io.load(path)
+
+
+@pytest.mark.slow
+def test_default_training_on_one_real_paper_type(tmp_path: Path) -> None:
+    root = DATASETS / "paper" / "flr01_tl"
+    if not root.is_dir():
+        pytest.skip(f"real-photo sets not present at {DATASETS} (see the project README)")
+    from inspector.evaluation import evaluate_folder
+    from inspector.preprocess import list_images, load_images
+
+    paths = list_images(root / "train" / "good")
+    out = tmp_path / "paper.safetensors"
+    train_and_calibrate(load_images(paths, 256), paths, out, FeatureReconstructorConfig(), TrainConfig(),
+                        torch.device("cpu"), progress=False)
+    report = evaluate_folder(out, root, tmp_path / "report", "cpu", baseline=False)
+    assert report["image"]["auroc"] >= 0.9
+    assert report["pixel"]["auroc"] >= 0.8
