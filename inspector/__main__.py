@@ -101,7 +101,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     artifact_io.save(artifact, out)
     cal = artifact.calibration
     assert cal is not None
-    warn = "" if cal.guaranteed else f" (only {cal.n_good} good images: too few for a guarantee at this target)"
+    warn = (f" (only {cal.n_good} good images, too few for a conformal guarantee at this target: a fitted tail)"
+            if cal.method == "fitted_tail" else "")
     print(f"{out}: threshold {cal.threshold:.6f} ({cal.method}, target false-alarm {cal.target_false_alarm:.2%})"
           f"{warn}")
     return 0
