@@ -256,6 +256,9 @@ class FeatureReconstructor(nn.Module):
             nn.Conv2d(c, h, 1), nn.SiLU(), nn.Conv2d(h, z, 1), nn.SiLU(),
             nn.Conv2d(z, h, 1), nn.SiLU(), nn.Conv2d(h, c, 1),
         )
+        # Per-location level and spread of good images' region errors (S, S); zero spread = not fitted.
+        self.register_buffer("pixel_mean", torch.zeros(config.image_size, config.image_size))
+        self.register_buffer("pixel_std", torch.zeros(config.image_size, config.image_size))
         self.register_buffer("global_mean", torch.zeros(c))
         self.register_buffer("global_basis", torch.zeros(config.global_components, c))  # orthonormal rows
 

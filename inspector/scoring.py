@@ -34,6 +34,9 @@ class ScoringConfig:
     # held-out good images), summed; 0 = that term is not used.
     local_reference: float = 0.0
     global_reference: float = 0.0
+    # Feature reconstructor: each location's error in units of good images' spread there (floored at a tenth
+    # of the mean spread), so that a place where good parts always differ (an edge, a highlight) does not alarm.
+    pixel_normalise: bool = True
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.error.split("+") if n not in ERROR_MAPS]
@@ -84,11 +87,25 @@ def error_maps(x: torch.Tensor, recon: torch.Tensor, config: ScoringConfig) -> t
     return smooth(combined_error_map(x.float(), recon.float(), tuple(config.error.split("+"))), config.smoothing_sigma)
 
 
-def feature_maps(out: FeatureReconstruction, size: int, config: ScoringConfig) -> torch.Tensor:
-    """Per-region feature reconstruction error, upsampled to the model input and smoothed -> (B, S, S)."""
+def feature_maps(model: FeatureReconstructor, out: FeatureReconstruction, size: int,
+                 config: ScoringConfig) -> torch.Tensor:
+    """Per-region feature reconstruction error, upsampled to the model input, smoothed and (when the model
+    has the statistics and the config asks) normalised per location -> (B, S, S), >= 0."""
     err = (out.local.float() - out.local_recon.float()).square().mean(dim=1, keepdim=True)  # (B, 1, h, w)
-    maps = F.interpolate(err, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    return smooth(maps, config.smoothing_sigma)
+    maps = smooth(F.interpolate(err, size=(size, size), mode="bilinear", align_corners=False)[:, 0],
+                  config.smoothing_sigma)
+    if config.pixel_normalise:
+        maps = normalise_per_location(maps, model.pixel_mean, model.pixel_std)
+    return maps
+
+
+def normalise_per_location(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) error maps -> their excess over good images' level, in units of the spread there; maps as they
+    are while the statistics are not fitted (zero spread)."""
+    scale = std.float().mean()
+    if float(scale) <= 0:
+        return maps
+    return ((maps - mean.float()) / (std.float() + 0.1 * scale)).clamp_min(0)
 
 
 def image_scores(maps: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
@@ -107,7 +124,7 @@ def score_batch(model: torch.nn.Module, x: torch.Tensor, config: ScoringConfig) 
     """Score a preprocessed batch (B, C, H, W) in [0, 1] -> (scores (B,), maps (B, H, W)), float32."""
     if isinstance(model, FeatureReconstructor):
         out = model(x)
-        maps = feature_maps(out, x.shape[-1], config)
+        maps = feature_maps(model, out, x.shape[-1], config)
         local = image_scores(maps, config)
         if not config.local_reference:
             return local.float(), maps.float()

@@ -30,8 +30,9 @@ from inspector.model import (
 )
 from inspector.noise import NOISE_KINDS, corrupt_mixed
 from inspector.preprocess import to_tensor
+from inspector.quality_metrics import auroc
 from inspector.runtime import ModelRunner
-from inspector.scoring import ScoringConfig, global_errors
+from inspector.scoring import ScoringConfig, global_errors, image_scores, normalise_per_location
 from inspector.threshold import CalibrationStats, calibrate
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class TrainConfig:
     mode: Literal["features", "repair", "plain"] = "features"
     feature_steps: int = 1000  # optimiser steps of the feature reconstructor, each on feature_batch regions
     feature_batch: int = 2048
+    # Feature mode: when fewer good images than this would be held out, every good image is scored by a model
+    # that did not see it (cross_fit_folds folds) and the final model trains on all of them.
+    cross_fit_below: int = 50
+    cross_fit_folds: int = 5
     epochs: int = 40
     batch_size: int = 32
     lr: float = 2e-3
@@ -229,37 +234,65 @@ def _backbone_features(model: FeatureReconstructor, images: np.ndarray, device: 
                       for i in range(0, len(images), batch)])
 
 
+def backbone_features(images: np.ndarray, model_config: FeatureReconstructorConfig, config: TrainConfig,
+                      device: torch.device) -> torch.Tensor:
+    """(V, N, C, h, w) pretrained features, not yet standardised, of the images, of JPEG copies of them, and,
+    for a small set, of their mirror images (exact, and cheap next to a second photo shoot)."""
+    extractor = FeatureReconstructor(replace(model_config, global_components=1))
+    load_pretrained(extractor.backbone)
+    extractor.to(device)
+    # Cameras publish JPEG: its 8x8 blocks line up with the stride-8 features, and a model that never saw them
+    # scores every compressed good frame as a defect (ten times the threshold on synthetic bananas at q90).
+    views = [images, jpeg_copies(images, config.seed)]
+    if config.augment and len(images) < 200:
+        views += [np.ascontiguousarray(images[:, :, ::-1]), np.ascontiguousarray(images[:, ::-1])]
+    return torch.stack([_backbone_features(extractor, v, device) for v in views])
+
+
+def jpeg_copies(images: np.ndarray, seed: int, qualities: tuple[int, int] = (60, 95)) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB -> the same images through JPEG at a random quality each (the cameras' range)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        quality = int(rng.integers(qualities[0], qualities[1] + 1))
+        data = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+        out[i] = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+    return out
+
+
 def train_feature_model(
     images: np.ndarray,
     model_config: FeatureReconstructorConfig,
     config: TrainConfig,
     device: torch.device,
     *,
+    features: torch.Tensor | None = None,
     progress: bool = True,
 ) -> tuple[FeatureReconstructor, list[float]]:
     """Fit the feature reconstructor to (N, S, S, 3) uint8 RGB good images; returns it and the loss per 100 steps.
 
-    1. frozen backbone features of every image (and its mirror images when the set is small),
+    1. frozen backbone features of every image (`features`, from `backbone_features`, when already computed),
     2. per-channel standardisation and the linear autoencoder of the mean vector (closed form, by SVD),
     3. the per-region autoencoder on random regions of all images (its cost does not grow with the set).
     """
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
-    rank = min(model_config.global_components, max(1, len(images) // 2))
+    rank = min(model_config.global_components, max(1, len(images) // 2))  # fewer directions than images
     model_config = replace(model_config, global_components=rank)
     model = FeatureReconstructor(model_config)
     load_pretrained(model.backbone)
     model.to(device)
-    views = [images]
-    if config.augment and len(images) < 200:  # mirror images: exact, and cheap next to a second photo shoot
-        views += [np.ascontiguousarray(images[:, :, ::-1]), np.ascontiguousarray(images[:, ::-1])]
-    feats = torch.cat([_backbone_features(model, v, device) for v in views])  # (V*N, C, h, w)
+    if features is None:
+        features = backbone_features(images, model_config, config, device)
+    feats = features.flatten(0, 1)  # (V*N, C, h, w)
     mean = feats.mean(dim=(0, 2, 3), keepdim=True)
     std = feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
     model.feature_mean.copy_(mean.to(device))
     model.feature_std.copy_(std.to(device))
     feats = (feats - mean) / std
-    pooled = feats[: len(images)].mean(dim=(2, 3)).double()  # (N, C): originals only, mirrors add nothing global
+    pooled = feats[: 2 * len(images)].mean(dim=(2, 3)).double()  # (2N, C): originals and their JPEG copies
     centre = pooled.mean(dim=0)
     _, _, vh = torch.linalg.svd(pooled - centre, full_matrices=False)
     model.global_mean.copy_(centre.float().to(device))
@@ -289,19 +322,96 @@ def train_feature_model(
     return model, history
 
 
-def feature_scoring(model: FeatureReconstructor, good_images: np.ndarray, scoring: ScoringConfig,
-                    device: torch.device) -> ScoringConfig:
-    """The scoring config with the two references (mean + 3 std of held-out good images' local and global
-    scores), so that neither term's units decide which one raises the alert."""
+def _feature_terms(model: FeatureReconstructor, images: np.ndarray, scoring: ScoringConfig,
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(local scores (N,), global errors (N,), maps (N, S, S)) before the references are applied (and with
+    `scoring.pixel_normalise` as given)."""
     runner = ModelRunner(_with_scoring(model, scoring), device)
-    local = score_images(runner, good_images)[0].astype(np.float64)
-    glob = np.concatenate([global_errors(model, to_tensor(good_images[i : i + 32], device)).cpu().numpy()
-                           for i in range(0, len(good_images), 32)]).astype(np.float64)
+    local, maps = score_images(runner, images)
+    glob = np.concatenate([global_errors(model, to_tensor(images[i : i + 32], device)).cpu().numpy()
+                           for i in range(0, len(images), 32)])
+    return local.astype(np.float64), glob.astype(np.float64), maps
+
+
+def with_references(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray) -> ScoringConfig:
+    """The scoring config with the two references (mean + 3 std of good images' local and global scores), so
+    that neither term's units decide which one raises the alert."""
 
     def reference(s: np.ndarray) -> float:
         return float(max(s.mean() + 3 * s.std(), 1e-12))
 
     return replace(scoring, local_reference=reference(local), global_reference=reference(glob))
+
+
+def combined_scores(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray) -> np.ndarray:
+    """What `score_batch` gives for these terms under `scoring`'s references."""
+    return local / scoring.local_reference + glob / scoring.global_reference
+
+
+def feature_scoring(model: FeatureReconstructor, good_images: np.ndarray, scoring: ScoringConfig,
+                    device: torch.device) -> ScoringConfig:
+    """`with_references` from held-out good images."""
+    local, glob, _ = _feature_terms(model, good_images, scoring, device)
+    return with_references(scoring, local, glob)
+
+
+def cross_fitted_terms(images: np.ndarray, model_config: FeatureReconstructorConfig, config: TrainConfig,
+                       scoring: ScoringConfig, device: torch.device, features: torch.Tensor, *,
+                       progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold (global errors (N,), maps (N, S, S), maps of synthetic-anomaly copies (N, S, S)) for every
+    image: each fold scored by a model fitted to the others' `features` (the backbone runs once for all folds)."""
+    folds = np.array_split(np.random.default_rng(config.seed).permutation(len(images)), config.cross_fit_folds)
+    glob = np.zeros(len(images))
+    maps = np.zeros((len(images), *images.shape[1:3]), np.float32)
+    synth_maps = np.zeros_like(maps)
+    synthetic = synthetic_copies(images, config.seed)
+    for k, fold in enumerate(folds):
+        rest = np.setdiff1d(np.arange(len(images)), fold)
+        log.info("cross-fitting: fold %d of %d", k + 1, len(folds))
+        model, _ = train_feature_model(images[rest], model_config, config, device, features=features[:, rest],
+                                       progress=progress)
+        _, glob[fold], maps[fold] = _feature_terms(model, images[fold], scoring, device)
+        synth_maps[fold] = _feature_terms(model, synthetic[fold], scoring, device)[2]
+    return glob, maps, synth_maps
+
+
+def synthetic_copies(images: np.ndarray, seed: int) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> each image with one small synthetic defect (a blob of another image's recoloured
+    texture, a flat colour or noise), to choose between scoring variants without real defects."""
+    config = AnomalySynthConfig(probability=1.0, min_opacity=0.3, max_opacity=0.9, shape_share=1.0,
+                                shape_max_area=0.01)
+    g = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for i in range(0, len(images), 32):
+        clean = to_tensor(images[i : i + 32], "cpu", channels_last=False)  # (B, 3, S, S)
+        anomalous, _ = synthesize_anomalies(clean, config, g)
+        out.append((anomalous * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def choose_pixel_normalise(model: FeatureReconstructor, good_maps: np.ndarray, synth_maps: np.ndarray,
+                           scoring: ScoringConfig) -> tuple[bool, dict[str, float]]:
+    """Per-location normalisation helps where parts are aligned (a spindle, a sheet) and hurts where produce
+    lies anywhere on the belt: keep it only if it ranks synthetic defects of good images clearly better."""
+    labels = np.r_[np.zeros(len(good_maps), bool), np.ones(len(synth_maps), bool)]
+    both = torch.from_numpy(np.concatenate([good_maps, synth_maps]))
+    raw = auroc(labels, image_scores(both, scoring).numpy())
+    normalised = auroc(labels, image_scores(normalise_per_location(both, model.pixel_mean.cpu(),
+                                                                   model.pixel_std.cpu()), scoring).numpy())
+    return bool(normalised > raw + 0.005), {"raw": round(raw, 4), "per_location": round(normalised, 4)}
+
+
+def fit_pixel_statistics(model: FeatureReconstructor, maps: np.ndarray) -> None:
+    """Store the per-location mean and spread of good images' raw region-error maps (N, S, S) in the model."""
+    t = torch.from_numpy(maps).double()
+    model.pixel_mean.copy_(t.mean(dim=0).float())
+    model.pixel_std.copy_(t.std(dim=0).float() if len(maps) > 1 else torch.zeros_like(t[0]).float())
+
+
+def _pixel_sample(maps: np.ndarray) -> np.ndarray:
+    # A fixed-size random sample of good pixels is enough for a 0.9999 quantile.
+    flat = maps.reshape(-1)
+    return flat if flat.size <= 2_000_000 else np.random.default_rng(0).choice(flat, 2_000_000, replace=False)
 
 
 def _with_scoring(model: FeatureReconstructor, scoring: ScoringConfig) -> ModelArtifact:
@@ -339,11 +449,8 @@ def calibrate_artifact(
     runner = ModelRunner(artifact, device)
     good_scores, good_maps = score_images(runner, good_images)
     defect_scores = score_images(runner, defect_images)[0] if defect_images is not None else None
-    # Pixel level: a fixed-size random sample of good pixels is enough for a 0.9999 quantile.
-    flat = good_maps.reshape(-1)
-    rng = np.random.default_rng(0)
-    sample = flat if flat.size <= 2_000_000 else rng.choice(flat, 2_000_000, replace=False)
-    stats: CalibrationStats = calibrate(good_scores, sample, target_false_alarm, defect_scores=defect_scores)
+    stats: CalibrationStats = calibrate(good_scores, _pixel_sample(good_maps), target_false_alarm,
+                                        defect_scores=defect_scores)
     return artifact.with_calibration(stats)
 
 
@@ -360,15 +467,46 @@ def train_and_calibrate(
     model_version: str | None = None,
     progress: bool = True,
 ) -> ModelArtifact:
-    """The `inspector train` pipeline: hold out a calibration split, train, calibrate, save."""
+    """The `inspector train` pipeline: hold out a calibration split (or cross-fit), train, calibrate, save."""
     t0 = time.time()
     train_idx, cal_idx = split_for_calibration(len(images), config.calibration_fraction, config.seed)
     if len(cal_idx) == 0:
         cal_idx = train_idx  # a handful of images: calibrate on what we have, and say so below
     scoring = scoring or default_scoring(config.mode)
     model: Autoencoder | RepairAutoencoder | FeatureReconstructor
-    if isinstance(model_config, FeatureReconstructorConfig):
+    calibration: CalibrationStats | None = None
+    calibration_scores = "held out"
+    pixel_choice: dict[str, float] = {}  # synthetic-defect AUROC of the two map variants, feature mode
+    if (isinstance(model_config, FeatureReconstructorConfig) and config.cross_fit_folds > 1
+            and 0 < len(cal_idx) < config.cross_fit_below and len(images) >= 2 * config.cross_fit_folds):
+        features = backbone_features(images, model_config, config, device)
+        raw = replace(scoring, pixel_normalise=False)
+        glob, raw_maps, synth_maps = cross_fitted_terms(images, model_config, config, raw, device, features,
+                                                        progress=progress)
+        model, history = train_feature_model(images, model_config, config, device, features=features,
+                                             progress=progress)
+        del features
+        fit_pixel_statistics(model, raw_maps)
+        chosen, pixel_choice = choose_pixel_normalise(model, raw_maps, synth_maps, scoring)
+        scoring = replace(scoring, pixel_normalise=scoring.pixel_normalise and chosen)
+        maps = torch.from_numpy(raw_maps)
+        if scoring.pixel_normalise:
+            maps = normalise_per_location(maps, model.pixel_mean.cpu(), model.pixel_std.cpu())
+        local = image_scores(maps, scoring).double().numpy()
+        scoring = with_references(scoring, local, glob)
+        calibration = calibrate(combined_scores(scoring, local, glob), _pixel_sample(maps.numpy()),
+                                config.target_false_alarm)
+        train_idx = cal_idx = np.arange(len(images))
+        calibration_scores = f"out of fold ({config.cross_fit_folds} folds)"
+    elif isinstance(model_config, FeatureReconstructorConfig):
         model, history = train_feature_model(images[train_idx], model_config, config, device, progress=progress)
+        raw = replace(scoring, pixel_normalise=False)
+        fit = images[train_idx][:: max(1, len(train_idx) // 200)]  # the spread of up to 200 training images' errors
+        fit_pixel_statistics(model, _feature_terms(model, fit, raw, device)[2])
+        good_maps = _feature_terms(model, images[cal_idx], raw, device)[2]
+        synth_maps = _feature_terms(model, synthetic_copies(images[cal_idx], config.seed), raw, device)[2]
+        chosen, pixel_choice = choose_pixel_normalise(model, good_maps, synth_maps, scoring)
+        scoring = replace(scoring, pixel_normalise=scoring.pixel_normalise and chosen)
         scoring = feature_scoring(model, images[cal_idx], scoring, device)
     else:
         model, history = train_model(images[train_idx], model_config, config, device,
@@ -383,14 +521,20 @@ def train_and_calibrate(
             "n_images": int(len(images)),
             "n_train": int(len(train_idx)),
             "n_calibration": int(len(cal_idx)),
-            "calibration_held_out": bool(len(cal_idx) and not np.array_equal(cal_idx, train_idx)),
+            "calibration_held_out": bool(len(cal_idx) and not np.array_equal(cal_idx, train_idx))
+            or calibration is not None,
+            "calibration_scores": calibration_scores,
+            "pixel_normalise_auroc": pixel_choice,
             "data_fingerprint": data_fingerprint(paths) if paths else "",
             "final_loss": history[-1] if history else None,
             "seconds": round(time.time() - t0, 1),
             "device": device.type,
         },
     )
-    artifact = calibrate_artifact(artifact, images[cal_idx], config.target_false_alarm, device)
+    if calibration is None:
+        artifact = calibrate_artifact(artifact, images[cal_idx], config.target_false_alarm, device)
+    else:
+        artifact = artifact.with_calibration(calibration)
     saved = artifact_io.save(artifact, out)
     checkpoint = out.with_suffix(".ckpt")
     if checkpoint.exists():
