@@ -42,14 +42,7 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> "AutoencoderConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown autoencoder config fields: {sorted(unknown)}")
-        values = dict(data)
-        if "widths" in values:
-            values["widths"] = tuple(values["widths"])  # type: ignore[arg-type]
-        return cls(**values)  # type: ignore[arg-type]
+        return _from_dict(cls, data)
 
     @property
     def latent_size(self) -> int:
