@@ -123,14 +123,11 @@ def image_scores(maps: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
 def score_batch(model: torch.nn.Module, x: torch.Tensor, config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Score a preprocessed batch (B, C, H, W) in [0, 1] -> (scores (B,), maps (B, H, W)), float32."""
     if isinstance(model, FeatureReconstructor):
-        out = model(x)
-        maps = feature_maps(model, out, x.shape[-1], config)
-        local = image_scores(maps, config)
+        local, pooled_err, maps = feature_terms(model, x, config)
         if not config.local_reference:
             return local.float(), maps.float()
         scores = local / config.local_reference
         if config.global_reference:
-            pooled_err = (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)  # (B,)
             scores = scores + pooled_err / config.global_reference
         return scores.float(), maps.float()
     recon = model(x)
@@ -141,11 +138,14 @@ def score_batch(model: torch.nn.Module, x: torch.Tensor, config: ScoringConfig) 
     return image_scores(maps, config).float(), maps.float()
 
 
-def global_errors(model: FeatureReconstructor, x: torch.Tensor) -> torch.Tensor:
-    """(B,) the mean feature vector's reconstruction error: the global term, before its reference."""
-    with torch.inference_mode():
-        out = model(x)
-        return (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)
+def feature_terms(model: FeatureReconstructor, x: torch.Tensor,
+                  config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass of a feature reconstructor -> (local scores (B,), global errors (B,), maps (B, S, S)), before the
+    references that `score_batch` divides them by."""
+    out = model(x)
+    maps = feature_maps(model, out, x.shape[-1], config)
+    pooled_err = (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)  # (B,)
+    return image_scores(maps, config), pooled_err, maps
 
 
 class RegionBox(NamedTuple):

@@ -31,14 +31,11 @@ from inspector.model import (
 from inspector.noise import NOISE_KINDS, corrupt_mixed
 from inspector.preprocess import to_tensor
 from inspector.quality_metrics import auroc
-from inspector.runtime import ModelRunner
-from inspector.scoring import ScoringConfig, global_errors, image_scores, normalise_per_location
+from inspector.runtime import ModelRunner, fuse_conv_bn
+from inspector.scoring import ScoringConfig, feature_terms, image_scores, normalise_per_location
 from inspector.threshold import CalibrationStats, calibrate
 
 log = logging.getLogger(__name__)
-
-
-MODES = ("features", "repair", "plain")
 
 
 @dataclass(frozen=True)
@@ -322,15 +319,16 @@ def train_feature_model(
     return model, history
 
 
+@torch.inference_mode()
 def _feature_terms(model: FeatureReconstructor, images: np.ndarray, scoring: ScoringConfig,
-                   device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   device: torch.device, batch: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(local scores (N,), global errors (N,), maps (N, S, S)) before the references are applied (and with
-    `scoring.pixel_normalise` as given)."""
-    runner = ModelRunner(_with_scoring(model, scoring), device)
-    local, maps = score_images(runner, images)
-    glob = np.concatenate([global_errors(model, to_tensor(images[i : i + 32], device)).cpu().numpy()
-                           for i in range(0, len(images), 32)])
-    return local.astype(np.float64), glob.astype(np.float64), maps
+    `scoring.pixel_normalise` as given), one backbone pass per image."""
+    fused = fuse_conv_bn(model)
+    terms = [feature_terms(fused, to_tensor(images[i : i + batch], device), scoring)
+             for i in range(0, len(images), batch)]
+    local, glob, maps = (torch.cat([t[k].float().cpu() for t in terms]) for k in range(3))
+    return local.double().numpy(), glob.double().numpy(), maps.numpy()
 
 
 def with_references(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray) -> ScoringConfig:
@@ -412,10 +410,6 @@ def _pixel_sample(maps: np.ndarray) -> np.ndarray:
     # A fixed-size random sample of good pixels is enough for a 0.9999 quantile.
     flat = maps.reshape(-1)
     return flat if flat.size <= 2_000_000 else np.random.default_rng(0).choice(flat, 2_000_000, replace=False)
-
-
-def _with_scoring(model: FeatureReconstructor, scoring: ScoringConfig) -> ModelArtifact:
-    return ModelArtifact(model=model, scoring=replace(scoring, local_reference=0.0, global_reference=0.0))
 
 
 def default_scoring(mode: str) -> ScoringConfig:
