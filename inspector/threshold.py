@@ -246,3 +246,9 @@ def calibrate(
                         "max": float(s.max())},
         tail_power=tail_power,
     )
+
+
+def pixel_sample(maps: np.ndarray, size: int = 2_000_000) -> np.ndarray:
+    """Good images' map values, flattened; a fixed-size random sample is enough for the 0.9999 pixel quantile."""
+    flat = np.asarray(maps).reshape(-1)
+    return flat if flat.size <= size else np.random.default_rng(0).choice(flat, size, replace=False)

@@ -1,0 +1,264 @@
+"""Fitting the feature reconstructor: backbone features (with JPEG and mirror copies), the two bottlenecks, the
+references that weigh its local and global terms, per-location normalisation chosen by synthetic defects, and
+cross-fitted calibration for small sets. `inspector.train.train_and_calibrate` calls `fit_feature_model`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from inspector.anomaly_synth import AnomalySynthConfig, synthesize_anomalies
+from inspector.backbone import load_pretrained
+from inspector.model import FeatureReconstructor, FeatureReconstructorConfig
+from inspector.preprocess import to_tensor
+from inspector.quality_metrics import auroc
+from inspector.runtime import fuse_conv_bn
+from inspector.scoring import ScoringConfig, feature_terms, image_scores, normalise_per_location
+from inspector.threshold import CalibrationStats, calibrate, pixel_sample
+
+if TYPE_CHECKING:
+    from inspector.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureFit:
+    """What `fit_feature_model` gives `train_and_calibrate`."""
+
+    model: FeatureReconstructor
+    history: list[float]  # loss per 100 steps
+    scoring: ScoringConfig  # with its references and the per-location choice
+    calibration: CalibrationStats | None  # set when cross-fitted (out-of-fold scores); else calibrate held out
+    pixel_choice: dict[str, float] = field(default_factory=dict)  # synthetic-defect AUROC of both map variants
+
+    @property
+    def cross_fitted(self) -> bool:
+        return self.calibration is not None
+
+
+def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.ndarray,
+                      model_config: FeatureReconstructorConfig, config: TrainConfig, scoring: ScoringConfig,
+                      device: torch.device, *, progress: bool = True) -> FeatureFit:
+    """Fit on `train_idx` and set the references on `cal_idx`; or, when fewer than `config.cross_fit_below`
+    images would be held out, cross-fit: every image scored out of fold, the final model fitted to all."""
+    if (config.cross_fit_folds > 1 and 0 < len(cal_idx) < config.cross_fit_below
+            and len(images) >= 2 * config.cross_fit_folds):
+        features = backbone_features(images, model_config, config, device)
+        raw = replace(scoring, pixel_normalise=False)
+        glob, raw_maps, synth_maps = cross_fitted_terms(images, model_config, config, raw, device, features,
+                                                        progress=progress)
+        model, history = train_feature_model(images, model_config, config, device, features=features,
+                                             progress=progress)
+        del features
+        fit_pixel_statistics(model, raw_maps)
+        chosen, pixel_choice = choose_pixel_normalise(model, raw_maps, synth_maps, scoring)
+        scoring = replace(scoring, pixel_normalise=scoring.pixel_normalise and chosen)
+        maps = torch.from_numpy(raw_maps)
+        if scoring.pixel_normalise:
+            maps = normalise_per_location(maps, model.pixel_mean.cpu(), model.pixel_std.cpu())
+        local = image_scores(maps, scoring).double().numpy()
+        scoring = with_references(scoring, local, glob)
+        calibration = calibrate(combined_scores(scoring, local, glob), pixel_sample(maps.numpy()),
+                                config.target_false_alarm)
+        return FeatureFit(model, history, scoring, calibration, pixel_choice)
+    model, history = train_feature_model(images[train_idx], model_config, config, device, progress=progress)
+    raw = replace(scoring, pixel_normalise=False)
+    fit = images[train_idx][:: max(1, len(train_idx) // 200)]  # the spread of up to 200 training images' errors
+    fit_pixel_statistics(model, _feature_terms(model, fit, raw, device)[2])
+    good_maps = _feature_terms(model, images[cal_idx], raw, device)[2]
+    synth_maps = _feature_terms(model, synthetic_copies(images[cal_idx], config.seed), raw, device)[2]
+    chosen, pixel_choice = choose_pixel_normalise(model, good_maps, synth_maps, scoring)
+    scoring = replace(scoring, pixel_normalise=scoring.pixel_normalise and chosen)
+    scoring = feature_scoring(model, images[cal_idx], scoring, device)
+    return FeatureFit(model, history, scoring, None, pixel_choice)
+
+
+@torch.no_grad()
+def _backbone_features(model: FeatureReconstructor, images: np.ndarray, device: torch.device,
+                       batch: int = 16) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, C, h, w) float32 on the CPU, with the model's standardisation."""
+    model.eval()
+    return torch.cat([model.features(to_tensor(images[i : i + batch], device)).float().cpu()
+                      for i in range(0, len(images), batch)])
+
+
+def backbone_features(images: np.ndarray, model_config: FeatureReconstructorConfig, config: TrainConfig,
+                      device: torch.device) -> torch.Tensor:
+    """(V, N, C, h, w) pretrained features, not yet standardised, of the images, of JPEG copies of them, and,
+    for a small set, of their mirror images (exact, and cheap next to a second photo shoot)."""
+    extractor = FeatureReconstructor(replace(model_config, global_components=1))
+    load_pretrained(extractor.backbone)
+    extractor.to(device)
+    # Cameras publish JPEG: its 8x8 blocks line up with the stride-8 features, and a model that never saw them
+    # scores every compressed good frame as a defect (ten times the threshold on synthetic bananas at q90).
+    views = [images, jpeg_copies(images, config.seed)]
+    if config.augment and len(images) < 200:
+        views += [np.ascontiguousarray(images[:, :, ::-1]), np.ascontiguousarray(images[:, ::-1])]
+    return torch.stack([_backbone_features(extractor, v, device) for v in views])
+
+
+def jpeg_copies(images: np.ndarray, seed: int, qualities: tuple[int, int] = (60, 95)) -> np.ndarray:
+    """(N, S, S, 3) uint8 RGB -> the same images through JPEG at a random quality each (the cameras' range)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        quality = int(rng.integers(qualities[0], qualities[1] + 1))
+        data = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+        out[i] = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+    return out
+
+
+def train_feature_model(
+    images: np.ndarray,
+    model_config: FeatureReconstructorConfig,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    features: torch.Tensor | None = None,
+    progress: bool = True,
+) -> tuple[FeatureReconstructor, list[float]]:
+    """Fit the feature reconstructor to (N, S, S, 3) uint8 RGB good images; returns it and the loss per 100 steps.
+
+    1. frozen backbone features of every image (`features`, from `backbone_features`, when already computed),
+    2. per-channel standardisation and the linear autoencoder of the mean vector (closed form, by SVD),
+    3. the per-region autoencoder on random regions of all images (its cost does not grow with the set).
+    """
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    rank = min(model_config.global_components, max(1, len(images) // 2))  # fewer directions than images
+    model_config = replace(model_config, global_components=rank)
+    model = FeatureReconstructor(model_config)
+    load_pretrained(model.backbone)
+    model.to(device)
+    if features is None:
+        features = backbone_features(images, model_config, config, device)
+    feats = features.flatten(0, 1)  # (V*N, C, h, w)
+    mean = feats.mean(dim=(0, 2, 3), keepdim=True)
+    std = feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+    model.feature_mean.copy_(mean.to(device))
+    model.feature_std.copy_(std.to(device))
+    feats = (feats - mean) / std
+    pooled = feats[: 2 * len(images)].mean(dim=(2, 3)).double()  # (2N, C): originals and their JPEG copies
+    centre = pooled.mean(dim=0)
+    _, _, vh = torch.linalg.svd(pooled - centre, full_matrices=False)
+    model.global_mean.copy_(centre.float().to(device))
+    model.global_basis.copy_(vh[:rank].float().to(device))
+
+    regions = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])  # (V*N*h*w, C)
+    local = model.local.train()
+    opt = torch.optim.AdamW(local.parameters(), lr=config.lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.feature_steps)
+    history: list[float] = []
+    running = 0.0
+    bar = tqdm(range(config.feature_steps), desc="train", unit="step", disable=not progress)
+    for step in bar:
+        batch = regions[torch.randint(len(regions), (config.feature_batch,), generator=g)].to(device)
+        batch = batch[:, :, None, None]  # (B, C, 1, 1): the 1x1 convolutions see one region each
+        loss = F.mse_loss(local(batch), batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += loss.item()
+        if (step + 1) % 100 == 0 or step + 1 == config.feature_steps:
+            history.append(running / (step % 100 + 1))
+            running = 0.0
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+    model.eval()
+    return model, history
+
+
+@torch.inference_mode()
+def _feature_terms(model: FeatureReconstructor, images: np.ndarray, scoring: ScoringConfig,
+                   device: torch.device, batch: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(local scores (N,), global errors (N,), maps (N, S, S)) before the references are applied (and with
+    `scoring.pixel_normalise` as given), one backbone pass per image."""
+    fused = fuse_conv_bn(model)
+    terms = [feature_terms(fused, to_tensor(images[i : i + batch], device), scoring)
+             for i in range(0, len(images), batch)]
+    local, glob, maps = (torch.cat([t[k].float().cpu() for t in terms]) for k in range(3))
+    return local.double().numpy(), glob.double().numpy(), maps.numpy()
+
+
+def with_references(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray) -> ScoringConfig:
+    """The scoring config with the two references (mean + 3 std of good images' local and global scores), so
+    that neither term's units decide which one raises the alert."""
+
+    def reference(s: np.ndarray) -> float:
+        return float(max(s.mean() + 3 * s.std(), 1e-12))
+
+    return replace(scoring, local_reference=reference(local), global_reference=reference(glob))
+
+
+def combined_scores(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray) -> np.ndarray:
+    """What `score_batch` gives for these terms under `scoring`'s references."""
+    return local / scoring.local_reference + glob / scoring.global_reference
+
+
+def feature_scoring(model: FeatureReconstructor, good_images: np.ndarray, scoring: ScoringConfig,
+                    device: torch.device) -> ScoringConfig:
+    """`with_references` from held-out good images."""
+    local, glob, _ = _feature_terms(model, good_images, scoring, device)
+    return with_references(scoring, local, glob)
+
+
+def cross_fitted_terms(images: np.ndarray, model_config: FeatureReconstructorConfig, config: TrainConfig,
+                       scoring: ScoringConfig, device: torch.device, features: torch.Tensor, *,
+                       progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Out-of-fold (global errors (N,), maps (N, S, S), maps of synthetic-anomaly copies (N, S, S)) for every
+    image: each fold scored by a model fitted to the others' `features` (the backbone runs once for all folds)."""
+    folds = np.array_split(np.random.default_rng(config.seed).permutation(len(images)), config.cross_fit_folds)
+    glob = np.zeros(len(images))
+    maps = np.zeros((len(images), *images.shape[1:3]), np.float32)
+    synth_maps = np.zeros_like(maps)
+    synthetic = synthetic_copies(images, config.seed)
+    for k, fold in enumerate(folds):
+        rest = np.setdiff1d(np.arange(len(images)), fold)
+        log.info("cross-fitting: fold %d of %d", k + 1, len(folds))
+        model, _ = train_feature_model(images[rest], model_config, config, device, features=features[:, rest],
+                                       progress=progress)
+        _, glob[fold], maps[fold] = _feature_terms(model, images[fold], scoring, device)
+        synth_maps[fold] = _feature_terms(model, synthetic[fold], scoring, device)[2]
+    return glob, maps, synth_maps
+
+
+def synthetic_copies(images: np.ndarray, seed: int) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> each image with one small synthetic defect (a blob of another image's recoloured
+    texture, a flat colour or noise), to choose between scoring variants without real defects."""
+    config = AnomalySynthConfig(probability=1.0, min_opacity=0.3, max_opacity=0.9, shape_share=1.0,
+                                shape_max_area=0.01)
+    g = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for i in range(0, len(images), 32):
+        clean = to_tensor(images[i : i + 32], "cpu", channels_last=False)  # (B, 3, S, S)
+        anomalous, _ = synthesize_anomalies(clean, config, g)
+        out.append((anomalous * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def choose_pixel_normalise(model: FeatureReconstructor, good_maps: np.ndarray, synth_maps: np.ndarray,
+                           scoring: ScoringConfig) -> tuple[bool, dict[str, float]]:
+    """Per-location normalisation helps where parts are aligned (a spindle, a sheet) and hurts where produce
+    lies anywhere on the belt: keep it only if it ranks synthetic defects of good images clearly better."""
+    labels = np.r_[np.zeros(len(good_maps), bool), np.ones(len(synth_maps), bool)]
+    both = torch.from_numpy(np.concatenate([good_maps, synth_maps]))
+    raw = auroc(labels, image_scores(both, scoring).numpy())
+    normalised = auroc(labels, image_scores(normalise_per_location(both, model.pixel_mean.cpu(),
+                                                                   model.pixel_std.cpu()), scoring).numpy())
+    return bool(normalised > raw + 0.005), {"raw": round(raw, 4), "per_location": round(normalised, 4)}
+
+
+def fit_pixel_statistics(model: FeatureReconstructor, maps: np.ndarray) -> None:
+    """Store the per-location mean and spread of good images' raw region-error maps (N, S, S) in the model."""
+    t = torch.from_numpy(maps).double()
+    model.pixel_mean.copy_(t.mean(dim=0).float())
+    model.pixel_std.copy_(t.std(dim=0).float() if len(maps) > 1 else torch.zeros_like(t[0]).float())
