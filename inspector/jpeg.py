@@ -54,6 +54,9 @@ def validate_jpeg(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int,
     if len(data) > max_bytes:
         raise BadFrame("oversized", f"{len(data)} bytes > {max_bytes}")
     height, width = jpeg_dimensions(data)
+    # Checked here, not at decode: on CUDA the bytes go from validation straight to nvJPEG.
+    if height * width > max_pixels:
+        raise BadFrame("too_many_pixels", f"{width}x{height}")
     # libjpeg "decodes" a truncated stream by filling the rest with grey; refuse it instead. A few
     # cameras pad after the end-of-image marker, so look for it near the end, not only at the end.
     if b"\xff\xd9" not in data[-64:]:
@@ -64,8 +67,6 @@ def validate_jpeg(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int,
 def decode_jpeg(data: bytes, *, size: int, max_bytes: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Validate and decode JPEG bytes -> ((size, size, 3) uint8 RGB, (frame height, frame width))."""
     height, width = validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels)
-    if height * width > max_pixels:
-        raise BadFrame("too_many_pixels", f"{width}x{height}")
     # libjpeg can decode at 1/2, 1/4, 1/8 scale directly: far cheaper than a full decode then resize.
     shrink = min(height, width) // size
     flag = cv2.IMREAD_COLOR

@@ -46,7 +46,7 @@ from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 
 from .conftest import TopicReader, Topics, committed_offsets, producer_settings
-from .poison import MAX_FRAME_BYTES, Poison, draw_poison
+from ..poison import MAX_FRAME_BYTES, Poison, draw_poison
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -233,7 +233,7 @@ def test_a_broker_outage_is_ridden_out_by_producer_and_worker(own_broker, start_
              dead_lettered=0)
 
 
-# ---- 3. poison frames (tests/integration/poison.py) --------------------------------------------------------
+# ---- 3. poison frames (tests/poison.py) --------------------------------------------------------
 
 
 def test_poison_frames_are_dead_lettered_and_the_worker_stays_up(topics, start_worker, reader, capsys):

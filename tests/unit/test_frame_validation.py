@@ -1,0 +1,23 @@
+"""Every poison record is refused with its dead-letter reason on both decode paths: the CPU decode, and the
+validate-only path whose bytes go on to nvJPEG on a GPU (tested here without one)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from inspector.worker import decode_record
+
+from ..poison import MAX_FRAME_BYTES, draw_poison
+
+MAX_PIXELS = 4096 * 4096  # Settings.limits.max_pixels' default
+
+
+@pytest.mark.parametrize("decode", [True, False], ids=["cpu-decode", "validate-only"])
+def test_poison_frames_are_refused_with_their_reason_before_any_decoder(decode: bool) -> None:
+    poison = draw_poison(per_kind=5)
+    assert {p.kind for p in poison} >= {"bomb", "truncated", "random", "oversized"}
+    for p in poison:
+        record = SimpleNamespace(value=p.value, headers=p.headers, key=p.key)
+        got = decode_record(record, size=64, max_bytes=MAX_FRAME_BYTES, max_pixels=MAX_PIXELS, decode=decode)
+        assert got.error is not None, f"{p.kind} frame accepted (decode={decode})"
+        assert got.error.reason in p.reasons, f"{p.kind}: {got.error.reason} not in {sorted(p.reasons)}"
