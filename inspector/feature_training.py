@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -80,19 +80,29 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
     return FeatureFit(model, history, scoring, None, pixel_choice)
 
 
+class BackboneFeatures(NamedTuple):
+    """Pretrained features of V views of N images, not yet standardised."""
+
+    local: torch.Tensor  # (V, N, C, h, w)
+    pooled: torch.Tensor  # (V, N, G) the global block's mean feature vectors
+
+    def subset(self, index: np.ndarray) -> "BackboneFeatures":
+        return BackboneFeatures(self.local[:, index], self.pooled[:, index])
+
+
 @torch.no_grad()
 def _backbone_features(model: FeatureReconstructor, images: np.ndarray, device: torch.device,
-                       batch: int = 16) -> torch.Tensor:
-    """(N, S, S, 3) uint8 -> (N, C, h, w) float32 on the CPU, with the model's standardisation."""
+                       batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, S, S, 3) uint8 -> ((N, C, h, w), (N, G)) float32 on the CPU, with the model's standardisation."""
     model.eval()
-    return torch.cat([model.features(to_tensor(images[i : i + batch], device)).float().cpu()
-                      for i in range(0, len(images), batch)])
+    parts = [model.features(to_tensor(images[i : i + batch], device)) for i in range(0, len(images), batch)]
+    return torch.cat([p[0].float().cpu() for p in parts]), torch.cat([p[1].float().cpu() for p in parts])
 
 
 def backbone_features(images: np.ndarray, model_config: FeatureReconstructorConfig, config: TrainConfig,
-                      device: torch.device) -> torch.Tensor:
-    """(V, N, C, h, w) pretrained features, not yet standardised, of the images, of JPEG copies of them, and,
-    for a small set, of their mirror images (exact, and cheap next to a second photo shoot)."""
+                      device: torch.device) -> BackboneFeatures:
+    """Pretrained features of the images, of JPEG copies of them, and, for a small set, of their mirror images
+    (exact, and cheap next to a second photo shoot)."""
     extractor = FeatureReconstructor(replace(model_config, global_components=1))
     load_pretrained(extractor.backbone)
     extractor.to(device)
@@ -101,7 +111,8 @@ def backbone_features(images: np.ndarray, model_config: FeatureReconstructorConf
     views = [images, jpeg_copies(images, config.seed)]
     if config.augment and len(images) < 200:
         views += [np.ascontiguousarray(images[:, :, ::-1]), np.ascontiguousarray(images[:, ::-1])]
-    return torch.stack([_backbone_features(extractor, v, device) for v in views])
+    local, pooled = zip(*(_backbone_features(extractor, v, device) for v in views))
+    return BackboneFeatures(torch.stack(local), torch.stack(pooled))
 
 
 def jpeg_copies(images: np.ndarray, seed: int, qualities: tuple[int, int] = (60, 95)) -> np.ndarray:
@@ -123,13 +134,14 @@ def train_feature_model(
     config: TrainConfig,
     device: torch.device,
     *,
-    features: torch.Tensor | None = None,
+    features: BackboneFeatures | None = None,
     progress: bool = True,
 ) -> tuple[FeatureReconstructor, list[float]]:
     """Fit the feature reconstructor to (N, S, S, 3) uint8 RGB good images; returns it and the loss per 100 steps.
 
     1. frozen backbone features of every image (`features`, from `backbone_features`, when already computed),
-    2. per-channel standardisation and the linear autoencoder of the mean vector (closed form, by SVD),
+    2. per-channel standardisation and the linear autoencoder of the global block's mean vector (closed form,
+       by SVD, on the originals and their JPEG copies),
     3. the per-region autoencoder on random regions of all images (its cost does not grow with the set).
     """
     torch.manual_seed(config.seed)
@@ -141,13 +153,19 @@ def train_feature_model(
     model.to(device)
     if features is None:
         features = backbone_features(images, model_config, config, device)
-    feats = features.flatten(0, 1)  # (V*N, C, h, w)
+    feats = features.local.flatten(0, 1)  # (V*N, C, h, w)
     mean = feats.mean(dim=(0, 2, 3), keepdim=True)
     std = feats.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
     model.feature_mean.copy_(mean.to(device))
     model.feature_std.copy_(std.to(device))
     feats = (feats - mean) / std
-    pooled = feats[: 2 * len(images)].mean(dim=(2, 3)).double()  # (2N, C): originals and their JPEG copies
+    if model_config.global_block:
+        pooled = features.pooled[:2].flatten(0, 1).double()  # (2N, G): originals and their JPEG copies
+        model.pooled_mean.copy_(pooled.mean(dim=0).float().to(device))
+        model.pooled_std.copy_(pooled.std(dim=0).clamp_min(1e-6).float().to(device))
+        pooled = (pooled - pooled.mean(dim=0)) / pooled.std(dim=0).clamp_min(1e-6)
+    else:
+        pooled = feats[: 2 * len(images)].mean(dim=(2, 3)).double()
     centre = pooled.mean(dim=0)
     _, _, vh = torch.linalg.svd(pooled - centre, full_matrices=False)
     model.global_mean.copy_(centre.float().to(device))
@@ -201,7 +219,7 @@ def with_references(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray)
 
 def combined_scores(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray) -> np.ndarray:
     """What `score_batch` gives for these terms under `scoring`'s references."""
-    return local / scoring.local_reference + glob / scoring.global_reference
+    return local / scoring.local_reference + scoring.global_weight * glob / scoring.global_reference
 
 
 def feature_scoring(model: FeatureReconstructor, good_images: np.ndarray, scoring: ScoringConfig,
@@ -212,7 +230,7 @@ def feature_scoring(model: FeatureReconstructor, good_images: np.ndarray, scorin
 
 
 def cross_fitted_terms(images: np.ndarray, model_config: FeatureReconstructorConfig, config: TrainConfig,
-                       scoring: ScoringConfig, device: torch.device, features: torch.Tensor, *,
+                       scoring: ScoringConfig, device: torch.device, features: BackboneFeatures, *,
                        progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Out-of-fold (global errors (N,), maps (N, S, S), maps of synthetic-anomaly copies (N, S, S)) for every
     image: each fold scored by a model fitted to the others' `features` (the backbone runs once for all folds)."""
@@ -224,7 +242,7 @@ def cross_fitted_terms(images: np.ndarray, model_config: FeatureReconstructorCon
     for k, fold in enumerate(folds):
         rest = np.setdiff1d(np.arange(len(images)), fold)
         log.info("cross-fitting: fold %d of %d", k + 1, len(folds))
-        model, _ = train_feature_model(images[rest], model_config, config, device, features=features[:, rest],
+        model, _ = train_feature_model(images[rest], model_config, config, device, features=features.subset(rest),
                                        progress=progress)
         _, glob[fold], maps[fold] = _feature_terms(model, images[fold], scoring, device)
         synth_maps[fold] = _feature_terms(model, synthetic[fold], scoring, device)[2]

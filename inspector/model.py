@@ -191,7 +191,8 @@ class RepairAutoencoder(nn.Module):
 class FeatureReconstructorConfig:
     """Reconstruction in a pretrained feature space: frozen EfficientNet-Lite0 features of each image region
     are squeezed through a bottleneck and rebuilt; what the bottleneck of good images cannot rebuild is the
-    anomaly. A linear autoencoder does the same for the image's mean feature vector (whole-object changes)."""
+    anomaly. A linear autoencoder does the same for the mean feature vector of a deeper block (whole-object
+    changes: rot, bruising, a wrong colour)."""
 
     image_size: int = 256
     in_channels: int = 3
@@ -200,17 +201,26 @@ class FeatureReconstructorConfig:
     hidden_channels: int = 128
     latent_channels: int = 32  # the bottleneck of the per-region autoencoder
     global_components: int = 32  # rank of the linear autoencoder of the mean feature vector
+    # The block whose mean feature vector the global term rebuilds; 0 = the mean of the local features (files
+    # written before block 15 was used). Block 15 ranks held-out rotten oranges 0.987 against 0.973 for block 10.
+    global_block: int = 15
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         if not self.blocks or any(b not in BLOCK_CHANNELS for b in self.blocks):
             raise ValueError(f"blocks must be taken from {sorted(BLOCK_CHANNELS)}, got {self.blocks}")
+        if self.global_block and self.global_block not in BLOCK_CHANNELS:
+            raise ValueError(f"global_block must be 0 or one of {sorted(BLOCK_CHANNELS)}, got {self.global_block}")
         if self.image_size % 16:
             raise ValueError(f"image_size {self.image_size} is not divisible by 16")
 
     @property
     def feature_channels(self) -> int:
         return sum(BLOCK_CHANNELS[b][0] for b in self.blocks)
+
+    @property
+    def global_channels(self) -> int:
+        return BLOCK_CHANNELS[self.global_block][0] if self.global_block else self.feature_channels
 
     @property
     def feature_size(self) -> int:
@@ -221,14 +231,14 @@ class FeatureReconstructorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> "FeatureReconstructorConfig":
-        return _from_dict(cls, data)
+        return _from_dict(cls, {"global_block": 0, **data})  # a file without the field pooled the local features
 
 
 class FeatureReconstruction(NamedTuple):
     local: torch.Tensor  # (B, C, h, w) standardised features
     local_recon: torch.Tensor  # (B, C, h, w)
-    pooled: torch.Tensor  # (B, C) mean feature vector
-    pooled_recon: torch.Tensor  # (B, C)
+    pooled: torch.Tensor  # (B, G) standardised mean feature vector of the global block
+    pooled_recon: torch.Tensor  # (B, G)
 
 
 class FeatureReconstructor(nn.Module):
@@ -239,7 +249,7 @@ class FeatureReconstructor(nn.Module):
         config = config or FeatureReconstructorConfig()
         self.config = config
         c = config.feature_channels
-        self.backbone = EfficientNetLite0Features(last_block=max(config.blocks))
+        self.backbone = EfficientNetLite0Features(last_block=max(*config.blocks, config.global_block))
         self.register_buffer("feature_mean", torch.zeros(1, c, 1, 1))
         self.register_buffer("feature_std", torch.ones(1, c, 1, 1))
         h, z = config.hidden_channels, config.latent_channels
@@ -252,12 +262,19 @@ class FeatureReconstructor(nn.Module):
         # Per-location level and spread of good images' region errors (S, S); zero spread = not fitted.
         self.register_buffer("pixel_mean", torch.zeros(config.image_size, config.image_size))
         self.register_buffer("pixel_std", torch.zeros(config.image_size, config.image_size))
-        self.register_buffer("global_mean", torch.zeros(c))
-        self.register_buffer("global_basis", torch.zeros(config.global_components, c))  # orthonormal rows
+        g = config.global_channels
+        if config.global_block:
+            self.register_buffer("pooled_mean", torch.zeros(g))
+            self.register_buffer("pooled_std", torch.ones(g))
+        self.register_buffer("global_mean", torch.zeros(g))
+        self.register_buffer("global_basis", torch.zeros(config.global_components, g))  # orthonormal rows
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, C, S/8, S/8) standardised, neighbourhood-averaged backbone features."""
-        maps = self.backbone(x, self.config.blocks)
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) -> (local: (B, C, S/8, S/8) standardised, neighbourhood-averaged backbone features,
+        pooled: (B, G) the global block's mean feature vector, standardised)."""
+        wanted = sorted({*self.config.blocks, self.config.global_block} - {0})
+        by_block = dict(zip(wanted, self.backbone(x, tuple(wanted))))
+        maps = [by_block[b] for b in self.config.blocks]
         size = maps[0].shape[-2:]
         maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                 for m in maps]
@@ -265,15 +282,17 @@ class FeatureReconstructor(nn.Module):
         k = self.config.neighbourhood
         if k > 1:
             f = F.avg_pool2d(f, k, 1, k // 2, count_include_pad=False)
-        return (f - self.feature_mean) / self.feature_std
+        f = (f - self.feature_mean) / self.feature_std
+        if not self.config.global_block:
+            return f, f.mean(dim=(2, 3))
+        return f, (by_block[self.config.global_block].mean(dim=(2, 3)) - self.pooled_mean) / self.pooled_std
 
     def reconstruct_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         centred = pooled - self.global_mean
         return self.global_mean + (centred @ self.global_basis.T) @ self.global_basis  # (B, C)
 
     def forward(self, x: torch.Tensor) -> FeatureReconstruction:
-        f = self.features(x)
-        pooled = f.mean(dim=(2, 3))
+        f, pooled = self.features(x)
         return FeatureReconstruction(f, self.local(f), pooled, self.reconstruct_pooled(pooled))
 
 

@@ -31,9 +31,12 @@ class ScoringConfig:
     reduction: Literal["max", "topk_mean", "mean"] = "topk_mean"
     topk_fraction: float = 0.005  # share of the map's pixels averaged by "topk_mean"
     # Feature reconstructor: the local and global scores, each divided by its good level (mean + 3 std of
-    # held-out good images), summed; 0 = that term is not used.
+    # held-out good images), weighted and summed; 0 = that term is not used.
     local_reference: float = 0.0
     global_reference: float = 0.0
+    # Feature reconstructor: the global term's weight in that sum. Twice the local term's: it is one low-noise
+    # number per image, and rot or bruising shifts it more than any region (bench/RESULTS.md, "Model quality").
+    global_weight: float = 2.0
     # Feature reconstructor: each location's error in units of good images' spread there (floored at a tenth
     # of the mean spread), so that a place where good parts always differ (an edge, a highlight) does not alarm.
     pixel_normalise: bool = True
@@ -48,7 +51,7 @@ class ScoringConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> "ScoringConfig":
-        return cls(**data)  # type: ignore[arg-type]
+        return cls(**{"global_weight": 1.0, **data})  # type: ignore[arg-type]  # files before the weight: 1
 
 
 @functools.lru_cache(maxsize=16)
@@ -128,7 +131,7 @@ def score_batch(model: torch.nn.Module, x: torch.Tensor, config: ScoringConfig) 
             return local.float(), maps.float()
         scores = local / config.local_reference
         if config.global_reference:
-            scores = scores + pooled_err / config.global_reference
+            scores = scores + config.global_weight * pooled_err / config.global_reference
         return scores.float(), maps.float()
     recon = model(x)
     if isinstance(model, RepairAutoencoder):

@@ -10,7 +10,12 @@ from inspector import artifact as artifact_io
 from inspector.anomaly_synth import AnomalySynthConfig
 from inspector.artifact import ModelArtifact
 from inspector.errors import ModelFileError
-from inspector.model import FeatureReconstructorConfig, RepairAutoencoder, RepairAutoencoderConfig
+from inspector.model import (
+    FeatureReconstructor,
+    FeatureReconstructorConfig,
+    RepairAutoencoder,
+    RepairAutoencoderConfig,
+)
 from inspector.runtime import ModelRunner
 from inspector.scoring import ScoringConfig
 from inspector.train import TrainConfig, repair_loss, train_and_calibrate
@@ -88,6 +93,22 @@ def test_unknown_error_map_and_future_format_are_refused(tmp_path: Path) -> None
         artifact_io.FORMAT_VERSION = original
     with pytest.raises(ModelFileError, match="format version 99 is not supported"):
         artifact_io.load(path)
+
+
+def test_feature_files_written_before_the_global_block_score_as_they_did() -> None:
+    header = FeatureReconstructorConfig(image_size=64).to_dict()
+    del header["global_block"]
+    config = FeatureReconstructorConfig.from_dict(header)
+    model = FeatureReconstructor(config)
+    # The old layout exactly: backbone up to block 10, no pooled statistics, the basis over the local channels.
+    assert config.global_block == 0 and len(model.backbone._blocks) == 11
+    assert "pooled_mean" not in model.state_dict() and model.global_basis.shape[1] == config.feature_channels
+    assert model(torch.rand(2, 3, 64, 64)).pooled.shape == (2, config.feature_channels)
+    scoring = ScoringConfig().to_dict()
+    del scoring["global_weight"]
+    assert ScoringConfig.from_dict(scoring).global_weight == 1.0
+    new = FeatureReconstructor(FeatureReconstructorConfig(image_size=64))
+    assert new(torch.rand(2, 3, 64, 64)).pooled.shape == (2, 320)
 
 
 @pytest.mark.slow
