@@ -1,4 +1,4 @@
-"""The optional confluent-kafka (librdkafka) transport, behind the same interface as `inspector.kafka_io`.
+"""The optional confluent-kafka (librdkafka) transport, implementing the protocols of `inspector.transport`.
 
 kafka-python parses every record in Python, and on a GPU that caps one worker near 3,400 frames/s of 20 KB
 JPEGs (bench/RESULTS.md). librdkafka fetches and parses in C threads. Select it with
@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from kafka import TopicPartition
 
+from inspector.contracts import Headers
 from inspector.errors import ConfigError, TransportError
-from inspector.kafka_io import Headers, Offsets, Pending, check_acknowledged
 from inspector.settings import KafkaSettings
+from inspector.transport import Offsets, Pending, check_acknowledged
 
 try:
     import confluent_kafka as ck
@@ -77,7 +78,7 @@ def _transport_error(what: str, exc: Exception) -> TransportError:
 
 @dataclass(slots=True)
 class FrameRecord:
-    """One consumed record, with the attributes the hot loop reads (kafka-python's ConsumerRecord has them too)."""
+    """One consumed record: a `transport.ConsumedRecord`, as kafka-python's ConsumerRecord is."""
 
     topic: str
     partition: int
@@ -121,7 +122,7 @@ class ConfluentFrameConsumer:
 
     def subscribe(self, on_revoked: Callable[[list[TopicPartition]], None],
                   on_assigned: Callable[[list[TopicPartition]], None]) -> None:
-        def assign(consumer: object, partitions: list) -> None:
+        def assign(_consumer: object, partitions: list) -> None:
             tps = [TopicPartition(p.topic, p.partition) for p in partitions]
             self._assigning, self._seeks = set(tps), {}
             try:
@@ -132,7 +133,7 @@ class ConfluentFrameConsumer:
                 p.offset = self._seeks.get(TopicPartition(p.topic, p.partition), p.offset)
             self._consumer.assign(partitions)
 
-        def revoke(consumer: object, partitions: list) -> None:
+        def revoke(_consumer: object, partitions: list) -> None:
             on_revoked([TopicPartition(p.topic, p.partition) for p in partitions])
             self._consumer.unassign()
 
@@ -283,7 +284,7 @@ class ConfluentResultProducer:
             try:
                 self._producer.produce(topic, value=value, key=key.encode(), headers=headers or None,
                                        on_delivery=delivery)
-                return Pending(delivery, what)  # type: ignore[arg-type]
+                return Pending(delivery, what)
             except BufferError:  # the local queue is full: serve delivery reports, then try again
                 self._producer.poll(0.05)
             except ck.KafkaException as exc:

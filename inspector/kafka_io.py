@@ -1,17 +1,18 @@
-"""Thin wrappers over kafka-python: client construction from settings, and error translation.
+"""The kafka-python transport (the default): client construction from settings, and error translation.
 
-Everything Kafka raises leaves this module as `TransportError` (or `ConfigError` for bad settings), so the
-hot loop deals with our own two exception types only.
+Its consumer and producer implement the protocols of `inspector.transport`. Everything Kafka raises leaves
+this module as `TransportError` (or `ConfigError` for bad settings), so the hot loop deals with our own two
+exception types only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
@@ -22,33 +23,13 @@ from kafka.errors import (
     RebalanceInProgressError,
     TopicAlreadyExistsError,
 )
-from kafka.producer.future import FutureRecordMetadata
 
+from inspector.contracts import Headers
 from inspector.errors import ConfigError, TransportError
 from inspector.settings import KafkaSettings
+from inspector.transport import ConsumedRecord, Offsets, Pending, check_acknowledged
 
 log = logging.getLogger(__name__)
-
-Headers = list[tuple[str, bytes]]
-Offsets = dict[TopicPartition, int]  # next offset to read, per partition
-
-
-def next_offsets(records: list) -> Offsets:
-    """Per partition, the offset after the last record: what the group should read next."""
-    offsets: Offsets = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-    return offsets
-
-
-def first_offsets(records: list) -> Offsets:
-    """Per partition, the offset of the first record: where to read again from if these are dropped."""
-    offsets: Offsets = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = min(offsets.get(tp, r.offset), r.offset)
-    return offsets
 
 
 def client_config(settings: KafkaSettings) -> dict[str, object]:
@@ -101,10 +82,8 @@ def create_topics(settings: KafkaSettings, partitions: dict[str, int]) -> None:
         existing = set(admin.list_topics())
         new = [NewTopic(name, n, 1) for name, n in partitions.items() if name and name not in existing]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
     except KafkaError as exc:
         raise TransportError(f"could not create topics {sorted(partitions)}: {exc}") from None
     finally:
@@ -123,7 +102,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self._on_assigned(list(assigned))
 
 
-class FrameConsumer:
+class KafkaPythonFrameConsumer:
     """The frames topic, consumed in a group with manual commits."""
 
     def __init__(self, settings: KafkaSettings, *, max_poll_records: int) -> None:
@@ -171,7 +150,7 @@ class FrameConsumer:
         except KafkaError:
             return False
 
-    def poll(self, timeout_s: float, max_records: int) -> list:
+    def poll(self, timeout_s: float, max_records: int) -> list[ConsumedRecord]:
         """Up to `max_records` records, waiting at most `timeout_s` (ConsumerRecord list, partition order kept)."""
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -233,24 +212,7 @@ class FrameConsumer:
             log.warning("consumer close: %s", exc)
 
 
-@dataclass
-class Pending:
-    """A sent record whose acknowledgement we wait for before committing the offsets behind it."""
-
-    future: FutureRecordMetadata  # or, with the confluent transport, its delivery report of the same shape
-    what: str
-
-
-def check_acknowledged(pending: Iterable[Pending], timeout_s: float) -> None:
-    """After a flush: TransportError naming the first record that was not acknowledged, or failed."""
-    for p in pending:
-        if not p.future.is_done:
-            raise TransportError(f"{p.what} not acknowledged within {timeout_s:.0f}s")
-        if p.future.failed():
-            raise TransportError(f"{p.what} was not delivered: {p.future.exception}")
-
-
-class ResultProducer:
+class KafkaPythonResultProducer:
     """Alerts, scores and dead letters: acks=all, idempotent, optionally transactional."""
 
     def __init__(self, settings: KafkaSettings, *, max_request_bytes: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,24 +14,26 @@ from prometheus_client import CollectorRegistry
 
 from inspector import artifact as artifact_io
 from inspector.http_endpoint import HttpEndpoint
-from inspector.kafka_io import FrameConsumer, ResultProducer
+from inspector.kafka_io import KafkaPythonFrameConsumer, KafkaPythonResultProducer
 from inspector.metrics import build_metrics
 from inspector.model import NullModel
 from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval
 from inspector.runtime import ModelRunner, pick_device
 from inspector.settings import Settings
+from inspector.transport import FrameConsumer, ResultProducer
 from inspector.worker import Worker
 
 log = logging.getLogger("inspector.worker")
 
 
-def transport_types(transport: str) -> tuple[type, type]:
-    """(consumer class, producer class) of the chosen Kafka client library."""
+def transport_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable[..., ResultProducer]]:
+    """(consumer class, producer class) of the chosen Kafka client library (mypy checks both implement the
+    protocols of `inspector.transport`)."""
     if transport == "confluent":
         from inspector.kafka_confluent import ConfluentFrameConsumer, ConfluentResultProducer
 
         return ConfluentFrameConsumer, ConfluentResultProducer
-    return FrameConsumer, ResultProducer
+    return KafkaPythonFrameConsumer, KafkaPythonResultProducer
 
 
 def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:

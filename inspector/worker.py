@@ -20,6 +20,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -30,7 +31,6 @@ from inspector.batcher import MicroBatcher
 from inspector.contracts import H_CAMERA_ID, Alert, Box, FrameMeta, FrameScore, dead_letter, header_value
 from inspector.errors import BadFrame
 from inspector.jpeg import decode_jpeg, validate_jpeg
-from inspector.kafka_io import FrameConsumer, Pending, ResultProducer, first_offsets, next_offsets
 from inspector.metrics import CameraLabels, WorkerMetrics
 from inspector.model_reload import ModelFileWatch
 from inspector.preprocess import DeviceJpegDecoder
@@ -38,15 +38,28 @@ from inspector.runtime import ModelRunner
 from inspector.scoring import defect_box
 from inspector.settings import Settings
 from inspector.threshold import is_defect
+from inspector.transport import (
+    ConsumedRecord,
+    FrameConsumer,
+    Pending,
+    ResultProducer,
+    first_offsets,
+    next_offsets,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
+
+DeviceImages = tuple[list["torch.Tensor"], "torch.cuda.Event"]  # nvJPEG's images of a batch and their ready event
 
 
 @dataclass
 class Decoded:
     """One consumed record after validation and decode: either an image or the reason it is bad."""
 
-    record: object  # kafka ConsumerRecord
+    record: ConsumedRecord
     meta: FrameMeta | None = None
     image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size (None: decoded on the GPU)
     frame_hw: tuple[int, int] = (0, 0)
@@ -55,10 +68,10 @@ class Decoded:
 
 @dataclass
 class Batch:
-    records: list
-    decoding: list[Future] = field(default_factory=list)  # per record: its Decoded
-    on_device: Future | None = None  # on CUDA: nvJPEG's images of the valid frames and their ready event
-    scoring: Future | None = None  # its Scored, from the scoring thread
+    records: list[ConsumedRecord]
+    decoding: list[Future[Decoded]] = field(default_factory=list)  # per record: its Decoded
+    on_device: Future[DeviceImages | None] | None = None  # on CUDA: nvJPEG's images of the valid frames
+    scoring: Future[Scored | None] | None = None  # its Scored, from the scoring thread
     dropped: threading.Event = field(default_factory=threading.Event)  # a rebalance took it: do not score it
 
     def is_scored(self) -> bool:
@@ -79,20 +92,20 @@ class Scored:
     scored_ns: int
 
 
-def decode_record(record: object, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
+def decode_record(record: ConsumedRecord, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
     """Headers, then bytes: any problem becomes a BadFrame with a DLQ reason, never an exception.
 
     With decode=False the bytes are only validated (the batch is then decoded on the GPU)."""
     try:
-        meta = FrameMeta.from_headers(record.headers)  # type: ignore[attr-defined]
-        data = record.value or b""  # type: ignore[attr-defined]
+        meta = FrameMeta.from_headers(record.headers)
+        data = record.value or b""
         if not decode:
             return Decoded(record, meta, None, validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels))
         image, hw = decode_jpeg(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
         return Decoded(record, meta, image, hw)
     except BadFrame as bad:
         return Decoded(record, error=bad)
-    except Exception as exc:  # noqa: BLE001 - a frame must never take the worker down
+    except Exception as exc:  # a frame must never take the worker down
         return Decoded(record, error=BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
 
 
@@ -120,7 +133,7 @@ class Worker:
         self._overlap = False
         self._stop = threading.Event()
         self._in_flight: deque[Batch] = deque()  # polled, not yet published; the oldest is published next
-        self._batcher: MicroBatcher = MicroBatcher(settings.batch.max_size, 0)  # the batch being collected
+        self._batcher = MicroBatcher[ConsumedRecord](settings.batch.max_size, 0)  # the batch being collected
         self._max_size = settings.batch.max_size  # shrinks while batches run close to max_poll_interval
         self._assigned = False
         self._rewind: dict[TopicPartition, int] = {}  # first offset of each partition's dropped records
@@ -182,13 +195,13 @@ class Worker:
 
     # ---- 1. poll and batch ------------------------------------------------------------------------
 
-    def _collect(self) -> list:
+    def _collect(self) -> list[ConsumedRecord]:
         """Records for the next batch: up to max_size, waiting at most max_wait after the first arrives.
 
         While batches are in flight we only take what is already fetched, so that they are not delayed.
         """
         t0 = time.perf_counter()
-        self._batcher = batcher = MicroBatcher(self._max_size, self.s.batch.max_wait_ms / 1000)
+        self._batcher = batcher = MicroBatcher[ConsumedRecord](self._max_size, self.s.batch.max_wait_ms / 1000)
         if self._in_flight:
             for record in self.consumer.poll(0, batcher.room()):
                 batcher.add(record, time.monotonic())
@@ -208,7 +221,7 @@ class Worker:
 
     # ---- 2. decode (threads) ----------------------------------------------------------------------
 
-    def _start_decode(self, records: list) -> Batch:
+    def _start_decode(self, records: list[ConsumedRecord]) -> Batch:
         size, limits = self.runner.size, self.s.limits
         decoding = [self._decoder.submit(decode_record, r, size, limits.max_frame_bytes, limits.max_pixels,
                                          self._nvjpeg is None) for r in records]
@@ -222,18 +235,20 @@ class Worker:
             log.warning("nvJPEG unusable, decoding with OpenCV threads instead: %s", str(exc).splitlines()[0])
             return None
 
-    def _decode_on_device(self, decoding: list[Future]) -> tuple | None:
+    def _decode_on_device(self, decoding: list[Future[Decoded]]) -> DeviceImages | None:
         """(nvjpeg thread) Once validated, the batch's valid frames decoded by nvJPEG on the decoder's stream."""
         assert self._nvjpeg is not None
-        valid = [d.record.value for d in (f.result() for f in decoding) if d.error is None]  # type: ignore[attr-defined]
+        valid = [d.record.value or b"" for d in (f.result() for f in decoding) if d.error is None]
         return self._nvjpeg.decode(valid) if valid else None
 
-    def _score(self, batch: Batch, good: list[Decoded]) -> tuple[list[Decoded], list[Decoded], np.ndarray, object]:
+    def _score(self, batch: Batch, good: list[Decoded]
+               ) -> tuple[list[Decoded], list[Decoded], np.ndarray, torch.Tensor | None]:
         """Score the good frames in one batch -> (scored, newly bad, scores (B,), maps (B, S, S) on the device)."""
         if batch.on_device is not None:
             try:
-                assert self._nvjpeg is not None
-                x = self._nvjpeg.to_batch(batch.on_device.result(), self.runner.size)  # the frames of `good`
+                on_device = batch.on_device.result()
+                assert self._nvjpeg is not None and on_device is not None  # `good` has frames: nvJPEG decoded them
+                x = self._nvjpeg.to_batch(on_device, self.runner.size)  # the frames of `good`
                 return good, [], *self.runner.score_tensor(x)
             except RuntimeError:
                 # nvJPEG refused a frame that passed validation: decode each on the CPU, which names the bad one.
@@ -243,7 +258,9 @@ class Worker:
         good = [d for d in good if d.error is None]
         if not good:
             return [], bad, np.zeros(0, np.float32), None
-        return good, bad, *self.runner.score(np.stack([d.image for d in good]))  # (B, S, S, 3) uint8
+        images = [d.image for d in good if d.image is not None]
+        assert len(images) == len(good)  # a frame without error decoded on the CPU has its image
+        return good, bad, *self.runner.score(np.stack(images))  # (B, S, S, 3) uint8
 
     # ---- 3. score (the scoring thread) --------------------------------------------------------------
 
@@ -266,10 +283,11 @@ class Worker:
             bad.extend(newly_bad)
             if self.s.faults.score_delay_ms:  # fault injection (tests only): a slow device, per frame
                 time.sleep(self.s.faults.score_delay_ms * len(good) / 1000)
-            thresholds = [self._threshold(d.meta.camera_id, artifact) for d in good]  # type: ignore[union-attr]
             for i, d in enumerate(good):
+                assert d.meta is not None and maps is not None  # a scored frame had its headers read, and a map
+                thresholds.append(self._threshold(d.meta.camera_id, artifact))
                 if is_defect(float(scores[i]), thresholds[i]):
-                    region = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)  # type: ignore[index]
+                    region = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)
                     alerts[i] = Box(**region._asdict()) if region is not None else None
             self.m.batch_size.observe(len(good))
         scored_ns = time.time_ns()
@@ -285,7 +303,7 @@ class Worker:
         assert scored is not None  # only a dropped batch is not scored, and a dropped batch is not finished
         t_scored = time.perf_counter()
         for d in scored.decoded:
-            camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)  # type: ignore[attr-defined]
+            camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)
             self.m.frames_consumed.labels(self.cameras(camera or "unknown", start=d.error is None)).inc()
         good, scores, artifact, scored_ns = scored.good, scored.scores, scored.artifact, scored.scored_ns
 
@@ -385,8 +403,8 @@ class Worker:
     def _dead_letter(self, d: Decoded) -> Pending:
         record, error = d.record, d.error
         assert error is not None
-        origin = f"{record.topic}/{record.partition}/{record.offset}"  # type: ignore[attr-defined]
-        key, value, headers = dead_letter(record.key, record.value, record.headers, origin, error,  # type: ignore[attr-defined]
+        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        key, value, headers = dead_letter(record.key, record.value, record.headers, origin, error,
                                           self.s.limits.max_frame_bytes)
         log.warning("dead-lettered %s: %s", origin, error)
         self.m.frames_dead_lettered.labels(error.reason).inc()
@@ -394,7 +412,7 @@ class Worker:
 
     # ---- group membership -------------------------------------------------------------------------
 
-    def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+    def _on_revoked(self, _revoked: list[TopicPartition]) -> None:
         # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
         # What we hold here was polled but not yet published: every published batch was committed before this
         # poll. We drop it; whoever owns each partition next must read it again from its first dropped offset.

@@ -6,8 +6,8 @@ import pytest
 from kafka import TopicPartition
 
 from inspector.errors import ConfigError
-from inspector.kafka_io import first_offsets, next_offsets
 from inspector.settings import KafkaSettings
+from inspector.transport import first_offsets, next_offsets
 
 
 def _records(*spec: tuple[int, int]) -> list:
