@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline_runs import bare_model, drain, latency_run, make_jpegs  # noqa: E402
+from pipeline_runs import bare_model, drain, latency_run, make_jpegs
 
-from inspector.local_broker import LocalKafka  # noqa: E402
+from inspector.local_broker import LocalKafka
 
 
 def main() -> int:

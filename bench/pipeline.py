@@ -30,14 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline_runs import bare_model, drain, latency_run, make_jpegs, naive_worker  # noqa: E402
+from pipeline_runs import bare_model, drain, latency_run, make_jpegs, naive_worker
 
-from inspector.local_broker import LocalKafka  # noqa: E402
-from inspector.runtime import pick_device  # noqa: E402
-from inspector.settings import ModelSettings  # noqa: E402
+from inspector.local_broker import LocalKafka
+from inspector.runtime import pick_device
+from inspector.settings import ModelSettings
 
 
-def main() -> int:
+def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in the order they are reported
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=3000, help="backlog per drain run")
     ap.add_argument("--naive-frames", type=int, default=300)

@@ -23,19 +23,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 
-from inspector import artifact as artifact_io  # noqa: E402
-from inspector.contracts import FrameMeta, FrameScore  # noqa: E402
-from inspector.http_endpoint import wait_until_ready  # noqa: E402
-from inspector.jpeg import decode_jpeg  # noqa: E402
-from inspector.kafka_io import create_topics  # noqa: E402
-from inspector.local_broker import LocalKafka, free_port  # noqa: E402
-from inspector.paths import DEFAULT_MODEL  # noqa: E402
-from inspector.process import freeze_long_lived_objects  # noqa: E402
-from inspector.runtime import ModelRunner, pick_device  # noqa: E402
-from inspector.settings import KafkaSettings  # noqa: E402
-from producers.bananas import render_scene  # noqa: E402
+from inspector import artifact as artifact_io
+from inspector.contracts import FrameMeta, FrameScore
+from inspector.http_endpoint import wait_until_ready
+from inspector.jpeg import decode_jpeg
+from inspector.kafka_io import create_topics
+from inspector.local_broker import LocalKafka, free_port
+from inspector.paths import DEFAULT_MODEL
+from inspector.process import freeze_long_lived_objects
+from inspector.runtime import ModelRunner, pick_device
+from inspector.settings import KafkaSettings
+from producers.bananas import render_scene
 
 LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
 
@@ -167,8 +167,9 @@ class WorkerProc:
                "INSPECTOR_HTTP__PORT": str(self.port), "INSPECTOR_MODEL__NULL": "true" if null else "false",
                "INSPECTOR_BATCH__MAX_SIZE": str(batch), "INSPECTOR_MODEL__RELOAD_POLL_S": "0",
                "INSPECTOR_KAFKA__TRANSPORT": transport}
-        self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env,
-                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
         wait_until_ready(self.proc, self.port)
@@ -216,7 +217,7 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
              for i in range(workers)]
     try:
         if workers == 1:
-            return _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport, broker_pid=broker.pid)
+            return _timed_drain(bs, t, procs, n, tag, null=null, transport=transport, broker_pid=broker.pid)
         for w in procs:
             w.wait_ready()
         settle_until = time.monotonic() + 60
@@ -226,7 +227,7 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
         camera: list[float] = []
         sender = threading.Thread(target=lambda: camera.append(produce_in_child(bs, t["frames"], jpegs, n, run=tag)))
         sender.start()
-        result = _timed_drain(bs, t, procs, jpegs, n, tag, null=null, transport=transport, broker_pid=broker.pid)
+        result = _timed_drain(bs, t, procs, n, tag, null=null, transport=transport, broker_pid=broker.pid)
         sender.join()
         return {**result, "camera_frames_per_s": round(camera[0], 1) if camera else None}
     finally:
@@ -234,7 +235,7 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
             w.stop()
 
 
-def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], jpegs: list[bytes], n: int, tag: str, *,
+def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], n: int, tag: str, *,
                  null: bool, transport: str, broker_pid: int | None) -> dict:
     workers = len(procs)
     for w in procs:

@@ -14,6 +14,7 @@ runs on a bare GPU machine with torch, torchvision, OpenCV and safetensors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,22 +31,22 @@ from pathlib import Path
 # the decode threads need. Only effective before torch starts its thread pool, hence before the import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inspector import artifact as artifact_io  # noqa: E402
-from inspector.artifact import ModelArtifact  # noqa: E402
-from inspector.decode_pool import DecodePool  # noqa: E402
-from inspector.jpeg import decode_jpeg  # noqa: E402
-from inspector.model import Autoencoder, AutoencoderConfig  # noqa: E402
-from inspector.paths import DEFAULT_MODEL  # noqa: E402
-from inspector.preprocess import decode_jpegs_on_device, to_tensor  # noqa: E402
-from inspector.runtime import fuse_conv_bn  # noqa: E402
-from inspector.scoring import score_batch  # noqa: E402
-from producers.bananas import render_scene  # noqa: E402
+from inspector import artifact as artifact_io
+from inspector.artifact import ModelArtifact
+from inspector.decode_pool import DecodePool
+from inspector.jpeg import decode_jpeg
+from inspector.model import Autoencoder, AutoencoderConfig
+from inspector.paths import DEFAULT_MODEL
+from inspector.preprocess import decode_jpegs_on_device, to_tensor
+from inspector.runtime import fuse_conv_bn
+from inspector.scoring import score_batch
+from producers.bananas import render_scene
 
 LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
 
@@ -66,7 +67,7 @@ def pin_host_buffer(array: np.ndarray, device: torch.device) -> bool:
         return False
     try:
         status = torch.cuda.cudart().cudaHostRegister(array.ctypes.data, array.nbytes, 0)
-    except Exception:  # noqa: BLE001 - an older torch without the binding: copies go through pinned staging
+    except Exception:  # an older torch without the binding: copies go through pinned staging
         return False
     return int(status) == 0
 
@@ -109,7 +110,7 @@ def timed_pipelined(decode, score, chunk: list[bytes], seconds: float, device: t
                     if done is not None:
                         done.record(side)
                 ready.put((x, done))
-        except BaseException as exc:  # noqa: BLE001 - surfaced in the caller's thread
+        except BaseException as exc:  # surfaced in the caller's thread
             ready.put((exc, None))
 
     thread = threading.Thread(target=feeder, daemon=True)
@@ -137,16 +138,14 @@ def timed_pipelined(decode, score, chunk: list[bytes], seconds: float, device: t
     finally:
         stop.set()
         while thread.is_alive():  # unblock a feeder waiting on a full queue
-            try:
+            with contextlib.suppress(queue.Empty):
                 ready.get_nowait()
-            except queue.Empty:
-                pass
             thread.join(0.05)
     n = len(chunk)
     return {"frames_per_s": round(calls * n / dt, 1), "ms_per_call": round(1000 * dt / calls, 3), "calls": calls}
 
 
-def main() -> int:
+def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in the order they are reported
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--input-size", type=int, default=0, help="bench a fresh model at this input size instead")
@@ -182,7 +181,7 @@ def main() -> int:
         with FlopCounterMode(display=False) as fc, torch.no_grad():
             model(torch.zeros(1, 3, size, size, device=device))
         flops = fc.get_total_flops()
-    except Exception:  # noqa: BLE001 - FLOP counting is informative only
+    except Exception:  # FLOP counting is informative only
         pass
     results: dict = {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
@@ -235,7 +234,7 @@ def main() -> int:
         """One configuration failing (a driver or compiler quirk) is recorded, and the others still run."""
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             traceback.print_exc()
             results.setdefault("errors", []).append({"section": name, "error": f"{type(exc).__name__}: {exc}"})
             print(f"{name}: FAILED ({type(exc).__name__}: {exc})", flush=True)

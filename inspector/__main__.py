@@ -42,7 +42,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_config(args: argparse.Namespace, paths: list[Path]):  # noqa: ANN202 - local imports keep `--help` fast
+def _model_config(args: argparse.Namespace, paths: list[Path]):  # untyped: local imports keep `--help` fast
     from inspector.model import AutoencoderConfig, FeatureReconstructorConfig, RepairAutoencoderConfig
     from inspector.train import default_input_size
 

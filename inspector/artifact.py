@@ -42,7 +42,7 @@ class ModelArtifact:
     checksum: str = ""
 
     @property
-    def config(self):  # noqa: ANN201 - the model's own config dataclass; every one has image_size
+    def config(self):  # the model's own config dataclass; every one has image_size
         return self.model.config
 
     @property
@@ -98,8 +98,7 @@ def save(artifact: ModelArtifact, path: Path) -> ModelArtifact:
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
     return replace(artifact, checksum=checksum)
 
 
@@ -111,7 +110,7 @@ def load(path: Path, device: torch.device | str = "cpu") -> ModelArtifact:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open is no dict
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path} is not a readable model file (truncated or not safetensors): {exc}") from None
     if _META_KEY not in metadata:

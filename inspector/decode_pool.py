@@ -10,6 +10,7 @@ short outcome per frame. (multiprocessing.Pool pickled the bytes through its pip
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ def _serve(conn: Connection, images_buf: object, images_shape: tuple[int, ...], 
                 out.append(("ok", h, w))
             except BadFrame as bad:  # BadFrame does not survive pickling whole: send its two fields
                 out.append(("bad", bad.reason, bad.detail))
-            except Exception as exc:  # noqa: BLE001 - a frame must never take a decode process down
+            except Exception as exc:  # a frame must never take a decode process down
                 out.append(("bad", "undecodable", f"{type(exc).__name__}: {exc}"[:160]))
         conn.send(out)
 
@@ -125,10 +126,8 @@ class DecodePool:
 
     def close(self) -> None:
         for conn in self._conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
         for proc in self._procs:
             proc.join(timeout=2)
             if proc.is_alive():

@@ -105,7 +105,7 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
         env = child_environment(INSPECTOR_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers,
                                 INSPECTOR_HTTP__PORT=str(metrics_port), INSPECTOR_MODEL__PATH=str(settings.model.path))
         log_path = broker.work_dir / "worker.log"
-        with open(log_path, "wb") as log:
+        with log_path.open("wb") as log:
             worker = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env, stdout=log,
                                       stderr=subprocess.STDOUT)
         tally, stop = Tally(), threading.Event()

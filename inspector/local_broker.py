@@ -177,14 +177,13 @@ class LocalKafka:
             self.format()
         else:
             self._write_config()
-        out = open(self.work_dir / "stdout.log", "ab")
-        self._proc = subprocess.Popen(
-            self._java_cmd("kafka.Kafka", str(self.work_dir / "server.properties")),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
-        )
-        out.close()
+        with (self.work_dir / "stdout.log").open("ab") as out:
+            self._proc = subprocess.Popen(
+                self._java_cmd("kafka.Kafka", str(self.work_dir / "server.properties")),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
+            )
         self._wait_ready(timeout_s)
         return self
 
@@ -205,7 +204,7 @@ class LocalKafka:
                     return
                 finally:
                     admin.close()
-            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            except Exception as exc:  # any failure means "not ready yet"
                 last_error = exc
                 time.sleep(0.5)
         self.stop()

@@ -296,7 +296,7 @@ class FeatureReconstructor(nn.Module):
         return FeatureReconstruction(f, self.local(f), pooled, self.reconstruct_pooled(pooled))
 
 
-def _from_dict(cls, data: dict[str, object]):  # noqa: ANN001, ANN202 - shared by the config dataclasses
+def _from_dict(cls, data: dict[str, object]):  # shared by the config dataclasses
     unknown = set(data) - set(cls.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")

@@ -116,7 +116,7 @@ def paint_rot(
 
 
 def _paint_spots(
-    p: SceneParams, f: BananaField, s: np.ndarray, across: np.ndarray, colour: np.ndarray, d: dict, k: float
+    p: SceneParams, f: BananaField, _s: np.ndarray, across: np.ndarray, colour: np.ndarray, d: dict, _k: float
 ) -> np.ndarray:
     weight = np.zeros_like(f.u)
     for t0, s0, r0 in zip(d["t"], d["s"], d["r"]):
@@ -131,7 +131,7 @@ def _paint_spots(
 
 
 def _paint_bruise(
-    p: SceneParams, f: BananaField, s: np.ndarray, across: np.ndarray, colour: np.ndarray, d: dict, k: float
+    p: SceneParams, f: BananaField, _s: np.ndarray, _across: np.ndarray, colour: np.ndarray, d: dict, _k: float
 ) -> np.ndarray:
     du, dv = _local_uv(p, f, d["t"], d["s"])
     c, sn = np.float32(np.cos(d["angle"])), np.float32(np.sin(d["angle"]))
@@ -146,7 +146,7 @@ def _paint_bruise(
 
 
 def _paint_mould(
-    p: SceneParams, f: BananaField, s: np.ndarray, across: np.ndarray, colour: np.ndarray, d: dict, k: float
+    p: SceneParams, f: BananaField, _s: np.ndarray, across: np.ndarray, colour: np.ndarray, d: dict, k: float
 ) -> np.ndarray:
     du, dv = _local_uv(p, f, d["t"], d["s"])
     ang = np.arctan2(dv, du)
@@ -164,7 +164,7 @@ def _paint_mould(
 
 
 def _paint_cut(
-    p: SceneParams, f: BananaField, s: np.ndarray, across: np.ndarray, colour: np.ndarray, d: dict, k: float
+    p: SceneParams, f: BananaField, _s: np.ndarray, _across: np.ndarray, colour: np.ndarray, d: dict, k: float
 ) -> np.ndarray:
     du, dv = _local_uv(p, f, d["t"], d["s"])
     half_len = 0.5 * d["len"] * p.length * p.defect_scale
@@ -189,7 +189,7 @@ def _paint_cut(
 
 
 def _paint_speckle(
-    p: SceneParams, f: BananaField, s: np.ndarray, across: np.ndarray, colour: np.ndarray, d: dict, k: float
+    p: SceneParams, f: BananaField, _s: np.ndarray, _across: np.ndarray, colour: np.ndarray, d: dict, k: float
 ) -> np.ndarray:
     t0 = d["t"]
     ext = d["extent"] * p.defect_scale
@@ -214,6 +214,8 @@ def _paint_speckle(
     return weight
 
 
+# Every painter takes the same arguments (bananas.render_scene calls them alike); the ones it does not need
+# start with an underscore.
 DEFECT_PAINTERS = {
     "brown_spots": _paint_spots,
     "bruise": _paint_bruise,

@@ -65,7 +65,7 @@ def _construct_node(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     return loader.construct_scalar(node)
 
 
-_ComposeLoader.add_constructor("!reset", lambda loader, node: _Reset())
+_ComposeLoader.add_constructor("!reset", lambda _loader, _node: _Reset())
 _ComposeLoader.add_constructor("!override", lambda loader, node: _Override(_construct_node(loader, node)))
 
 _VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?+])([^}]*))?\}|\$(\w+)")

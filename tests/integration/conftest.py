@@ -114,7 +114,7 @@ def start_worker(tmp_path, default_model_path) -> Iterator:
         full_env = {**os.environ, **topics.env(), "INSPECTOR_HTTP__PORT": str(port),
                     "INSPECTOR_MODEL__PATH": str(default_model_path), "INSPECTOR_MODEL__DEVICE": "cpu",
                     "INSPECTOR_MODEL__RELOAD_POLL_S": "1", **env}
-        with open(log_path, "wb") as log:
+        with log_path.open("wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=full_env, stdout=log,
                                     stderr=subprocess.STDOUT)
         worker = WorkerProcess(proc, port, log_path)

@@ -45,8 +45,8 @@ from inspector.settings import KafkaSettings
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 
-from .conftest import TopicReader, Topics, committed_offsets, producer_settings
 from ..poison import MAX_FRAME_BYTES, Poison, draw_poison
+from .conftest import TopicReader, Topics, committed_offsets, producer_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -421,7 +421,7 @@ def test_bad_model_files_are_refused_at_start_and_on_hot_reload(topics, start_wo
         phases.append(versions)
         assert versions == {new_version if swap == "good" else old.model_version}, (phase, versions)
         assert worker.proc.poll() is None
-    alerts.until(lambda rs: False, timeout_s=2)
+    alerts.until(lambda _rs: False, timeout_s=2)
     for a in _scores_as_alerts(alerts.records):
         seq = int(a.frame_id.rsplit("-", 1)[1])
         assert a.model_version == (new_version if seq >= 45 else old.model_version), a
@@ -458,7 +458,7 @@ def test_sigterm_under_load_commits_and_the_successor_continues_without_gap(topi
         committed = sum(committed_offsets(topics.bootstrap, topics.group, topics.frames)[0].values())
         # Everything scored is committed and nothing more: the topic holds exactly one score per committed frame.
         scores.until(lambda rs, done=committed: len(rs) >= done, timeout_s=30)
-        scores.until(lambda rs: False, timeout_s=1)
+        scores.until(lambda _rs: False, timeout_s=1)
         ids = _ids(scores.records)
         assert committed == len(scores.records) == len(ids) < n, (committed, len(scores.records))
         worker = start_worker(topics, **env)
@@ -513,7 +513,7 @@ def test_members_joining_and_leaving_mid_stream_lose_nothing(topics, start_worke
     assert len(_ids(scores.records)) < n, "the backlog drained before the second member left"
     assert second.terminate() == 0  # rebalance 2: the first keeps its partition and takes the other back
     scores.until(lambda rs: len(_ids(rs)) >= n, timeout_s=180)
-    scores.until(lambda rs: False, timeout_s=2)
+    scores.until(lambda _rs: False, timeout_s=2)
     ids = _ids(scores.records)
     lost = set(labels) - set(ids)
     duplicated = sum(ids.values()) - len(ids)

@@ -161,7 +161,7 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
         config.write_text(render_local_config(target, RULES_DIR))
         port = free_port()
         log_path = tmp_path / "prometheus.log"
-        with open(log_path, "wb") as log:
+        with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                  f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],

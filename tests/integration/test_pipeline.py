@@ -53,7 +53,7 @@ def test_frames_flow_to_alerts_scores_and_dead_letters(topics, start_worker, rea
     scores = reader(topics.scores)
     scores.until(lambda rs: len(distinct_frame_ids(rs)) >= 200, timeout_s=180)
     alerts = reader(topics.alerts)
-    alerts.until(lambda rs: False, timeout_s=3)  # alerts precede their scores; take what is there
+    alerts.until(lambda _rs: False, timeout_s=3)  # alerts precede their scores; take what is there
     dlq = reader(topics.dlq)
     dlq.until(lambda rs: len(rs) >= 5, timeout_s=30)
 

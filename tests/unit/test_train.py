@@ -53,7 +53,7 @@ def test_train_calibrate_evaluate_writes_a_self_describing_model_and_a_report(ti
     assert report["examples"]["false_alarms"] and report["examples"]["missed_defects"]
 
 
-def test_denoiser_lowers_the_error_of_noisy_inputs(tiny_dataset, tmp_path):
+def test_denoiser_lowers_the_error_of_noisy_inputs(tiny_dataset):
     images = _images(tiny_dataset)
     cfg = TrainConfig(epochs=20, batch_size=8, lr=3e-3, denoise=True, noise_kinds=("gaussian",), loss="l2")
     wide = AutoencoderConfig(image_size=32, widths=(16, 32), latent_channels=32)
