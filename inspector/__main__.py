@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"])
 
     sp = sub.add_parser("serve", help="run a worker: consume frames, publish alerts and scores")
-    with_kafka(sp), with_model(sp)
+    with_kafka(sp)
+    with_model(sp)
     sp.add_argument("--metrics-port", type=int)
     sp.set_defaults(func=cmd_serve)
 

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from inspector.errors import ModelFileError
-from inspector.model import ARCHITECTURES, Autoencoder, FeatureReconstructor, RepairAutoencoder
+from inspector.model import ARCHITECTURES, Autoencoder, FeatureReconstructor, NullModel, RepairAutoencoder
 from inspector.scoring import ScoringConfig
 from inspector.threshold import CalibrationStats
 
@@ -33,7 +33,7 @@ _META_KEY = "inspector"
 class ModelArtifact:
     """A trained autoencoder and everything needed to score with it."""
 
-    model: Autoencoder | RepairAutoencoder | FeatureReconstructor
+    model: Autoencoder | RepairAutoencoder | FeatureReconstructor | NullModel
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     calibration: CalibrationStats | None = None
     model_id: str = "banana-ae"
@@ -133,8 +133,7 @@ def load(path: Path, device: torch.device | str = "cpu") -> ModelArtifact:
         name = arch.pop("name", None)
         if name not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {name!r} (this build knows {sorted(ARCHITECTURES)})")
-        module, config_type = ARCHITECTURES[name]
-        model = module(config_type.from_dict(arch))
+        model = ARCHITECTURES[name](arch)
         model.load_state_dict(tensors, strict=True)
         scoring = ScoringConfig.from_dict(header["scoring"])
         calibration = CalibrationStats.from_dict(header["calibration"]) if header.get("calibration") else None

@@ -17,7 +17,7 @@ def colour_features(images_bgr: Sequence[np.ndarray]) -> np.ndarray:
     for image in images_bgr:
         hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
         lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB)
-        stats = []
+        stats: list[np.ndarray] = []
         for converted in (hsv, lab):
             mean, std = cv2.meanStdDev(converted)
             stats.extend((mean.ravel(), std.ravel()))

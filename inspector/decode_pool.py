@@ -86,8 +86,8 @@ class DecodePool:
         input_shape = (slots, max_batch * _AVG_FRAME_BYTES)
         self._images_buf = ctx.RawArray(ctypes.c_uint8, int(np.prod(images_shape)))
         self._input_buf = ctx.RawArray(ctypes.c_uint8, int(np.prod(input_shape)))
-        self.images: np.ndarray = np.frombuffer(self._images_buf, np.uint8).reshape(images_shape)  # whole buffer
-        self._inputs = np.frombuffer(self._input_buf, np.uint8).reshape(input_shape)
+        self.images: np.ndarray = np.frombuffer(memoryview(self._images_buf), np.uint8).reshape(images_shape)  # whole buffer
+        self._inputs = np.frombuffer(memoryview(self._input_buf), np.uint8).reshape(input_shape)
         limits = {"max_bytes": max_bytes, "max_pixels": max_pixels}
         self._conns: list[Connection] = []
         self._procs = []

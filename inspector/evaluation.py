@@ -108,10 +108,10 @@ def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, kinds: list[str], 
 
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(scores.min(), np.percentile(scores, 99.5), 50)
-    ax.hist(scores[~labels], bins=bins, alpha=0.6, label="good", density=True)
+    ax.hist(scores[~labels], bins=bins.tolist(), alpha=0.6, label="good", density=True)
     for kind in sorted(set(kinds) - {"good"}):
         sel = np.array([k == kind for k in kinds])
-        ax.hist(scores[sel], bins=bins, histtype="step", lw=1.5, label=kind, density=True)
+        ax.hist(scores[sel], bins=bins.tolist(), histtype="step", lw=1.5, label=kind, density=True)
     ax.axvline(threshold, c="k", ls="--", label=f"threshold {threshold:.4g}")
     ax.set(xlabel="anomaly score", ylabel="density", title="Scores: good vs defects")
     ax.legend(fontsize=7)
@@ -202,7 +202,7 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
     # If nothing was missed or falsely alarmed, show the closest calls instead: still the most informative.
     worst_fa = worst_fa or [int(i) for i in np.argsort(-np.where(good_sel, scores, -np.inf))[:3]]
     missed = missed or [int(i) for i in np.argsort(np.where(labels, scores, np.inf))[:3]]
-    examples = {"false_alarms": [], "missed_defects": []}
+    examples: dict[str, list[dict[str, object]]] = {"false_alarms": [], "missed_defects": []}
     for group, idx in (("false_alarms", worst_fa), ("missed_defects", missed)):
         for i in idx:
             name = f"{group}_{i:04d}.png"

@@ -124,7 +124,9 @@ def jpeg_copies(images: np.ndarray, seed: int, qualities: tuple[int, int] = (60,
     for i, image in enumerate(images):
         quality = int(rng.integers(qualities[0], qualities[1] + 1))
         data = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
-        out[i] = cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1]
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        assert decoded is not None  # what imencode has just written decodes
+        out[i] = decoded[:, :, ::-1]
     return out
 
 

@@ -55,7 +55,7 @@ class HttpEndpoint:
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     def start(self) -> "HttpEndpoint":
         self._thread.start()

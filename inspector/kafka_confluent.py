@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from kafka import TopicPartition
 
@@ -26,7 +27,7 @@ from inspector.transport import Offsets, Pending, check_acknowledged
 try:
     import confluent_kafka as ck
 except ImportError:  # pragma: no cover - depends on the install
-    ck = None
+    ck = None  # type: ignore[assignment]  # _require() then names the missing package
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ def librdkafka_config(settings: KafkaSettings) -> dict[str, object]:
 def _log_client_error(err: object) -> None:
     # librdkafka retries connection problems itself; they are worth a line, not an exception.
     log.warning("kafka client: %s", err)
+
+
+def _librdkafka_headers(headers: Headers) -> list[tuple[str, str | bytes | None]] | None:
+    """Ours as produce() takes them: None for none, else the same list (its type is wider than ours)."""
+    return cast("list[tuple[str, str | bytes | None]]", headers) or None
 
 
 def _transport_error(what: str, exc: Exception) -> TransportError:
@@ -160,8 +166,11 @@ class ConfluentFrameConsumer:
                     raise TransportError(f"poll failed: {err.name()}: {err.str()}")
                 log.warning("consumer: %s", err.str())  # e.g. a partition's leader moved: librdkafka retries
                 continue
-            records.append(FrameRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                       list(m.headers() or []), m.timestamp()[1]))
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
+            assert topic is not None and partition is not None and offset is not None  # set on a consumed message
+            # librdkafka hands a consumed record's headers as a list of (str, bytes) pairs.
+            headers = cast(Headers, list(m.headers() or []))
+            records.append(FrameRecord(topic, partition, offset, m.key(), m.value(), headers, m.timestamp()[1]))
         return records
 
     def commit(self, offsets: Offsets) -> bool:
@@ -282,7 +291,7 @@ class ConfluentResultProducer:
         delivery = _Delivery()
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key.encode(), headers=headers or None,
+                self._producer.produce(topic, value=value, key=key.encode(), headers=_librdkafka_headers(headers),
                                        on_delivery=delivery)
                 return Pending(delivery, what)
             except BufferError:  # the local queue is full: serve delivery reports, then try again

@@ -10,6 +10,7 @@ Each is trained on good produce only and rebuilds good produce well and defects 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -244,6 +245,16 @@ class FeatureReconstruction(NamedTuple):
 class FeatureReconstructor(nn.Module):
     """(B, 3, S, S) in [0, 1] -> FeatureReconstruction: features and their reconstructions, local and global."""
 
+    # The buffers registered in __init__, declared for the type checker: (1, C, 1, 1), (S, S), (G,), (K, G).
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
+    pooled_mean: torch.Tensor
+    pooled_std: torch.Tensor
+    global_mean: torch.Tensor
+    global_basis: torch.Tensor
+
     def __init__(self, config: FeatureReconstructorConfig | None = None) -> None:
         super().__init__()
         config = config or FeatureReconstructorConfig()
@@ -303,6 +314,9 @@ def _from_dict(cls, data: dict[str, object]):  # shared by the config dataclasse
     return cls(**data)
 
 
-ARCHITECTURES = {"Autoencoder": (Autoencoder, AutoencoderConfig),
-                 "RepairAutoencoder": (RepairAutoencoder, RepairAutoencoderConfig),
-                 "FeatureReconstructor": (FeatureReconstructor, FeatureReconstructorConfig)}
+# Architecture name (as a model file writes it) -> the module, built from the file's config fields.
+ARCHITECTURES: dict[str, Callable[[dict[str, object]], Autoencoder | RepairAutoencoder | FeatureReconstructor]] = {
+    "Autoencoder": lambda arch: Autoencoder(AutoencoderConfig.from_dict(arch)),
+    "RepairAutoencoder": lambda arch: RepairAutoencoder(RepairAutoencoderConfig.from_dict(arch)),
+    "FeatureReconstructor": lambda arch: FeatureReconstructor(FeatureReconstructorConfig.from_dict(arch)),
+}

@@ -30,7 +30,9 @@ def corrupt(x: torch.Tensor, kind: str, generator: torch.Generator, strength: fl
         out = []
         for img in (x.permute(0, 2, 3, 1).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy():
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            out.append(cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else img)
+            decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else img
+            assert decoded is not None  # what imencode has just written decodes
+            out.append(decoded)
         return torch.from_numpy(np.stack(out)).to(x.device).permute(0, 3, 1, 2).float().div(255)
     raise ValueError(f"unknown noise kind {kind!r}; choose from {NOISE_KINDS}")
 

@@ -7,6 +7,7 @@ import copy
 import logging
 import time
 from contextlib import nullcontext
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -20,6 +21,8 @@ from inspector.scoring import score_batch
 
 log = logging.getLogger(__name__)
 
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
 
 def pick_device(name: str) -> torch.device:
     """"auto" -> CUDA when present, else CPU; "cuda" without CUDA is a configuration error."""
@@ -30,7 +33,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fuse_conv_bn(model: torch.nn.Module) -> torch.nn.Module:
+def fuse_conv_bn(model: ModuleT) -> ModuleT:
     """An inference copy of `model` with every Conv2d -> BatchNorm2d pair folded into one Conv2d.
 
     In eval mode BatchNorm is a per-channel affine map, so it folds into the conv's weights and bias: the same
@@ -45,8 +48,9 @@ def fuse_conv_bn(model: torch.nn.Module) -> torch.nn.Module:
                 seq[i] = fuse_conv_bn_eval(conv, bn)
                 seq[i + 1] = torch.nn.Identity()
     for module in list(model.modules()):
-        if hasattr(module, "fold_batchnorm"):  # the backbone's blocks, whose pairs are named, not sequenced
-            module.fold_batchnorm()
+        fold_batchnorm = getattr(module, "fold_batchnorm", None)
+        if fold_batchnorm is not None:  # the backbone's blocks, whose pairs are named, not sequenced
+            fold_batchnorm()
     return model
 
 
@@ -79,11 +83,13 @@ class ModelRunner:
         return self.artifact.config.image_size
 
     def _prepare(self, artifact: ModelArtifact) -> torch.nn.Module:
-        model = fuse_conv_bn(artifact.model.to(self.device).eval())
+        model: torch.nn.Module = fuse_conv_bn(artifact.model.to(self.device).eval())
         # channels_last: the convolutions' fast layout on CUDA (tensor cores) and on CPU (oneDNN), ~2x here.
         model = model.to(memory_format=torch.channels_last)
         if self.compile:
-            model = torch.compile(model, mode="max-autotune" if self.device.type == "cuda" else "default")
+            # On a module torch.compile returns its OptimizedModule wrapper, which its signature types as a callable.
+            model = cast(torch.nn.Module, torch.compile(model, mode="max-autotune" if self.device.type == "cuda"
+                                                        else "default"))
         return model
 
     def batch_shapes(self, max_batch: int) -> tuple[int, ...]:

@@ -84,7 +84,7 @@ def _t_upper_quantile(tail: float, dof: int) -> float:
         def inside(theta: float) -> float:
             c = math.cos(theta)
             series = c * np.polynomial.polynomial.polyval(c * c, coefs) if coefs.size else 0.0
-            return 2 / math.pi * (theta + math.sin(theta) * series)
+            return 2 / math.pi * (theta + math.sin(theta) * float(series))
     else:
         k = np.arange(1, dof // 2)
         coefs = np.cumprod(np.r_[1.0, (2 * k - 1) / (2 * k)])  # 1, 1/2, 1*3/(2*4), ...

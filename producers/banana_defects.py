@@ -77,7 +77,7 @@ def draw_defect(rng: np.random.Generator, defect: str | None) -> dict:
 
 def _local_uv(p: SceneParams, f: BananaField, t0: float, s0: float) -> tuple[np.ndarray, np.ndarray]:
     """Offsets (px) from a point given in banana coordinates, along and across the fruit."""
-    h0 = float(half_width(p, np.float32(t0)))
+    h0 = float(half_width(p, np.asarray(t0, np.float32)))
     return f.u - np.float32(t0 * p.length), f.v - np.float32(s0 * h0)
 
 

@@ -226,7 +226,7 @@ def _rasterise(p: SceneParams) -> Scene:
 
     # Soft contact shadow: the banana's silhouette, shifted and blurred.
     strength, sdx, sdy = p.shadow
-    shift = np.float32([[1, 0, sdx * 4 * k], [0, 1, 2 * k + sdy * 3 * k]])
+    shift = np.array([[1, 0, sdx * 4 * k], [0, 1, 2 * k + sdy * 3 * k]], np.float32)
     sh = cv2.warpAffine(alpha, shift, (alpha.shape[1], alpha.shape[0]))
     sh = cv2.GaussianBlur(sh, (0, 0), 3.0 * k + 0.5)
     box *= 1.0 - np.float32(strength) * sh

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -68,7 +68,7 @@ class PublishStats:
     sent: int = 0
     acked: int = 0
     failed: int = 0
-    labels: dict[str, int] | None = None
+    labels: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -127,7 +127,7 @@ class Publisher:
                 )
                 self.send(jpeg, meta)
                 if frame.label is not None:
-                    self.stats.labels[frame.label] = self.stats.labels.get(frame.label, 0) + 1  # type: ignore[index]
+                    self.stats.labels[frame.label] = self.stats.labels.get(frame.label, 0) + 1
                 seq += 1
         finally:
             self.flush()
