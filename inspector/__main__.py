@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from inspector.errors import ConfigError, InspectorError, TransportError
+from inspector.process import configure_logging
 from inspector.settings import Settings, load_settings, prepare_thread_runtime
 
 log = logging.getLogger("inspector")
@@ -23,7 +24,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     model = {k: v for k, v in {"path": getattr(args, "model", None), "device": getattr(args, "device", None)
                                }.items() if v is not None}
     http = {"port": args.metrics_port} if getattr(args, "metrics_port", None) is not None else {}
-    return load_settings(kafka=kafka, model=model, http=http)
+    log_level = {"log_level": args.log_level} if getattr(args, "log_level", None) else {}
+    return load_settings(kafka=kafka, model=model, http=http, **log_level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -153,7 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inspector", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--log-level", default=None)
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (log_level)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_kafka(sp: argparse.ArgumentParser) -> None:
@@ -241,12 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     prepare_thread_runtime()
     args = build_parser().parse_args(argv)
-    level = (args.log_level or "INFO").upper()
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # kafka-python logs every refused connection while it retries; what matters reaches us as an exception.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
+        configure_logging(_settings(args).log_level)
         return int(args.func(args))
     except (ConfigError, TransportError, InspectorError) as exc:
         print(f"inspector {args.command}: error: {exc}", file=sys.stderr)

@@ -4,7 +4,15 @@ policy, lives with the settings: `settings.prepare_thread_runtime`)."""
 from __future__ import annotations
 
 import gc
+import logging
 import sys
+
+
+def configure_logging(level: str) -> None:
+    """Log lines at `level` (Settings.log_level) and up to stderr, with time, level and logger name."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kafka-python logs every refused connection while it retries; what matters reaches us as an exception.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 
 def shorten_gil_switch_interval() -> None:

@@ -4,12 +4,12 @@ file or a camera. Settings come from INSPECTOR_* variables; flags override them.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
 
 from inspector.errors import InspectorError
+from inspector.process import configure_logging
 from inspector.settings import Settings, load_settings
 from producers.base import FrameSource, Publisher
 
@@ -50,8 +50,6 @@ def build_source(args: argparse.Namespace, settings: Settings) -> FrameSource:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # retries are its business; failures reach us
     producer_overrides = {k: v for k, v in {
         "camera_id": args.camera_id, "fps": args.fps, "count": args.count, "width": args.width,
         "height": args.height, "jpeg_quality": args.jpeg_quality, "defect_rate": args.defect_rate,
@@ -60,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "frames_topic": args.topic}.items() if v is not None}
     try:
         settings = load_settings(producer=producer_overrides, kafka=kafka_overrides)
+        configure_logging(settings.log_level)
         source = build_source(args, settings)
         publisher = Publisher(settings.kafka, settings.producer)
     except InspectorError as exc:
