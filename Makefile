@@ -9,7 +9,7 @@ VENV_STAMP  := $(VENV)/.installed
 KAFKA_STAMP := deploy/kafka/lib/.fetched
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-unit install kafka system-deps model bench-scoring bench-pipeline bench-quality bench-gpu-bundle clean
+.PHONY: demo test test-unit lint install kafka system-deps model bench-scoring bench-pipeline bench-quality bench-gpu-bundle clean
 
 demo: install kafka
 	$(BIN)/inspector demo
@@ -19,6 +19,11 @@ test: install kafka system-deps
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
+
+# Ruff and mypy, with the settings in pyproject.toml; CI runs this before the tests.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 install: $(VENV_STAMP)
 
