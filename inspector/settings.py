@@ -42,7 +42,7 @@ class KafkaSettings(BaseModel):
     fetch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_partition_fetch_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     # How long the broker holds a fetch that finds no new frame; unset, the measured best of the transport in use
-    # (fetch_wait_ms; bench/RESULTS.md, run E).
+    # (fetch_wait_ms; bench/HISTORY.md, run E).
     fetch_max_wait_ms: int | None = Field(None, ge=0, le=5_000)
     # Producer: a short linger packs alerts of one batch into one request without adding latency.
     linger_ms: int = Field(2, ge=0)
@@ -91,7 +91,7 @@ class BatchSettings(BaseModel):
     max_size: int = Field(32, ge=1, le=4096)
     # An idle worker scores what has arrived at once. Under load batches fill by themselves while the previous ones
     # score, so a wait only adds latency: 10 ms doubled the null model's latency p50 at a fixed rate on cpu-2, and
-    # left the default model's capacity where it was (bench/RESULTS.md, run F).
+    # left the default model's capacity where it was (bench/HISTORY.md, run F).
     max_wait_ms: float = Field(0.0, ge=0)
     decode_threads: int = Field(2, ge=1, le=64)
     gpu_decode: bool = True  # on CUDA, decode JPEG batches with nvJPEG; OpenCV threads otherwise
@@ -107,7 +107,7 @@ class ModelSettings(BaseModel):
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile, warmed up before joining the consumer group
     # On the CPU: batches scored at once, each by cores/cpu_streams threads. Two single-threaded batches beat
-    # one batch on two threads on 2 cores (bench/RESULTS.md); on CUDA batches are scored one at a time.
+    # one batch on two threads on 2 cores (bench/HISTORY.md, run D); on CUDA batches are scored one at a time.
     cpu_streams: int = Field(2, ge=1, le=16)
     reload_poll_s: float = Field(5.0, ge=0)  # 0 disables hot reload of a changed model file
     null: bool = False  # benchmarks: serve a model that returns its input (exposes transport + decode cost)
