@@ -67,7 +67,9 @@ def test_frames_flow_to_alerts_scores_and_dead_letters(topics, start_worker, rea
     false_alerts = {a.frame_id for a in alert_msgs if a.label == "good"}
     print(f"\npipeline: 200 frames, 20 defects -> {len(true_alerts)} true alerts, {len(false_alerts)} false alerts")
     assert len(true_alerts) >= 18, f"only {len(true_alerts)} of 20 defects alerted"
-    assert len(false_alerts) <= 4, f"{len(false_alerts)} false alerts"
+    # Model quality is bench/quality.py's; here the bound is issue 14's 5 % of the good frames, which a model
+    # that mis-scores JPEG frames (180 false alerts in 180 before JPEG copies joined training) cannot meet.
+    assert len(false_alerts) <= 9, f"{len(false_alerts)} false alerts"
     assert all(a.box is not None and a.box.x1 > a.box.x0 for a in alert_msgs if a.label != "good")
     assert all(r.key == b"cam-1" for r in alerts.records)
 
