@@ -29,8 +29,7 @@ from kafka import TopicPartition
 from inspector.artifact import ModelArtifact
 from inspector.batcher import MicroBatcher
 from inspector.contracts import H_CAMERA_ID, Alert, Box, FrameMeta, FrameScore, dead_letter, header_value
-from inspector.errors import BadFrame
-from inspector.jpeg import decode_jpeg, validate_jpeg
+from inspector.frame_decode import Decoded, decode_record
 from inspector.metrics import CameraLabels, WorkerMetrics
 from inspector.model_reload import ModelFileWatch
 from inspector.preprocess import DeviceJpegDecoder
@@ -53,17 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DeviceImages = tuple[list["torch.Tensor"], "torch.cuda.Event"]  # nvJPEG's images of a batch and their ready event
-
-
-@dataclass
-class Decoded:
-    """One consumed record after validation and decode: either an image or the reason it is bad."""
-
-    record: ConsumedRecord
-    meta: FrameMeta | None = None
-    image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size (None: decoded on the GPU)
-    frame_hw: tuple[int, int] = (0, 0)
-    error: BadFrame | None = None
 
 
 @dataclass
@@ -90,23 +78,6 @@ class Scored:
     alerts: dict[int, Box | None]  # index into `good` -> defect box, for the frames over their threshold
     artifact: ModelArtifact  # the model that scored them (a hot reload may swap it before they are published)
     scored_ns: int
-
-
-def decode_record(record: ConsumedRecord, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
-    """Headers, then bytes: any problem becomes a BadFrame with a DLQ reason, never an exception.
-
-    With decode=False the bytes are only validated (the batch is then decoded on the GPU)."""
-    try:
-        meta = FrameMeta.from_headers(record.headers)
-        data = record.value or b""
-        if not decode:
-            return Decoded(record, meta, None, validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels))
-        image, hw = decode_jpeg(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
-        return Decoded(record, meta, image, hw)
-    except BadFrame as bad:
-        return Decoded(record, error=bad)
-    except Exception as exc:  # a frame must never take the worker down
-        return Decoded(record, error=BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
 
 
 class Worker:
