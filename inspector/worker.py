@@ -29,6 +29,7 @@ from kafka import TopicPartition
 from inspector.artifact import ModelArtifact
 from inspector.batcher import MicroBatcher
 from inspector.contracts import H_CAMERA_ID, Alert, Box, FrameMeta, FrameScore, dead_letter, header_value
+from inspector.flow_control import BatchSizeGovernor, RewindLedger
 from inspector.frame_decode import Decoded, decode_record
 from inspector.metrics import CameraLabels, WorkerMetrics
 from inspector.model_reload import ModelFileWatch
@@ -37,14 +38,7 @@ from inspector.runtime import ModelRunner
 from inspector.scoring import defect_box
 from inspector.settings import Settings
 from inspector.threshold import is_defect
-from inspector.transport import (
-    ConsumedRecord,
-    FrameConsumer,
-    Pending,
-    ResultProducer,
-    first_offsets,
-    next_offsets,
-)
+from inspector.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, next_offsets
 
 if TYPE_CHECKING:
     import torch
@@ -99,15 +93,14 @@ class Worker:
         # The model runs in threads of its own (warm-up, reloads and batches; one per stream of the runner), so
         # that scoring never waits for the main thread's publishing and committing.
         self._scorer = ThreadPoolExecutor(runner.streams, thread_name_prefix="score")
-        # Score the next batches while this one is published: on once a batch has been quick (see
-        # _fit_batch_to_poll_interval), as after an eviction the next batches are dropped, scored or not.
-        self._overlap = False
+        # The batch size, and whether the next batches are scored while one is published, follow how long the
+        # last batch took: an eviction would drop the batches in flight, scored or not.
+        self._batch_size = BatchSizeGovernor(settings.kafka.max_poll_interval_ms / 1000, settings.batch.max_size)
         self._stop = threading.Event()
         self._in_flight: deque[Batch] = deque()  # polled, not yet published; the oldest is published next
         self._batcher = MicroBatcher[ConsumedRecord](settings.batch.max_size, 0)  # the batch being collected
-        self._max_size = settings.batch.max_size  # shrinks while batches run close to max_poll_interval
         self._assigned = False
-        self._rewind: dict[TopicPartition, int] = {}  # first offset of each partition's dropped records
+        self._rewind = RewindLedger()  # where the partitions of batches a rebalance dropped are read again from
         self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact, self._install_model)
         self._next_lag_update = 0.0
         metrics.show_model(runner.artifact, settings.model)
@@ -144,10 +137,10 @@ class Worker:
                 # once every scoring thread has a batch, when nothing new came in, or as soon as it is scored.
                 if records:
                     batch = self._start_decode(records)
-                    if self._overlap:
+                    if self._batch_size.overlap:
                         batch.scoring = self._scorer.submit(self._score_stage, batch)
                     self._in_flight.append(batch)
-                depth = self.runner.streams if self._overlap else 0
+                depth = self.runner.streams if self._batch_size.overlap else 0
                 if self._in_flight and (len(self._in_flight) > depth or not records or self._in_flight[0].is_scored()):
                     self._finish(self._in_flight.popleft())
                 if self._model_file.poll():
@@ -172,7 +165,8 @@ class Worker:
         While batches are in flight we only take what is already fetched, so that they are not delayed.
         """
         t0 = time.perf_counter()
-        self._batcher = batcher = MicroBatcher[ConsumedRecord](self._max_size, self.s.batch.max_wait_ms / 1000)
+        max_size, max_wait_s = self._batch_size.max_size, self.s.batch.max_wait_ms / 1000
+        self._batcher = batcher = MicroBatcher[ConsumedRecord](max_size, max_wait_s)
         if self._in_flight:
             for record in self.consumer.poll(0, batcher.room()):
                 batcher.add(record, time.monotonic())
@@ -326,7 +320,7 @@ class Worker:
         if not self.producer.transactional:
             self.consumer.commit(offsets)
         t_committed = time.perf_counter()
-        self._fit_batch_to_poll_interval(len(batch.records), t_committed - t0)
+        self._batch_size.observe(len(batch.records), t_committed - t0)
 
         # 7. Metrics (after the fact: they must never delay an alert).
         for i, d in enumerate(good):
@@ -342,21 +336,6 @@ class Worker:
             self.m.alerts.labels(self.cameras(camera_id)).inc()
         self.m.stage_seconds.labels("publish").observe(t_published - t_scored)
         self.m.stage_seconds.labels("commit").observe(t_committed - t_published)
-
-    def _fit_batch_to_poll_interval(self, size: int, seconds: float) -> None:
-        """Keep a batch well inside kafka.max_poll_interval_ms, past which the group evicts this worker and
-        the batch is scored again: a batch over half of it halves the batch size, a full one under 1/8 doubles it.
-
-        Batches over 1/8 of it also stop the overlap: after an eviction the next batch, already being scored,
-        would be dropped, and its scoring would delay the one after it by as long again."""
-        limit_s = self.s.kafka.max_poll_interval_ms / 1000
-        self._overlap = seconds < limit_s / 8
-        if seconds > limit_s / 2 and max(1, size // 2) < self._max_size:
-            self._max_size = max(1, size // 2)
-            log.warning("a batch of %d took %.1fs of the %.1fs max poll interval: batch size lowered to %d", size,
-                        seconds, limit_s, self._max_size)
-        elif seconds < limit_s / 8 and size >= self._max_size < self.s.batch.max_size:
-            self._max_size = min(self.s.batch.max_size, self._max_size * 2)
 
     def _install_model(self, new: ModelArtifact) -> None:
         """Hot reload, between two batches: the batches in flight finish with the model that scored them, then
@@ -390,8 +369,7 @@ class Worker:
         dropped = [record for batch in self._in_flight for record in batch.records] + self._batcher.take()
         for batch in self._in_flight:
             batch.dropped.set()
-        for tp, first in first_offsets(dropped).items():
-            self._rewind[tp] = min(first, self._rewind.get(tp, first))
+        self._rewind.note_dropped(dropped)
         self._in_flight.clear()
         self._assigned = False
         self.m.ready.set(0)
@@ -399,11 +377,7 @@ class Worker:
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         # A new owner starts from the committed offset, but kafka-python keeps a kept partition's position
         # across the rebalance: it would read on after the dropped batch, and the next commit would skip it.
-        kept = self.consumer.assignment()
-        for tp, first in self._rewind.items():
-            if tp in kept:
-                self.consumer.seek(tp, first)
-        self._rewind.clear()
+        self._rewind.apply(self.consumer.assignment(), self.consumer.seek)
         self._assigned = True
         self.m.assigned_partitions.set(len(self.consumer.assignment()))
         self.m.ready.set(1 if self.ready() else 0)
