@@ -28,7 +28,7 @@ from kafka import TopicPartition
 
 from inspector.artifact import ModelArtifact
 from inspector.batcher import MicroBatcher
-from inspector.contracts import H_CAMERA_ID, Alert, Box, FrameMeta, FrameScore, dead_letter, header_value
+from inspector.contracts import H_CAMERA_ID, Alert, Box, FrameScore, dead_letter, header_value
 from inspector.flow_control import BatchSizeGovernor, RewindLedger
 from inspector.frame_decode import Decoded, decode_record
 from inspector.metrics import CameraLabels, WorkerMetrics
@@ -260,9 +260,11 @@ class Worker:
         self.m.stage_seconds.labels("score").observe(time.perf_counter() - t_decoded)
         return Scored(decoded, good, bad, scores, thresholds, alerts, artifact, scored_ns)
 
-    # ---- 4..7. publish, flush, commit -----------------------------------------------------------------
+    # ---- 4..7. publish, acknowledge then commit, metrics -----------------------------------------------
 
     def _finish(self, batch: Batch) -> None:
+        """Publish the oldest batch's results, commit its offsets once the broker acknowledged them, fit the batch
+        size to how long that took, and record its metrics."""
         t0 = time.perf_counter()
         scored = (batch.scoring or self._scorer.submit(self._score_stage, batch)).result()
         assert scored is not None  # only a dropped batch is not scored, and a dropped batch is not finished
@@ -270,72 +272,74 @@ class Worker:
         for d in scored.decoded:
             camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)
             self.m.frames_consumed.labels(self.cameras(camera or "unknown", start=d.error is None)).inc()
-        good, scores, artifact, scored_ns = scored.good, scored.scores, scored.artifact, scored.scored_ns
+        pending = self._publish(scored)
+        acked_ns, t_acked = self._acknowledge_then_commit(batch.records, pending)
+        t_committed = time.perf_counter()
+        self._batch_size.observe(len(batch.records), t_committed - t0)
+        self._record_metrics(scored, acked_ns)
+        self.m.stage_seconds.labels("publish").observe(t_acked - t_scored)
+        self.m.stage_seconds.labels("commit").observe(t_committed - t_acked)
 
-        # 4. Publish alerts, scores and dead letters (sends are asynchronous; nothing is committed yet).
+    def _publish(self, scored: Scored) -> list[Pending]:
+        """4. Send the batch's alerts, scores and dead letters; the sends are asynchronous, nothing is acknowledged
+        yet."""
         self.producer.begin()
         pending: list[Pending] = []
-        alerted: list[tuple[FrameMeta, str]] = []
-        for i, d in enumerate(good):
+        artifact, kafka = scored.artifact, self.s.kafka
+        for i, d in enumerate(scored.good):
             meta = d.meta
             assert meta is not None
-            score = float(scores[i])
-            threshold = scored.thresholds[i]
-            alert = i in scored.alerts
+            score, threshold, alert = float(scored.scores[i]), scored.thresholds[i], i in scored.alerts
             if alert:
                 message = Alert(
                     frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence,
-                    captured_ns=meta.captured_ns, scored_ns=scored_ns, published_ns=time.time_ns(),
+                    captured_ns=meta.captured_ns, scored_ns=scored.scored_ns, published_ns=time.time_ns(),
                     deadline_ns=meta.deadline_ns, score=score, threshold=threshold,
                     model_id=artifact.model_id, model_version=artifact.model_version, box=scored.alerts[i],
                     label=meta.label,
                 )
-                pending.append(self.producer.send(self.s.kafka.alerts_topic, meta.camera_id, message.to_json(),
-                                                  [], f"alert for frame {meta.frame_id}"))
-                alerted.append((meta, meta.camera_id))
-            if self.s.kafka.scores_topic:
+                pending.append(self.producer.send(kafka.alerts_topic, meta.camera_id, message.to_json(), [],
+                                                  f"alert for frame {meta.frame_id}"))
+            if kafka.scores_topic:
                 record = FrameScore(
                     frame_id=meta.frame_id, camera_id=meta.camera_id, seq=meta.sequence, score=score,
-                    thr=threshold, alert=alert, captured_ns=meta.captured_ns, scored_ns=scored_ns,
+                    thr=threshold, alert=alert, captured_ns=meta.captured_ns, scored_ns=scored.scored_ns,
                     model_version=artifact.model_version, label=meta.label,
                 )
-                pending.append(self.producer.send(self.s.kafka.scores_topic, meta.camera_id, record.to_json(),
-                                                  [], f"score for frame {meta.frame_id}"))
-        for d in scored.bad:
-            pending.append(self._dead_letter(d))
+                pending.append(self.producer.send(kafka.scores_topic, meta.camera_id, record.to_json(), [],
+                                                  f"score for frame {meta.frame_id}"))
+        pending.extend(self._dead_letter(d) for d in scored.bad)
+        return pending
 
-        # 5. Wait until the broker has acknowledged every one of them (raises TransportError otherwise).
-        offsets = next_offsets(batch.records)
+    def _acknowledge_then_commit(self, records: list[ConsumedRecord], pending: list[Pending]) -> tuple[int, float]:
+        """5-6. The offsets of a batch's records, good and bad, are committed only after the broker acknowledged
+        every message published for them (with exactly-once they commit in the same transaction instead).
+
+        Raises TransportError when a message was not acknowledged. A refused commit (the group evicted us) is not
+        fatal: the partitions' next owner scores these records again. -> the acknowledgement's time.time_ns()
+        and time.perf_counter()."""
+        offsets = next_offsets(records)
+        self.producer.flush_and_check(pending)
         if self.producer.transactional:
-            # 5'. Exactly-once: the offsets join the transaction; the commit below makes both visible.
-            self.producer.flush_and_check(pending)
             self.producer.commit_with_offsets(offsets, self.consumer.group_metadata())
-        else:
-            self.producer.flush_and_check(pending)
-        acked_ns = time.time_ns()
-        t_published = time.perf_counter()
-
-        # 6. Only now commit the offsets of every record of the batch, good and bad. A refused commit (the
-        #    group evicted us) is not fatal: the partitions' next owner scores these records again.
+        acked = time.time_ns(), time.perf_counter()
         if not self.producer.transactional:
             self.consumer.commit(offsets)
-        t_committed = time.perf_counter()
-        self._batch_size.observe(len(batch.records), t_committed - t0)
+        return acked
 
-        # 7. Metrics (after the fact: they must never delay an alert).
-        for i, d in enumerate(good):
+    def _record_metrics(self, scored: Scored, acked_ns: int) -> None:
+        """7. Per-frame metrics, after the fact: they must never delay an alert."""
+        for i, d in enumerate(scored.good):
             meta = d.meta
             assert meta is not None
             camera = self.cameras(meta.camera_id)
             self.m.frames_scored.labels(camera).inc()
-            self.m.score.labels(camera).observe(float(scores[i]))
+            self.m.score.labels(camera).observe(float(scored.scores[i]))
             self.m.end_to_end_seconds.labels(camera).observe(max(0.0, (acked_ns - meta.captured_ns) / 1e9))
             if meta.deadline_ns is not None and acked_ns > meta.deadline_ns:
                 self.m.deadline_missed.labels(camera).inc()
-        for _, camera_id in alerted:
-            self.m.alerts.labels(self.cameras(camera_id)).inc()
-        self.m.stage_seconds.labels("publish").observe(t_published - t_scored)
-        self.m.stage_seconds.labels("commit").observe(t_committed - t_published)
+            if i in scored.alerts:
+                self.m.alerts.labels(camera).inc()
 
     def _install_model(self, new: ModelArtifact) -> None:
         """Hot reload, between two batches: the batches in flight finish with the model that scored them, then
