@@ -6,10 +6,8 @@ batch being published (duplicates bounded by one batch per partition); nothing i
 `kafka.exactly_once` the results and the offsets go into one transaction instead.
 
 Pipelining: while the main thread publishes batch N, waits for its acknowledgements and commits it, the next
-batches are decoded (in threads) and scored (one per scoring thread: one on CUDA, `model.cpu_streams` on the
-CPU). A crash then loses the work on those too, but none of their results were published, so the duplicates
-are still bounded by one batch. On CUDA the decode threads only validate, and one more thread decodes the
-whole batch with nvJPEG on a CUDA stream of its own.
+batches are decoded and scored in the threads of `inspector.batch_scoring`. A crash then loses the work on those
+too, but none of their results were published, so the duplicates are still bounded by one batch.
 """
 
 from __future__ import annotations
@@ -18,95 +16,22 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
 from kafka import TopicPartition
 
 from inspector.artifact import ModelArtifact
+from inspector.batch_scoring import Batch, BatchScorer, Scored
 from inspector.batcher import MicroBatcher
-from inspector.contracts import H_CAMERA_ID, Alert, Box, FrameMeta, FrameScore, dead_letter, header_value
-from inspector.errors import BadFrame
-from inspector.jpeg import decode_jpeg, validate_jpeg
+from inspector.contracts import H_CAMERA_ID, Alert, FrameScore, dead_letter, header_value
+from inspector.flow_control import BatchSizeGovernor, RewindLedger
+from inspector.frame_decode import Decoded
 from inspector.metrics import CameraLabels, WorkerMetrics
 from inspector.model_reload import ModelFileWatch
-from inspector.preprocess import DeviceJpegDecoder
 from inspector.runtime import ModelRunner
-from inspector.scoring import defect_box
 from inspector.settings import Settings
-from inspector.threshold import is_defect
-from inspector.transport import (
-    ConsumedRecord,
-    FrameConsumer,
-    Pending,
-    ResultProducer,
-    first_offsets,
-    next_offsets,
-)
-
-if TYPE_CHECKING:
-    import torch
+from inspector.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, next_offsets
 
 log = logging.getLogger(__name__)
-
-DeviceImages = tuple[list["torch.Tensor"], "torch.cuda.Event"]  # nvJPEG's images of a batch and their ready event
-
-
-@dataclass
-class Decoded:
-    """One consumed record after validation and decode: either an image or the reason it is bad."""
-
-    record: ConsumedRecord
-    meta: FrameMeta | None = None
-    image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size (None: decoded on the GPU)
-    frame_hw: tuple[int, int] = (0, 0)
-    error: BadFrame | None = None
-
-
-@dataclass
-class Batch:
-    records: list[ConsumedRecord]
-    decoding: list[Future[Decoded]] = field(default_factory=list)  # per record: its Decoded
-    on_device: Future[DeviceImages | None] | None = None  # on CUDA: nvJPEG's images of the valid frames
-    scoring: Future[Scored | None] | None = None  # its Scored, from the scoring thread
-    dropped: threading.Event = field(default_factory=threading.Event)  # a rebalance took it: do not score it
-
-    def is_scored(self) -> bool:
-        return self.scoring is not None and self.scoring.done()
-
-
-@dataclass
-class Scored:
-    """A batch after the score stage, all on the host: what publishing it needs."""
-
-    decoded: list[Decoded]  # every record of the batch, in order
-    good: list[Decoded]  # the scored frames
-    bad: list[Decoded]  # the frames for the dead-letter topic
-    scores: np.ndarray  # (len(good),) float32
-    thresholds: list[float]  # per scored frame
-    alerts: dict[int, Box | None]  # index into `good` -> defect box, for the frames over their threshold
-    artifact: ModelArtifact  # the model that scored them (a hot reload may swap it before they are published)
-    scored_ns: int
-
-
-def decode_record(record: ConsumedRecord, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
-    """Headers, then bytes: any problem becomes a BadFrame with a DLQ reason, never an exception.
-
-    With decode=False the bytes are only validated (the batch is then decoded on the GPU)."""
-    try:
-        meta = FrameMeta.from_headers(record.headers)
-        data = record.value or b""
-        if not decode:
-            return Decoded(record, meta, None, validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels))
-        image, hw = decode_jpeg(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
-        return Decoded(record, meta, image, hw)
-    except BadFrame as bad:
-        return Decoded(record, error=bad)
-    except Exception as exc:  # a frame must never take the worker down
-        return Decoded(record, error=BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
 
 
 class Worker:
@@ -120,23 +45,15 @@ class Worker:
         self.producer = producer
         self.m = metrics
         self.cameras = CameraLabels(settings.limits.max_cameras, metrics)
-        # nvJPEG decodes the whole batch on the GPU, in a thread of its own; the decode threads then only validate.
-        self._nvjpeg = self._start_nvjpeg() if settings.batch.gpu_decode and runner.device.type == "cuda" else None
-        self._nvjpeg_thread = ThreadPoolExecutor(1, thread_name_prefix="nvjpeg")
-        cv2.setNumThreads(1)  # parallelism comes from the decode pool; OpenCV's own pool would oversubscribe
-        self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
-        # The model runs in threads of its own (warm-up, reloads and batches; one per stream of the runner), so
-        # that scoring never waits for the main thread's publishing and committing.
-        self._scorer = ThreadPoolExecutor(runner.streams, thread_name_prefix="score")
-        # Score the next batches while this one is published: on once a batch has been quick (see
-        # _fit_batch_to_poll_interval), as after an eviction the next batches are dropped, scored or not.
-        self._overlap = False
+        self.scorer = BatchScorer(settings, runner, metrics)  # decode and score, in threads of its own
+        # The batch size, and whether the next batches are scored while one is published, follow how long the
+        # last batch took: an eviction would drop the batches in flight, scored or not.
+        self._batch_size = BatchSizeGovernor(settings.kafka.max_poll_interval_ms / 1000, settings.batch.max_size)
         self._stop = threading.Event()
         self._in_flight: deque[Batch] = deque()  # polled, not yet published; the oldest is published next
         self._batcher = MicroBatcher[ConsumedRecord](settings.batch.max_size, 0)  # the batch being collected
-        self._max_size = settings.batch.max_size  # shrinks while batches run close to max_poll_interval
         self._assigned = False
-        self._rewind: dict[TopicPartition, int] = {}  # first offset of each partition's dropped records
+        self._rewind = RewindLedger()  # where the partitions of batches a rebalance dropped are read again from
         self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact, self._install_model)
         self._next_lag_update = 0.0
         metrics.show_model(runner.artifact, settings.model)
@@ -151,17 +68,9 @@ class Worker:
         return self._assigned and not self._stop.is_set() and self.producer.connected()
 
     def warm_up(self) -> float:
-        """Run the model on every batch shape it will see, in every scoring thread (on CUDA its cuBLAS and cuDNN
-        handles are per thread); call before run(), as a slow first batch would cost a rebalance. Seconds."""
-        shapes = self.runner.batch_shapes(self.s.batch.max_size)
-        all_threads = threading.Barrier(self.runner.streams)  # holds each warm-up until every thread has one
-
-        def warm_up_one_thread() -> float:
-            seconds = self.runner.warm_up(shapes)
-            all_threads.wait()
-            return seconds
-
-        return max(f.result() for f in [self._scorer.submit(warm_up_one_thread) for _ in range(self.runner.streams)])
+        """Run the model on every batch shape it will see; call before run(), as a slow first batch would cost a
+        rebalance. Seconds."""
+        return self.scorer.warm_up()
 
     def run(self) -> None:
         """Serve until stop(); returns after the last batch is acknowledged and committed."""
@@ -172,11 +81,11 @@ class Worker:
                 # Start decoding (and scoring) the new batch in threads, then finish the oldest one meanwhile:
                 # once every scoring thread has a batch, when nothing new came in, or as soon as it is scored.
                 if records:
-                    batch = self._start_decode(records)
-                    if self._overlap:
-                        batch.scoring = self._scorer.submit(self._score_stage, batch)
+                    batch = self.scorer.start(records)
+                    if self._batch_size.overlap:
+                        self.scorer.score_ahead(batch)
                     self._in_flight.append(batch)
-                depth = self.runner.streams if self._overlap else 0
+                depth = self.runner.streams if self._batch_size.overlap else 0
                 if self._in_flight and (len(self._in_flight) > depth or not records or self._in_flight[0].is_scored()):
                     self._finish(self._in_flight.popleft())
                 if self._model_file.poll():
@@ -189,9 +98,7 @@ class Worker:
             self._in_flight.clear()
             self._batcher.take()
             self.m.ready.set(0)
-            self._decoder.shutdown(wait=False, cancel_futures=True)
-            self._nvjpeg_thread.shutdown(wait=False, cancel_futures=True)
-            self._scorer.shutdown(wait=False, cancel_futures=True)
+            self.scorer.shutdown()
 
     # ---- 1. poll and batch ------------------------------------------------------------------------
 
@@ -201,7 +108,8 @@ class Worker:
         While batches are in flight we only take what is already fetched, so that they are not delayed.
         """
         t0 = time.perf_counter()
-        self._batcher = batcher = MicroBatcher[ConsumedRecord](self._max_size, self.s.batch.max_wait_ms / 1000)
+        max_size, max_wait_s = self._batch_size.max_size, self.s.batch.max_wait_ms / 1000
+        self._batcher = batcher = MicroBatcher[ConsumedRecord](max_size, max_wait_s)
         if self._in_flight:
             for record in self.consumer.poll(0, batcher.room()):
                 batcher.add(record, time.monotonic())
@@ -219,186 +127,93 @@ class Worker:
             self.m.stage_seconds.labels("poll").observe(time.perf_counter() - t0)
         return records
 
-    # ---- 2. decode (threads) ----------------------------------------------------------------------
-
-    def _start_decode(self, records: list[ConsumedRecord]) -> Batch:
-        size, limits = self.runner.size, self.s.limits
-        decoding = [self._decoder.submit(decode_record, r, size, limits.max_frame_bytes, limits.max_pixels,
-                                         self._nvjpeg is None) for r in records]
-        on_device = self._nvjpeg_thread.submit(self._decode_on_device, decoding) if self._nvjpeg else None
-        return Batch(records, decoding, on_device)
-
-    def _start_nvjpeg(self) -> DeviceJpegDecoder | None:
-        try:
-            return DeviceJpegDecoder(self.runner.device)
-        except RuntimeError as exc:  # e.g. a torchvision built without nvJPEG: the CPU path still works
-            log.warning("nvJPEG unusable, decoding with OpenCV threads instead: %s", str(exc).splitlines()[0])
-            return None
-
-    def _decode_on_device(self, decoding: list[Future[Decoded]]) -> DeviceImages | None:
-        """(nvjpeg thread) Once validated, the batch's valid frames decoded by nvJPEG on the decoder's stream."""
-        assert self._nvjpeg is not None
-        valid = [d.record.value or b"" for d in (f.result() for f in decoding) if d.error is None]
-        return self._nvjpeg.decode(valid) if valid else None
-
-    def _score(self, batch: Batch, good: list[Decoded]
-               ) -> tuple[list[Decoded], list[Decoded], np.ndarray, torch.Tensor | None]:
-        """Score the good frames in one batch -> (scored, newly bad, scores (B,), maps (B, S, S) on the device)."""
-        if batch.on_device is not None:
-            try:
-                on_device = batch.on_device.result()
-                assert self._nvjpeg is not None and on_device is not None  # `good` has frames: nvJPEG decoded them
-                x = self._nvjpeg.to_batch(on_device, self.runner.size)  # the frames of `good`
-                return good, [], *self.runner.score_tensor(x)
-            except RuntimeError:
-                # nvJPEG refused a frame that passed validation: decode each on the CPU, which names the bad one.
-                good = [decode_record(d.record, self.runner.size, self.s.limits.max_frame_bytes,
-                                      self.s.limits.max_pixels) for d in good]
-        bad = [d for d in good if d.error is not None]
-        good = [d for d in good if d.error is None]
-        if not good:
-            return [], bad, np.zeros(0, np.float32), None
-        images = [d.image for d in good if d.image is not None]
-        assert len(images) == len(good)  # a frame without error decoded on the CPU has its image
-        return good, bad, *self.runner.score(np.stack(images))  # (B, S, S, 3) uint8
-
-    # ---- 3. score (the scoring thread) --------------------------------------------------------------
-
-    def _score_stage(self, batch: Batch) -> Scored | None:
-        """(scoring thread) Wait for the batch's decode, score its good frames in one batch, and draw the defect
-        boxes of those over their threshold. None for a batch a rebalance dropped before it was scored."""
-        t0 = time.perf_counter()
-        decoded = [f.result() for f in batch.decoding]
-        t_decoded = time.perf_counter()
-        if batch.dropped.is_set():
-            return None
-        good = [d for d in decoded if d.error is None]
-        bad = [d for d in decoded if d.error is not None]
-        artifact = self.runner.artifact  # a reload waits until no batch is in flight: this model scores it
-        scores: np.ndarray = np.zeros(0, np.float32)
-        thresholds: list[float] = []
-        alerts: dict[int, Box | None] = {}
-        if good:
-            good, newly_bad, scores, maps = self._score(batch, good)  # (B,), (B, S, S) on the device
-            bad.extend(newly_bad)
-            if self.s.faults.score_delay_ms:  # fault injection (tests only): a slow device, per frame
-                time.sleep(self.s.faults.score_delay_ms * len(good) / 1000)
-            for i, d in enumerate(good):
-                assert d.meta is not None and maps is not None  # a scored frame had its headers read, and a map
-                thresholds.append(self._threshold(d.meta.camera_id, artifact))
-                if is_defect(float(scores[i]), thresholds[i]):
-                    region = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)
-                    alerts[i] = Box(**region._asdict()) if region is not None else None
-            self.m.batch_size.observe(len(good))
-        scored_ns = time.time_ns()
-        self.m.stage_seconds.labels("decode").observe(t_decoded - t0)
-        self.m.stage_seconds.labels("score").observe(time.perf_counter() - t_decoded)
-        return Scored(decoded, good, bad, scores, thresholds, alerts, artifact, scored_ns)
-
-    # ---- 4..7. publish, flush, commit -----------------------------------------------------------------
+    # ---- 2..3. decode and score run in self.scorer; 4..7. publish, acknowledge then commit, metrics ------
 
     def _finish(self, batch: Batch) -> None:
+        """Publish the oldest batch's results, commit its offsets once the broker acknowledged them, fit the batch
+        size to how long that took, and record its metrics."""
         t0 = time.perf_counter()
-        scored = (batch.scoring or self._scorer.submit(self._score_stage, batch)).result()
+        scored = self.scorer.scored(batch)
         assert scored is not None  # only a dropped batch is not scored, and a dropped batch is not finished
         t_scored = time.perf_counter()
         for d in scored.decoded:
             camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)
             self.m.frames_consumed.labels(self.cameras(camera or "unknown", start=d.error is None)).inc()
-        good, scores, artifact, scored_ns = scored.good, scored.scores, scored.artifact, scored.scored_ns
+        pending = self._publish(scored)
+        acked_ns, t_acked = self._acknowledge_then_commit(batch.records, pending)
+        t_committed = time.perf_counter()
+        self._batch_size.observe(len(batch.records), t_committed - t0)
+        self._record_metrics(scored, acked_ns)
+        self.m.stage_seconds.labels("publish").observe(t_acked - t_scored)
+        self.m.stage_seconds.labels("commit").observe(t_committed - t_acked)
 
-        # 4. Publish alerts, scores and dead letters (sends are asynchronous; nothing is committed yet).
+    def _publish(self, scored: Scored) -> list[Pending]:
+        """4. Send the batch's alerts, scores and dead letters; the sends are asynchronous, nothing is acknowledged
+        yet."""
         self.producer.begin()
         pending: list[Pending] = []
-        alerted: list[tuple[FrameMeta, str]] = []
-        for i, d in enumerate(good):
+        artifact, kafka = scored.artifact, self.s.kafka
+        for i, d in enumerate(scored.good):
             meta = d.meta
             assert meta is not None
-            score = float(scores[i])
-            threshold = scored.thresholds[i]
-            alert = i in scored.alerts
+            score, threshold, alert = float(scored.scores[i]), scored.thresholds[i], i in scored.alerts
             if alert:
                 message = Alert(
                     frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence,
-                    captured_ns=meta.captured_ns, scored_ns=scored_ns, published_ns=time.time_ns(),
+                    captured_ns=meta.captured_ns, scored_ns=scored.scored_ns, published_ns=time.time_ns(),
                     deadline_ns=meta.deadline_ns, score=score, threshold=threshold,
                     model_id=artifact.model_id, model_version=artifact.model_version, box=scored.alerts[i],
                     label=meta.label,
                 )
-                pending.append(self.producer.send(self.s.kafka.alerts_topic, meta.camera_id, message.to_json(),
-                                                  [], f"alert for frame {meta.frame_id}"))
-                alerted.append((meta, meta.camera_id))
-            if self.s.kafka.scores_topic:
+                pending.append(self.producer.send(kafka.alerts_topic, meta.camera_id, message.to_json(), [],
+                                                  f"alert for frame {meta.frame_id}"))
+            if kafka.scores_topic:
                 record = FrameScore(
                     frame_id=meta.frame_id, camera_id=meta.camera_id, seq=meta.sequence, score=score,
-                    thr=threshold, alert=alert, captured_ns=meta.captured_ns, scored_ns=scored_ns,
+                    thr=threshold, alert=alert, captured_ns=meta.captured_ns, scored_ns=scored.scored_ns,
                     model_version=artifact.model_version, label=meta.label,
                 )
-                pending.append(self.producer.send(self.s.kafka.scores_topic, meta.camera_id, record.to_json(),
-                                                  [], f"score for frame {meta.frame_id}"))
-        for d in scored.bad:
-            pending.append(self._dead_letter(d))
+                pending.append(self.producer.send(kafka.scores_topic, meta.camera_id, record.to_json(), [],
+                                                  f"score for frame {meta.frame_id}"))
+        pending.extend(self._dead_letter(d) for d in scored.bad)
+        return pending
 
-        # 5. Wait until the broker has acknowledged every one of them (raises TransportError otherwise).
-        offsets = next_offsets(batch.records)
+    def _acknowledge_then_commit(self, records: list[ConsumedRecord], pending: list[Pending]) -> tuple[int, float]:
+        """5-6. The offsets of a batch's records, good and bad, are committed only after the broker acknowledged
+        every message published for them (with exactly-once they commit in the same transaction instead).
+
+        Raises TransportError when a message was not acknowledged. A refused commit (the group evicted us) is not
+        fatal: the partitions' next owner scores these records again. -> the acknowledgement's time.time_ns()
+        and time.perf_counter()."""
+        offsets = next_offsets(records)
+        self.producer.flush_and_check(pending)
         if self.producer.transactional:
-            # 5'. Exactly-once: the offsets join the transaction; the commit below makes both visible.
-            self.producer.flush_and_check(pending)
             self.producer.commit_with_offsets(offsets, self.consumer.group_metadata())
-        else:
-            self.producer.flush_and_check(pending)
-        acked_ns = time.time_ns()
-        t_published = time.perf_counter()
-
-        # 6. Only now commit the offsets of every record of the batch, good and bad. A refused commit (the
-        #    group evicted us) is not fatal: the partitions' next owner scores these records again.
+        acked = time.time_ns(), time.perf_counter()
         if not self.producer.transactional:
             self.consumer.commit(offsets)
-        t_committed = time.perf_counter()
-        self._fit_batch_to_poll_interval(len(batch.records), t_committed - t0)
+        return acked
 
-        # 7. Metrics (after the fact: they must never delay an alert).
-        for i, d in enumerate(good):
+    def _record_metrics(self, scored: Scored, acked_ns: int) -> None:
+        """7. Per-frame metrics, after the fact: they must never delay an alert."""
+        for i, d in enumerate(scored.good):
             meta = d.meta
             assert meta is not None
             camera = self.cameras(meta.camera_id)
             self.m.frames_scored.labels(camera).inc()
-            self.m.score.labels(camera).observe(float(scores[i]))
+            self.m.score.labels(camera).observe(float(scored.scores[i]))
             self.m.end_to_end_seconds.labels(camera).observe(max(0.0, (acked_ns - meta.captured_ns) / 1e9))
             if meta.deadline_ns is not None and acked_ns > meta.deadline_ns:
                 self.m.deadline_missed.labels(camera).inc()
-        for _, camera_id in alerted:
-            self.m.alerts.labels(self.cameras(camera_id)).inc()
-        self.m.stage_seconds.labels("publish").observe(t_published - t_scored)
-        self.m.stage_seconds.labels("commit").observe(t_committed - t_published)
-
-    def _fit_batch_to_poll_interval(self, size: int, seconds: float) -> None:
-        """Keep a batch well inside kafka.max_poll_interval_ms, past which the group evicts this worker and
-        the batch is scored again: a batch over half of it halves the batch size, a full one under 1/8 doubles it.
-
-        Batches over 1/8 of it also stop the overlap: after an eviction the next batch, already being scored,
-        would be dropped, and its scoring would delay the one after it by as long again."""
-        limit_s = self.s.kafka.max_poll_interval_ms / 1000
-        self._overlap = seconds < limit_s / 8
-        if seconds > limit_s / 2 and max(1, size // 2) < self._max_size:
-            self._max_size = max(1, size // 2)
-            log.warning("a batch of %d took %.1fs of the %.1fs max poll interval: batch size lowered to %d", size,
-                        seconds, limit_s, self._max_size)
-        elif seconds < limit_s / 8 and size >= self._max_size < self.s.batch.max_size:
-            self._max_size = min(self.s.batch.max_size, self._max_size * 2)
+            if i in scored.alerts:
+                self.m.alerts.labels(camera).inc()
 
     def _install_model(self, new: ModelArtifact) -> None:
         """Hot reload, between two batches: the batches in flight finish with the model that scored them, then
         the new one is warmed up on a scoring thread and swapped in."""
         while self._in_flight:
             self._finish(self._in_flight.popleft())
-        self._scorer.submit(self.runner.load, new).result()
-
-    def _threshold(self, camera_id: str, artifact: ModelArtifact) -> float:
-        model = self.s.model
-        if camera_id in model.camera_thresholds:
-            return model.camera_thresholds[camera_id]
-        return model.threshold if model.threshold is not None else artifact.threshold
+        self.scorer.load(new)
 
     def _dead_letter(self, d: Decoded) -> Pending:
         record, error = d.record, d.error
@@ -419,8 +234,7 @@ class Worker:
         dropped = [record for batch in self._in_flight for record in batch.records] + self._batcher.take()
         for batch in self._in_flight:
             batch.dropped.set()
-        for tp, first in first_offsets(dropped).items():
-            self._rewind[tp] = min(first, self._rewind.get(tp, first))
+        self._rewind.note_dropped(dropped)
         self._in_flight.clear()
         self._assigned = False
         self.m.ready.set(0)
@@ -428,11 +242,7 @@ class Worker:
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         # A new owner starts from the committed offset, but kafka-python keeps a kept partition's position
         # across the rebalance: it would read on after the dropped batch, and the next commit would skip it.
-        kept = self.consumer.assignment()
-        for tp, first in self._rewind.items():
-            if tp in kept:
-                self.consumer.seek(tp, first)
-        self._rewind.clear()
+        self._rewind.apply(self.consumer.assignment(), self.consumer.seek)
         self._assigned = True
         self.m.assigned_partitions.set(len(self.consumer.assignment()))
         self.m.ready.set(1 if self.ready() else 0)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from inspector.worker import decode_record
+from inspector.frame_decode import decode_record
 
 from ..poison import MAX_FRAME_BYTES, draw_poison
 

@@ -1,0 +1,80 @@
+"""How much the worker takes from the frames topic and where it reads again, no I/O: the batch size that keeps
+a batch inside the group's poll interval, and the offsets to rewind to after a rebalance dropped batches.
+The caller supplies the timings and the seek, so tests need neither a broker nor a clock."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable
+
+from kafka import TopicPartition
+
+from inspector.transport import ConsumedRecord, Offsets, first_offsets
+
+log = logging.getLogger(__name__)
+
+
+class BatchSizeGovernor:
+    """Keeps a batch well inside kafka.max_poll_interval_ms, past which the group evicts this worker and the batch
+    is scored again: a batch over half of it halves the batch size, a full one under 1/8 doubles it back, up to
+    batch.max_size.
+
+    Batches over 1/8 of it also turn the overlap off (scoring the next batches while this one is published): after
+    an eviction the next batch, already being scored, would be dropped, and its scoring would delay the one after
+    it by as long again. The overlap starts off, and comes on once a batch has been quick."""
+
+    def __init__(self, max_poll_interval_s: float, max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._limit_s = max_poll_interval_s
+        self._ceiling = max_size
+        self._max_size = max_size
+        self._overlap = False
+
+    @property
+    def max_size(self) -> int:
+        """The most records the next batch may hold."""
+        return self._max_size
+
+    @property
+    def overlap(self) -> bool:
+        """Whether the next batches may be scored while the current one is published."""
+        return self._overlap
+
+    def observe(self, size: int, seconds: float) -> None:
+        """A batch of `size` records took `seconds` from its scoring to its commit."""
+        self._overlap = seconds < self._limit_s / 8
+        if seconds > self._limit_s / 2 and max(1, size // 2) < self._max_size:
+            self._max_size = max(1, size // 2)
+            log.warning("a batch of %d took %.1fs of the %.1fs max poll interval: batch size lowered to %d", size,
+                        seconds, self._limit_s, self._max_size)
+        elif seconds < self._limit_s / 8 and size >= self._max_size < self._ceiling:
+            self._max_size = min(self._ceiling, self._max_size * 2)
+
+
+class RewindLedger:
+    """Where each partition must be read again from after a rebalance dropped records that were polled but not
+    published: the first dropped offset per partition, kept across revocations until the next assignment."""
+
+    def __init__(self) -> None:
+        self._first: Offsets = {}
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def offsets(self) -> Offsets:
+        """A copy of the first dropped offset per partition."""
+        return dict(self._first)
+
+    def note_dropped(self, records: Iterable[ConsumedRecord]) -> None:
+        for tp, first in first_offsets(records).items():
+            self._first[tp] = min(first, self._first.get(tp, first))
+
+    def apply(self, kept: Collection[TopicPartition], seek: Callable[[TopicPartition, int], None]) -> None:
+        """Seek each kept partition back to its first dropped offset, then forget them all.
+
+        A partition that went to another member needs no seek: its new owner starts from the committed offset."""
+        for tp, first in self._first.items():
+            if tp in kept:
+                seek(tp, first)
+        self._first.clear()
