@@ -37,9 +37,10 @@ def test_conformal_false_alarm_rate_holds_on_fresh_good_scores(seed, alpha):
     t = conformal_threshold(rng.gamma(2.0, 1.0, n), alpha)
     fresh = rng.gamma(2.0, 1.0, 200_000)
     realised = float((fresh > t).mean())
-    # Marginal guarantee <= alpha; for one calibration draw the rate is within a few standard errors.
-    assert realised <= alpha + 4 * math.sqrt(alpha * (1 - alpha) / n)
-    assert realised >= alpha / 2
+    # Marginal guarantee <= alpha; for one calibration draw the rate is within a few standard errors either way
+    # (alpha / 2, only 2.2 standard errors below at alpha 0.01, failed on honest draws such as seed 11989).
+    band = 4 * math.sqrt(alpha * (1 - alpha) / n)
+    assert alpha - band <= realised <= alpha + band
 
 
 def test_f1_optimal_threshold_separates_separable_data():
