@@ -178,8 +178,7 @@ class BatchScorer:
                 assert d.meta is not None and maps is not None  # a scored frame had its headers read, and a map
                 thresholds.append(self._threshold(d.meta.camera_id, artifact))
                 if is_defect(float(scores[i]), thresholds[i]):
-                    region = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)
-                    alerts[i] = Box(**region._asdict()) if region is not None else None
+                    alerts[i] = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)
             self.m.batch_size.observe(len(good))
         scored_ns = time.time_ns()
         self.m.stage_seconds.labels("decode").observe(t_decoded - t0)

@@ -23,6 +23,7 @@ from inspector.errors import ConfigError
 from inspector.preprocess import IMAGE_SUFFIXES, list_images, load_images
 from inspector.quality_metrics import auroc, average_precision, rates_at, roc_curve
 from inspector.runtime import ModelRunner, pick_device
+from inspector.threshold import defects_flagged
 from inspector.train import score_images
 
 
@@ -156,7 +157,7 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
         report["per_kind"][kind] = {
             "n": int(sel.sum()),
             "auroc": auroc(labels[both], scores[both]),
-            "detection_rate": float((scores[sel] > threshold).mean()),
+            "detection_rate": float(defects_flagged(scores[sel], threshold).mean()),
         }
 
     # Pixel AUROC over defective images that have masks and the good images (all-zero masks): overall and
@@ -195,10 +196,11 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
     out.mkdir(parents=True, exist_ok=True)
     figures = _plots(out, labels, scores, kinds, threshold)
     vmax = float(np.percentile(maps, 99.9))
+    flagged = defects_flagged(scores, threshold)
     worst_fa = [int(i) for i in np.argsort(-np.where(good_sel, scores, -np.inf))[:n_examples]
-                if good_sel[i] and scores[i] > threshold]
+                if good_sel[i] and flagged[i]]
     missed = [int(i) for i in np.argsort(np.where(labels, scores, np.inf))[:n_examples]
-              if labels[i] and scores[i] <= threshold]
+              if labels[i] and not flagged[i]]
     # If nothing was missed or falsely alarmed, show the closest calls instead: still the most informative.
     worst_fa = worst_fa or [int(i) for i in np.argsort(-np.where(good_sel, scores, -np.inf))[:3]]
     missed = missed or [int(i) for i in np.argsort(np.where(labels, scores, np.inf))[:3]]

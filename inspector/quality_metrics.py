@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from inspector.threshold import defects_flagged
+
 
 def _as_arrays(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels, dtype=bool).ravel()
@@ -51,9 +53,9 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """False-alarm rate, detection rate, precision and F1 when `score > threshold` raises an alert."""
+    """False-alarm rate, detection rate, precision and F1 at the threshold, alerting as the worker does."""
     y, s = _as_arrays(labels, scores)
-    alert = s > threshold
+    alert = defects_flagged(s, threshold)
     tp = int((alert & y).sum())
     fp = int((alert & ~y).sum())
     fn = int((~alert & y).sum())

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inspector.contracts import Box
 from inspector.image_similarity import ERROR_MAPS, combined_error_map
 from inspector.model import FeatureReconstruction, FeatureReconstructor, RepairAutoencoder
 
@@ -151,17 +152,7 @@ def feature_terms(model: FeatureReconstructor, x: torch.Tensor,
     return image_scores(maps, config), pooled_err, maps
 
 
-class RegionBox(NamedTuple):
-    """A defect region in the frame's own pixel coordinates (x1, y1 exclusive)."""
-
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    area_fraction: float  # region area / map area
-
-
-def defect_box(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tuple[int, int]) -> RegionBox | None:
+def defect_box(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tuple[int, int]) -> Box | None:
     """The bounding box of the largest region above `pixel_threshold`, in the frame's pixel coordinates."""
     above = (anomaly_map > pixel_threshold).astype(np.uint8)  # (h, w) at model resolution
     n, _, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
@@ -172,7 +163,7 @@ def defect_box(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tuple[
     map_h, map_w = anomaly_map.shape
     frame_h, frame_w = frame_hw
     sx, sy = frame_w / map_w, frame_h / map_h
-    return RegionBox(
+    return Box(
         x0=int(x * sx), y0=int(y * sy),
         x1=min(frame_w, int(np.ceil((x + w) * sx))), y1=min(frame_h, int(np.ceil((y + h) * sy))),
         area_fraction=round(area / (map_h * map_w), 6),

@@ -31,12 +31,17 @@ def is_defect(score: float, threshold: float) -> bool:
     return score > threshold
 
 
+def defects_flagged(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """`is_defect` over an array of scores -> a boolean array of the same shape."""
+    return np.asarray(scores) > threshold
+
+
 def realised_false_alarm(good_scores: np.ndarray, threshold: float) -> float:
     """Share of good scores that `is_defect` flags at this threshold."""
     s = np.asarray(good_scores, dtype=np.float64).ravel()
     if s.size == 0:
         raise ValueError("need at least one good score to measure a false-alarm rate")
-    return float(np.count_nonzero(s > threshold) / s.size)  # is_defect's comparison, over the whole array
+    return float(np.count_nonzero(defects_flagged(s, threshold)) / s.size)
 
 
 def _check_target(target_false_alarm: float) -> None:

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from inspector.contracts import Box
 from inspector.model import Autoencoder, AutoencoderConfig, NullModel
 from inspector.scoring import ScoringConfig, defect_box, error_maps, image_scores, score_batch
-from inspector.threshold import is_defect
+from inspector.threshold import defects_flagged, is_defect
 
 
 def test_autoencoder_shapes_and_range():
@@ -38,7 +39,7 @@ def test_defect_box_in_frame_coordinates():
     amap[4:8, 20:30] = 1.0  # the larger region
     amap[25:27, 2:4] = 1.0
     box = defect_box(amap, 0.5, frame_hw=(480, 640))
-    assert box is not None
+    assert isinstance(box, Box)  # the alert's own type: one home for a box
     assert (box.x0, box.y0, box.x1, box.y1) == (400, 60, 600, 120)
     assert box.area_fraction == pytest.approx(40 / 1024, abs=1e-6)
     assert defect_box(np.zeros((8, 8), np.float32), 0.5, (8, 8)) is None
@@ -46,3 +47,5 @@ def test_defect_box_in_frame_coordinates():
 
 def test_threshold_comparison_is_strict():
     assert is_defect(0.2, 0.1) and not is_defect(0.1, 0.1) and not is_defect(0.05, 0.1)
+    # The array form that evaluation and the quality metrics use is the same comparison.
+    assert defects_flagged(np.array([0.2, 0.1, 0.05]), 0.1).tolist() == [True, False, False]
