@@ -176,7 +176,7 @@ class BatchScorer:
                 time.sleep(self.s.faults.score_delay_ms * len(good) / 1000)
             for i, d in enumerate(good):
                 assert d.meta is not None and maps is not None  # a scored frame had its headers read, and a map
-                thresholds.append(self._threshold(d.meta.camera_id, artifact))
+                thresholds.append(self.s.model.threshold_for(d.meta.camera_id, artifact.threshold))
                 if is_defect(float(scores[i]), thresholds[i]):
                     alerts[i] = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)
             self.m.batch_size.observe(len(good))
@@ -184,9 +184,3 @@ class BatchScorer:
         self.m.stage_seconds.labels("decode").observe(t_decoded - t0)
         self.m.stage_seconds.labels("score").observe(time.perf_counter() - t_decoded)
         return Scored(decoded, good, bad, scores, thresholds, alerts, artifact, scored_ns)
-
-    def _threshold(self, camera_id: str, artifact: ModelArtifact) -> float:
-        model = self.s.model
-        if camera_id in model.camera_thresholds:
-            return model.camera_thresholds[camera_id]
-        return model.threshold if model.threshold is not None else artifact.threshold

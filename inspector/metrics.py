@@ -51,8 +51,7 @@ class WorkerMetrics:
         self.model_info.clear()
         self.model_info.labels(artifact.model_id, artifact.model_version).set(1)
         self.threshold.clear()
-        self.threshold.labels("default").set(settings.threshold if settings.threshold is not None
-                                             else artifact.threshold)
+        self.threshold.labels("default").set(settings.threshold_for(None, artifact.threshold))
         for camera, thr in settings.camera_thresholds.items():
             self.threshold.labels(camera).set(thr)
         if artifact.calibration is not None:

@@ -112,6 +112,13 @@ class ModelSettings(BaseModel):
     reload_poll_s: float = Field(5.0, ge=0)  # 0 disables hot reload of a changed model file
     null: bool = False  # benchmarks: serve a model that returns its input (exposes transport + decode cost)
 
+    def threshold_for(self, camera_id: str | None, calibrated: float) -> float:
+        """The threshold in force for a camera (None: the default): its override, else the global override,
+        else the model file's calibrated threshold. The worker alerts and the metrics report with this rule."""
+        if camera_id is not None and camera_id in self.camera_thresholds:
+            return self.camera_thresholds[camera_id]
+        return self.threshold if self.threshold is not None else calibrated
+
 
 class LimitSettings(BaseModel):
     """Bounds that keep a hostile or broken frame from exhausting the worker."""

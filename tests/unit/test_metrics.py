@@ -17,3 +17,14 @@ def test_metrics_start_at_zero_and_camera_labels_are_capped():
     assert registry.get_sample_value("inspector_alerts_total", {"camera": "only-bad-frames"}) is None
     m.alerts.labels(cameras("a")).inc()
     assert registry.get_sample_value("inspector_alerts_total", {"camera": "a"}) == 1
+
+
+def test_threshold_in_force_prefers_the_camera_then_the_global_override_then_the_model_file():
+    from inspector.settings import ModelSettings
+
+    plain = ModelSettings()
+    assert plain.threshold_for("cam-1", 2.5) == 2.5 and plain.threshold_for(None, 2.5) == 2.5
+    overridden = ModelSettings(threshold=3.0, camera_thresholds={"cam-2": 1.5})
+    assert overridden.threshold_for("cam-1", 2.5) == 3.0
+    assert overridden.threshold_for("cam-2", 2.5) == 1.5
+    assert overridden.threshold_for(None, 2.5) == 3.0  # the "default" label of the threshold gauge
