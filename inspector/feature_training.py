@@ -19,7 +19,7 @@ from inspector.model import FeatureReconstructor, FeatureReconstructorConfig
 from inspector.preprocess import to_tensor
 from inspector.quality_metrics import auroc
 from inspector.runtime import fuse_conv_bn
-from inspector.scoring import ScoringConfig, feature_terms, image_scores, normalise_per_location
+from inspector.scoring import ScoringConfig, combined_scores, feature_terms, image_scores, normalise_per_location
 from inspector.threshold import CalibrationStats, calibrate, pixel_sample
 
 if TYPE_CHECKING:
@@ -163,9 +163,10 @@ def train_feature_model(
     feats = (feats - mean) / std
     if model_config.global_block:
         pooled = features.pooled[:2].flatten(0, 1).double()  # (2N, G): originals and their JPEG copies
-        model.pooled_mean.copy_(pooled.mean(dim=0).float().to(device))
-        model.pooled_std.copy_(pooled.std(dim=0).clamp_min(1e-6).float().to(device))
-        pooled = (pooled - pooled.mean(dim=0)) / pooled.std(dim=0).clamp_min(1e-6)
+        pooled_mean, pooled_std = pooled.mean(dim=0), pooled.std(dim=0).clamp_min(1e-6)
+        model.pooled_mean.copy_(pooled_mean.float().to(device))
+        model.pooled_std.copy_(pooled_std.float().to(device))
+        pooled = (pooled - pooled_mean) / pooled_std
     else:
         pooled = feats[: 2 * len(images)].mean(dim=(2, 3)).double()
     centre = pooled.mean(dim=0)
@@ -217,11 +218,6 @@ def with_references(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray)
         return float(max(s.mean() + 3 * s.std(), 1e-12))
 
     return replace(scoring, local_reference=reference(local), global_reference=reference(glob))
-
-
-def combined_scores(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray) -> np.ndarray:
-    """What `score_batch` gives for these terms under `scoring`'s references."""
-    return local / scoring.local_reference + scoring.global_weight * glob / scoring.global_reference
 
 
 def feature_scoring(model: FeatureReconstructor, good_images: np.ndarray, scoring: ScoringConfig,

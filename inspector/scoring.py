@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -53,6 +53,9 @@ class ScoringConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> "ScoringConfig":
         return cls(**{"global_weight": 1.0, **data})  # type: ignore[arg-type]  # files before the weight: 1
+
+
+_Terms = TypeVar("_Terms", torch.Tensor, np.ndarray)
 
 
 @functools.lru_cache(maxsize=16)
@@ -130,16 +133,22 @@ def score_batch(model: torch.nn.Module, x: torch.Tensor, config: ScoringConfig) 
         local, pooled_err, maps = feature_terms(model, x, config)
         if not config.local_reference:
             return local.float(), maps.float()
-        scores = local / config.local_reference
-        if config.global_reference:
-            scores = scores + config.global_weight * pooled_err / config.global_reference
-        return scores.float(), maps.float()
+        return combined_scores(config, local, pooled_err).float(), maps.float()
     recon = model(x)
     if isinstance(model, RepairAutoencoder):
         maps = smooth(torch.sigmoid(model.segment(x, recon).float())[:, 0], config.smoothing_sigma)
     else:
         maps = error_maps(x, recon, config)
     return image_scores(maps, config).float(), maps.float()
+
+
+def combined_scores(config: ScoringConfig, local: _Terms, glob: _Terms) -> _Terms:
+    """A feature reconstructor's image scores from its two terms (tensors, or arrays at training time): each
+    divided by its reference, the global one weighted, summed."""
+    scores = local / config.local_reference
+    if config.global_reference:
+        scores = scores + config.global_weight * glob / config.global_reference
+    return scores
 
 
 def feature_terms(model: FeatureReconstructor, x: torch.Tensor,
