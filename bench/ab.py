@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline_runs import bare_model, drain, latency_run, make_jpegs
 
-from inspector.local_broker import LocalKafka
+from inspector.kafka.local_broker import LocalKafka
 
 
 def main() -> int:

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline_runs import bare_model, drain, latency_run, make_jpegs, naive_worker
 
-from inspector.local_broker import LocalKafka
-from inspector.runtime import pick_device
+from inspector.kafka.local_broker import LocalKafka
+from inspector.model.runtime import pick_device
 from inspector.settings import ModelSettings
 
 

@@ -25,17 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 
-from inspector import artifact as artifact_io
 from inspector.contracts import FrameMeta, FrameScore
-from inspector.http_endpoint import wait_until_ready
-from inspector.jpeg import decode_jpeg
-from inspector.kafka_io import create_topics
-from inspector.local_broker import LocalKafka, free_port
+from inspector.decode.jpeg import decode_jpeg
+from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.local_broker import LocalKafka, free_port
+from inspector.model import artifact as artifact_io
+from inspector.model.runtime import ModelRunner, pick_device
 from inspector.paths import DEFAULT_MODEL
 from inspector.process import freeze_long_lived_objects
-from inspector.runtime import ModelRunner, pick_device
 from inspector.settings import KafkaSettings
-from producers.bananas import render_scene
+from inspector.stream.http_endpoint import wait_until_ready
+from inspector.synthetic.bananas import render_scene
 
 LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
 

@@ -37,16 +37,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inspector import artifact as artifact_io
-from inspector.artifact import ModelArtifact
-from inspector.decode_pool import DecodePool
-from inspector.jpeg import decode_jpeg
-from inspector.model import Autoencoder, AutoencoderConfig
+from inspector.decode.jpeg import decode_jpeg
+from inspector.decode.pool import DecodePool
+from inspector.decode.preprocess import decode_jpegs_on_device, to_tensor
+from inspector.model import artifact as artifact_io
+from inspector.model.artifact import ModelArtifact
+from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.runtime import fuse_conv_bn
+from inspector.model.scoring import score_batch
 from inspector.paths import DEFAULT_MODEL
-from inspector.preprocess import decode_jpegs_on_device, to_tensor
-from inspector.runtime import fuse_conv_bn
-from inspector.scoring import score_batch
-from producers.bananas import render_scene
+from inspector.synthetic.bananas import render_scene
 
 LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
 
@@ -168,7 +168,7 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
     else:
         art = artifact_io.load(args.model)
     size = art.config.image_size
-    model = fuse_conv_bn(art.model.to(device).eval())  # as the worker runs it (inspector.runtime)
+    model = fuse_conv_bn(art.model.to(device).eval())  # as the worker runs it (inspector.model.runtime)
     scoring = art.scoring
     jpegs = make_jpegs(args.frames, args.frame_size)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b] or (

@@ -29,13 +29,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from inspector.serve import serve
+    from inspector.stream.serve import serve
 
     return serve(_settings(args))
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from inspector.kafka_io import create_topics
+    from inspector.kafka.kafka_python import create_topics
 
     s = _settings(args).kafka
     create_topics(s, {s.frames_topic: args.frames_partitions, s.alerts_topic: 1, s.scores_topic: 1,
@@ -45,8 +45,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _model_config(args: argparse.Namespace, paths: list[Path]):  # untyped: local imports keep `--help` fast
-    from inspector.model import AutoencoderConfig, FeatureReconstructorConfig, RepairAutoencoderConfig
-    from inspector.train import default_input_size
+    from inspector.model.networks import AutoencoderConfig, FeatureReconstructorConfig, RepairAutoencoderConfig
+    from inspector.training.train import default_input_size
 
     size = args.size or default_input_size(paths, args.mode)
     try:
@@ -60,9 +60,9 @@ def _model_config(args: argparse.Namespace, paths: list[Path]):  # untyped: loca
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from inspector.preprocess import list_images, load_images
-    from inspector.runtime import pick_device
-    from inspector.train import TrainConfig, train_and_calibrate
+    from inspector.decode.preprocess import list_images, load_images
+    from inspector.model.runtime import pick_device
+    from inspector.training.train import TrainConfig, train_and_calibrate
 
     settings = _settings(args)
     device = pick_device(settings.model.device)
@@ -86,10 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from inspector import artifact as artifact_io
-    from inspector.preprocess import list_images, load_images
-    from inspector.runtime import pick_device
-    from inspector.train import calibrate_artifact
+    from inspector.decode.preprocess import list_images, load_images
+    from inspector.model import artifact as artifact_io
+    from inspector.model.runtime import pick_device
+    from inspector.training.train import calibrate_artifact
 
     settings = _settings(args)
     device = pick_device(settings.model.device)
@@ -111,7 +111,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from inspector.evaluation import evaluate_folder
+    from inspector.training.evaluation import evaluate_folder
 
     settings = _settings(args)
     report = evaluate_folder(Path(settings.model.path), Path(args.data), Path(args.out), settings.model.device,
@@ -128,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_denoise(args: argparse.Namespace) -> int:
-    from inspector.evaluation import denoise_folder
+    from inspector.training.evaluation import denoise_folder
 
     settings = _settings(args)
     n = denoise_folder(Path(settings.model.path), Path(args.input), Path(args.out), settings.model.device)
@@ -137,7 +137,7 @@ def cmd_denoise(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from producers.bananas import write_dataset
+    from inspector.synthetic.bananas import write_dataset
 
     counts = write_dataset(Path(args.out), n_train=args.train, n_test_good=args.test_good,
                            n_test_per_defect=args.test_per_defect, size=args.size, seed=args.seed,

@@ -17,11 +17,11 @@ import numpy as np
 from kafka import KafkaConsumer
 
 from inspector.errors import TransportError
-from inspector.http_endpoint import wait_until_ready
-from inspector.kafka_io import client_config, create_topics
-from inspector.local_broker import LocalKafka, free_port
+from inspector.kafka.kafka_python import client_config, create_topics
+from inspector.kafka.local_broker import LocalKafka, free_port
 from inspector.process import freeze_long_lived_objects
 from inspector.settings import Settings, child_environment
+from inspector.stream.http_endpoint import wait_until_ready
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Tally:
     true_alerts: int = 0
     false_alerts: int = 0
     dead_letters: int = 0
+    defects_scored: int = 0  # frames whose ground-truth label is a defect kind
     latencies_s: list[float] = field(default_factory=list)  # capture -> score record received
     frame_ids: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -56,6 +57,7 @@ def _follow(settings: Settings, tally: Tally, stop: threading.Event) -> None:
                             if msg["frame_id"] in tally.frame_ids:
                                 continue  # at-least-once: a re-scored frame counts once
                             tally.frame_ids.add(msg["frame_id"])
+                            tally.defects_scored += msg.get("label") not in (None, "good")
                             tally.scores += 1
                             tally.latencies_s.append((now - msg["captured_ns"]) / 1e9)
                         else:
@@ -73,11 +75,11 @@ def _ensure_model(settings: Settings) -> None:
     if path.is_file():
         return
     print(f"no model at {path}: training a small one on synthetic good bananas (a few minutes on 2 cores)")
-    from inspector.model import FeatureReconstructorConfig
-    from inspector.preprocess import list_images, load_images
-    from inspector.runtime import pick_device
-    from inspector.train import TrainConfig, train_and_calibrate
-    from producers.bananas import write_dataset
+    from inspector.decode.preprocess import list_images, load_images
+    from inspector.model.networks import FeatureReconstructorConfig
+    from inspector.model.runtime import pick_device
+    from inspector.synthetic.bananas import write_dataset
+    from inspector.training.train import TrainConfig, train_and_calibrate
 
     with tempfile.TemporaryDirectory(prefix="bananas-") as tmp:
         write_dataset(Path(tmp), n_train=400, n_test_good=0, n_test_per_defect=0, size=256, seed=1)
@@ -88,18 +90,12 @@ def _ensure_model(settings: Settings) -> None:
 
 
 def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float) -> int:
-    from producers.base import Publisher
-    from producers.synthetic import SyntheticSource
-
     _ensure_model(settings)
     print("starting a local Kafka broker (Apache Kafka, KRaft, single node) ...", flush=True)
     with LocalKafka() as broker:
         metrics_port = free_port()
         settings = settings.model_copy(update={
-            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers}),
-            "producer": settings.producer.model_copy(update={"count": frames, "fps": fps,
-                                                             "defect_rate": defect_rate, "seed": 7}),
-        })
+            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})})
         k = settings.kafka
         create_topics(k, {k.frames_topic: 2, k.alerts_topic: 1, k.scores_topic: 1, k.dlq_topic: 1})
         env = child_environment(INSPECTOR_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers,
@@ -111,35 +107,42 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
         tally, stop = Tally(), threading.Event()
         follower = threading.Thread(target=_follow, args=(settings, tally, stop), daemon=True)
         follower.start()
+        camera: subprocess.Popen[bytes] | None = None
+        camera_log = broker.work_dir / "camera.log"
         try:
             try:  # the camera starts once the worker has its partitions: latency measures the line, not start-up
                 wait_until_ready(worker, metrics_port)
             except TransportError as exc:
                 raise TransportError(f"{exc}; see {log_path}") from None
             print(f"worker ready (metrics: http://127.0.0.1:{metrics_port}/metrics, log: {log_path})")
-            source = SyntheticSource(settings.producer)
-            publisher = Publisher(settings.kafka, settings.producer)
-            freeze_long_lived_objects()  # this process is the camera and the subscriber: no collection pauses
-            sender = threading.Thread(target=publisher.publish, args=(source,), daemon=True)
+            # The camera is its own process, as on a line: `python -m producers synthetic`.
+            with camera_log.open("wb") as log:
+                camera = subprocess.Popen(
+                    [sys.executable, "-m", "producers", "synthetic", "--count", str(frames), "--fps", f"{fps:g}",
+                     "--defect-rate", f"{defect_rate:g}", "--seed", "7"],
+                    env=env, stdout=log, stderr=subprocess.STDOUT)
+            freeze_long_lived_objects()  # this process is the subscriber: no collection pauses
             t0 = time.monotonic()
-            sender.start()
             deadline = t0 + frames / max(fps, 1) + 120
             while time.monotonic() < deadline:
                 time.sleep(1.0)
                 if worker.poll() is not None:
                     raise TransportError(f"the worker exited with code {worker.returncode}; see {log_path}")
+                if camera.poll() not in (None, 0):
+                    raise TransportError(f"the camera exited with code {camera.returncode}; see {camera_log}")
                 with tally.lock:
                     done, alerts = tally.scores, tally.alerts
-                print(f"\r  sent {publisher.stats.sent:5d}  scored {done:5d}  alerts {alerts:3d}", end="", flush=True)
-                if done >= frames and not sender.is_alive():
+                print(f"\r  scored {done:5d}  alerts {alerts:3d}", end="", flush=True)
+                if done >= frames and camera.poll() is not None:
                     break
             elapsed = time.monotonic() - t0
             print()
-            sender.join(timeout=10)
-            publisher.close()
             time.sleep(0.5)  # the last alerts trail their scores by a few milliseconds
         finally:
-            worker.terminate()
+            for process in (camera, worker):
+                if process is not None and process.poll() is None:
+                    process.terminate()
+            camera_code = camera.wait(timeout=30) if camera is not None else None
             try:
                 code = worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -149,11 +152,11 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
             follower.join(timeout=5)
             gc.unfreeze()
 
-        labels = publisher.stats.labels or {}
-        defects_sent = sum(n for label, n in labels.items() if label != "good")
+        defects_sent = tally.defects_scored
         lat = np.array(tally.latencies_s) * 1000 if tally.latencies_s else np.array([float("nan")])
         print("\n=== demo summary ===")
-        print(f"frames sent {publisher.stats.sent}, scored {tally.scores}, dead-lettered {tally.dead_letters}")
+        print(f"frames scored {tally.scores} (camera exited with code {camera_code}), "
+              f"dead-lettered {tally.dead_letters}")
         print(f"defective bananas sent {defects_sent}; alerts {tally.alerts}: {tally.true_alerts} true defects, "
               f"{tally.false_alerts} false alarms; missed defects {max(0, defects_sent - tally.true_alerts)}")
         print(f"throughput {tally.scores / elapsed:.1f} frames/s (camera at {fps:g} fps); end-to-end latency "

@@ -20,7 +20,7 @@ from kafka.errors import KafkaError
 
 from inspector.contracts import FrameMeta
 from inspector.errors import ConfigError, TransportError
-from inspector.kafka_io import client_config
+from inspector.kafka.kafka_python import client_config
 from inspector.settings import KafkaSettings, ProducerSettings
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cv2
 
+from inspector.decode.preprocess import IMAGE_SUFFIXES
 from inspector.errors import ConfigError
-from inspector.preprocess import IMAGE_SUFFIXES
 from producers.base import FrameSource, SourceFrame
 
 log = logging.getLogger(__name__)

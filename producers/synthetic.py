@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from inspector.settings import ProducerSettings
-from producers.bananas import DEFECT_KINDS, render_scene
+from inspector.synthetic.bananas import DEFECT_KINDS, render_scene
 from producers.base import FrameSource, SourceFrame, encode_jpeg
 
 

@@ -1,6 +1,6 @@
 """Shared fixtures. The Kafka broker comes from one session fixture, chosen in this order:
 KAFKA_BOOTSTRAP_SERVERS if set -> testcontainers Kafka if a Docker engine answers -> the local broker
-(real Apache Kafka from Maven Central, see inspector/local_broker.py)."""
+(real Apache Kafka from Maven Central, see inspector/kafka/local_broker.py)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
             yield Broker(container.get_bootstrap_server(), "testcontainers")
         return
-    from inspector.local_broker import LocalKafka
+    from inspector.kafka.local_broker import LocalKafka
 
     broker = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka"))
     broker.start()
@@ -65,7 +65,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic banana data set (generated, never downloaded)."""
-    from producers.bananas import write_dataset
+    from inspector.synthetic.bananas import write_dataset
 
     root = tmp_path_factory.mktemp("bananas")
     write_dataset(root, n_train=24, n_test_good=8, n_test_per_defect=2, size=64, seed=3)

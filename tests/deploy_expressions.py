@@ -102,11 +102,11 @@ def metric_names(expr: str) -> set[str]:
 
 
 def worker_series_names() -> set[str]:
-    """Every series name the worker exposes, built from inspector.metrics (counters with _total, histograms
+    """Every series name the worker exposes, built from inspector.stream.metrics (counters with _total, histograms
     with _bucket/_sum/_count)."""
     from prometheus_client import CollectorRegistry
 
-    from inspector.metrics import build_metrics
+    from inspector.stream.metrics import build_metrics
 
     registry = CollectorRegistry()
     build_metrics(registry)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from inspector.kafka_io import create_topics
-from inspector.local_broker import free_port
+from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.local_broker import free_port
 from inspector.settings import KafkaSettings, ProducerSettings
 
 pytestmark = pytest.mark.kafka

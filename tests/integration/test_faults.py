@@ -30,7 +30,6 @@ import torch
 from kafka import KafkaProducer
 from safetensors.torch import save_file
 
-from inspector import artifact as artifact_io
 from inspector.contracts import (
     DLQ_REASONS,
     H_DLQ_DETAIL,
@@ -40,7 +39,8 @@ from inspector.contracts import (
     FrameMeta,
     FrameScore,
 )
-from inspector.kafka_io import create_topics
+from inspector.kafka.kafka_python import create_topics
+from inspector.model import artifact as artifact_io
 from inspector.settings import KafkaSettings
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
@@ -114,7 +114,7 @@ def _publish(topics: Topics, n: int, seed: int, camera: str, defects: int = 0, *
 @pytest.fixture(scope="module")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A broker this module may stop and restart, with a SASL_PLAINTEXT/SCRAM-SHA-256 listener as well."""
-    from inspector.local_broker import LocalKafka
+    from inspector.kafka.local_broker import LocalKafka
 
     # A short broker session: after a SIGKILL the restarted broker waits out its own old registration.
     broker = LocalKafka(data_dir=tmp_path_factory.mktemp("own-kafka"), scram_users={SCRAM_USER: SCRAM_PASSWORD},

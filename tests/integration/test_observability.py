@@ -26,7 +26,7 @@ from typing import TypeVar
 import pytest
 import yaml
 
-from inspector.local_broker import free_port
+from inspector.kafka.local_broker import free_port
 from producers.base import Publisher, SourceFrame
 from producers.synthetic import ListSource, planned_stream
 from tests.deploy_expressions import (

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from inspector.anomaly_synth import (
+from inspector.training.anomaly_synth import (
     AnomalySynthConfig,
     anomaly_masks,
     blend,

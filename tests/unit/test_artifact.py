@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from inspector import artifact as artifact_io
-from inspector.artifact import ModelArtifact
 from inspector.errors import ModelFileError
-from inspector.model import Autoencoder, AutoencoderConfig
-from inspector.threshold import calibrate
+from inspector.model import artifact as artifact_io
+from inspector.model.artifact import ModelArtifact
+from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.threshold import calibrate
 
 CFG = AutoencoderConfig(image_size=32, widths=(8, 16), latent_channels=4)
 

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.colour_baseline import colour_baseline_scores, colour_features
-from inspector.quality_metrics import auroc
-from producers.bananas import DEFECT_KINDS, MIN_DEFECT_AREA_FRACTION, Scene, render_scene, write_dataset
+from inspector.synthetic.bananas import DEFECT_KINDS, MIN_DEFECT_AREA_FRACTION, Scene, render_scene, write_dataset
+from inspector.training.colour_baseline import colour_baseline_scores, colour_features
+from inspector.training.quality_metrics import auroc
 
 
 def _rng(*key: int) -> np.random.Generator:

@@ -1,6 +1,6 @@
 import pytest
 
-from inspector.batcher import MicroBatcher
+from inspector.stream.batcher import MicroBatcher
 
 
 def test_closes_when_full():

@@ -3,9 +3,9 @@
 import cv2
 import numpy as np
 
-from inspector.decode_pool import DecodePool
+from inspector.decode.jpeg import decode_jpeg
+from inspector.decode.pool import DecodePool
 from inspector.errors import BadFrame
-from inspector.jpeg import decode_jpeg
 
 LIMITS = {"max_bytes": 1 << 20, "max_pixels": 1 << 22}
 

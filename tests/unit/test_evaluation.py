@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from inspector import artifact as artifact_io
-from inspector import evaluation
-from inspector.artifact import ModelArtifact
-from inspector.evaluation import evaluate_folder
-from inspector.model import Autoencoder, AutoencoderConfig
-from inspector.threshold import calibrate
+from inspector.model import artifact as artifact_io
+from inspector.model.artifact import ModelArtifact
+from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.threshold import calibrate
+from inspector.training import evaluation
+from inspector.training.evaluation import evaluate_folder
 
 CFG = AutoencoderConfig(image_size=32, widths=(8, 16), latent_channels=4)
 ORANGE = np.array([40, 120, 200], np.float64)  # BGR

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from kafka import TopicPartition
 
-from inspector.flow_control import BatchSizeGovernor, RewindLedger
+from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
 
 LIMIT_S = 2.0  # max poll interval: over 1.0 s a batch is slow, under 0.25 s it is fast
 P0, P1, P2 = (TopicPartition("frames", p) for p in range(3))
@@ -19,7 +19,7 @@ def _records(*spec: tuple[int, int]) -> list:
 
 def test_a_slow_batch_halves_the_batch_size_and_says_so(caplog):
     governor = BatchSizeGovernor(LIMIT_S, max_size=8)
-    with caplog.at_level(logging.WARNING, logger="inspector.flow_control"):
+    with caplog.at_level(logging.WARNING, logger="inspector.stream.flow_control"):
         governor.observe(8, 1.5)
         governor.observe(4, 1.2)
     assert governor.max_size == 2

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from inspector.frame_decode import decode_record
+from inspector.stream.frame_decode import decode_record
 
 from ..poison import MAX_FRAME_BYTES, draw_poison
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from inspector.artifact import ModelArtifact
-from inspector.jpeg import decode_jpeg
-from inspector.model import Autoencoder, AutoencoderConfig
-from inspector.preprocess import DeviceJpegDecoder, decode_jpegs_on_device, to_tensor
-from inspector.runtime import ModelRunner
+from inspector.decode.jpeg import decode_jpeg
+from inspector.decode.preprocess import DeviceJpegDecoder, decode_jpegs_on_device, to_tensor
+from inspector.model.artifact import ModelArtifact
+from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.runtime import ModelRunner
 
 pytestmark = pytest.mark.gpu
 

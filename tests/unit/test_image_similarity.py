@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inspector import image_similarity
-from inspector.image_similarity import (
+from inspector.model import image_similarity
+from inspector.model.image_similarity import (
     ERROR_MAPS,
     SSIM_C1,
     SSIM_C2,

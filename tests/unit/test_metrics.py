@@ -1,6 +1,6 @@
 from prometheus_client import CollectorRegistry
 
-from inspector.metrics import CameraLabels, build_metrics
+from inspector.stream.metrics import CameraLabels, build_metrics
 
 
 def test_metrics_start_at_zero_and_camera_labels_are_capped():

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from inspector import artifact as artifact_io
-from inspector.anomaly_synth import AnomalySynthConfig
-from inspector.artifact import ModelArtifact
 from inspector.errors import ModelFileError
-from inspector.model import (
+from inspector.model import artifact as artifact_io
+from inspector.model.artifact import ModelArtifact
+from inspector.model.networks import (
     FeatureReconstructor,
     FeatureReconstructorConfig,
     RepairAutoencoder,
     RepairAutoencoderConfig,
 )
-from inspector.runtime import ModelRunner
-from inspector.scoring import ScoringConfig
-from inspector.train import TrainConfig, repair_loss, train_and_calibrate
+from inspector.model.runtime import ModelRunner
+from inspector.model.scoring import ScoringConfig
+from inspector.training.anomaly_synth import AnomalySynthConfig
+from inspector.training.train import TrainConfig, repair_loss, train_and_calibrate
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
@@ -80,7 +80,7 @@ def test_repair_model_round_trips(tmp_path: Path) -> None:
 def test_unknown_error_map_and_future_format_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown error map"):
         ScoringConfig(error="l2+psnr")
-    from inspector.model import Autoencoder, AutoencoderConfig
+    from inspector.model.networks import Autoencoder, AutoencoderConfig
 
     path = tmp_path / "m.safetensors"
     artifact_io.save(ModelArtifact(Autoencoder(AutoencoderConfig(image_size=32, widths=(8, 16)))), path)
@@ -116,8 +116,8 @@ def test_default_training_on_one_real_paper_type(tmp_path: Path) -> None:
     root = DATASETS / "paper" / "flr01_tl"
     if not root.is_dir():
         pytest.skip(f"real-photo sets not present at {DATASETS} (see the project README)")
-    from inspector.evaluation import evaluate_folder
-    from inspector.preprocess import list_images, load_images
+    from inspector.decode.preprocess import list_images, load_images
+    from inspector.training.evaluation import evaluate_folder
 
     paths = list_images(root / "train" / "good")
     out = tmp_path / "paper.safetensors"

@@ -3,11 +3,11 @@
 import numpy as np
 import torch
 
-from inspector.artifact import ModelArtifact
-from inspector.model import Autoencoder, AutoencoderConfig
-from inspector.preprocess import to_tensor
-from inspector.runtime import ModelRunner, fuse_conv_bn
-from inspector.scoring import score_batch
+from inspector.decode.preprocess import to_tensor
+from inspector.model.artifact import ModelArtifact
+from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.runtime import ModelRunner, fuse_conv_bn
+from inspector.model.scoring import score_batch
 
 
 def _trained_looking_model() -> Autoencoder:

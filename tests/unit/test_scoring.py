@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from inspector.contracts import Box
-from inspector.model import Autoencoder, AutoencoderConfig, NullModel
-from inspector.scoring import ScoringConfig, defect_box, error_maps, image_scores, score_batch
-from inspector.threshold import defects_flagged, is_defect
+from inspector.model.networks import Autoencoder, AutoencoderConfig, NullModel
+from inspector.model.scoring import ScoringConfig, defect_box, error_maps, image_scores, score_batch
+from inspector.model.threshold import defects_flagged, is_defect
 
 
 def test_autoencoder_shapes_and_range():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inspector.threshold import (
+from inspector.model.threshold import (
     CalibrationStats,
     calibrate,
     conformal_is_reliable,

@@ -4,12 +4,12 @@ import json
 
 import torch
 
-from inspector import artifact as artifact_io
-from inspector.evaluation import denoise_folder, evaluate_folder
-from inspector.model import AutoencoderConfig
-from inspector.noise import NOISE_KINDS, corrupt
-from inspector.preprocess import list_images, load_images, to_tensor
-from inspector.train import TrainConfig, train_and_calibrate, train_model
+from inspector.decode.preprocess import list_images, load_images, to_tensor
+from inspector.model import artifact as artifact_io
+from inspector.model.networks import AutoencoderConfig
+from inspector.training.evaluation import denoise_folder, evaluate_folder
+from inspector.training.noise import NOISE_KINDS, corrupt
+from inspector.training.train import TrainConfig, train_and_calibrate, train_model
 
 TINY = AutoencoderConfig(image_size=32, widths=(8, 16), latent_channels=8)
 

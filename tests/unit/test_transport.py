@@ -6,8 +6,8 @@ import pytest
 from kafka import TopicPartition
 
 from inspector.errors import ConfigError
+from inspector.kafka.transport import first_offsets, next_offsets
 from inspector.settings import KafkaSettings
-from inspector.transport import first_offsets, next_offsets
 
 
 def _records(*spec: tuple[int, int]) -> list:
@@ -22,7 +22,7 @@ def test_a_dropped_batch_is_read_again_from_its_first_offset_per_partition():
 
 
 def test_librdkafka_settings_carry_sasl_and_tls_under_their_own_names(tmp_path):
-    confluent = pytest.importorskip("inspector.kafka_confluent")
+    confluent = pytest.importorskip("inspector.kafka.confluent")
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     cfg = confluent.librdkafka_config(KafkaSettings(
@@ -36,7 +36,7 @@ def test_librdkafka_settings_carry_sasl_and_tls_under_their_own_names(tmp_path):
 
 
 def test_librdkafka_settings_refuse_what_kafka_python_refuses(tmp_path):
-    confluent = pytest.importorskip("inspector.kafka_confluent")
+    confluent = pytest.importorskip("inspector.kafka.confluent")
     with pytest.raises(ConfigError, match="SASL needs"):
         confluent.librdkafka_config(KafkaSettings(security_protocol="SASL_PLAINTEXT"))
     with pytest.raises(ConfigError, match="does not exist"):
@@ -44,7 +44,7 @@ def test_librdkafka_settings_refuse_what_kafka_python_refuses(tmp_path):
 
 
 def test_a_delivery_report_reads_like_a_kafka_python_future():
-    confluent = pytest.importorskip("inspector.kafka_confluent")
+    confluent = pytest.importorskip("inspector.kafka.confluent")
     ok, bad = confluent._Delivery(), confluent._Delivery()
     assert not ok.is_done
     ok(None, object())

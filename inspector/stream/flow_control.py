@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Iterable
 
 from kafka import TopicPartition
 
-from inspector.transport import ConsumedRecord, Offsets, first_offsets
+from inspector.kafka.transport import ConsumedRecord, Offsets, first_offsets
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from producers.banana_defects import DEFECT_PAINTERS, draw_defect, paint_rot, rot_weight
-from producers.banana_scene import (
+from inspector.synthetic.defects import DEFECT_PAINTERS, draw_defect, paint_rot, rot_weight
+from inspector.synthetic.scene import (
     BELT_VARIANTS,
     SceneParams,
     banana_field,
@@ -174,7 +174,7 @@ def _draw_params(rng: np.random.Generator, size: int, defect: str | None) -> Sce
     return replace(scene, defect_draws=draw_defect(rng, defect))
 
 
-# ---- rasterising (producers/banana_scene.py has the pieces, producers/banana_defects.py the defects) ------
+# ---- rasterising (inspector/synthetic/scene.py has the pieces, inspector/synthetic/defects.py the defects) ------
 
 
 def _rasterise(p: SceneParams) -> Scene:

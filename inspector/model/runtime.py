@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from inspector.artifact import ModelArtifact
+from inspector.decode.preprocess import to_tensor
 from inspector.errors import ConfigError
-from inspector.model import NullModel
-from inspector.preprocess import to_tensor
-from inspector.scoring import score_batch
+from inspector.model.artifact import ModelArtifact
+from inspector.model.networks import NullModel
+from inspector.model.scoring import score_batch
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The optional confluent-kafka (librdkafka) transport, implementing the protocols of `inspector.transport`.
+"""The optional confluent-kafka (librdkafka) transport, implementing the protocols of `inspector.kafka.transport`.
 
 kafka-python parses every record in Python, and on a GPU that caps one worker near 3,400 frames/s of 20 KB
 JPEGs (bench/RESULTS.md). librdkafka fetches and parses in C threads. Select it with
@@ -21,8 +21,8 @@ from kafka import TopicPartition
 
 from inspector.contracts import Headers
 from inspector.errors import ConfigError, TransportError
+from inspector.kafka.transport import Offsets, Pending, check_acknowledged
 from inspector.settings import KafkaSettings
-from inspector.transport import Offsets, Pending, check_acknowledged
 
 try:
     import confluent_kafka as ck

@@ -1,6 +1,6 @@
 """Images -> model input tensors. One path for training, calibration, evaluation and serving.
 
-CPU decode and frame validation live in `inspector.jpeg`; the GPU batch decode (nvJPEG) lives here.
+CPU decode and frame validation live in `inspector.decode.jpeg`; the GPU batch decode (nvJPEG) lives here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import torch
 
+from inspector.decode.jpeg import to_model_rgb
 from inspector.errors import ConfigError
-from inspector.jpeg import to_model_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

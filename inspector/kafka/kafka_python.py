@@ -1,6 +1,6 @@
 """The kafka-python transport (the default): client construction from settings, and error translation.
 
-Its consumer and producer implement the protocols of `inspector.transport`. Everything Kafka raises leaves
+Its consumer and producer implement the protocols of `inspector.kafka.transport`. Everything Kafka raises leaves
 this module as `TransportError` (or `ConfigError` for bad settings), so the hot loop deals with our own two
 exception types only.
 """
@@ -26,8 +26,8 @@ from kafka.errors import (
 
 from inspector.contracts import Headers
 from inspector.errors import ConfigError, TransportError
+from inspector.kafka.transport import ConsumedRecord, Offsets, Pending, check_acknowledged
 from inspector.settings import KafkaSettings
-from inspector.transport import ConsumedRecord, Offsets, Pending, check_acknowledged
 
 log = logging.getLogger(__name__)
 

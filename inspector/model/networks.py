@@ -5,7 +5,7 @@
 - `FeatureReconstructor`: reconstructs frozen pretrained features of good images (the default).
 
 Each is trained on good produce only and rebuilds good produce well and defects badly; scoring (in
-`inspector.scoring`) turns the reconstruction error into an anomaly map and score.
+`inspector.model.scoring`) turns the reconstruction error into an anomaly map and score.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspector.backbone import BLOCK_CHANNELS, EfficientNetLite0Features
+from inspector.model.backbone import BLOCK_CHANNELS, EfficientNetLite0Features
 
 
 @dataclass(frozen=True)

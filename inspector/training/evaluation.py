@@ -18,13 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inspector import artifact as artifact_io
+from inspector.decode.preprocess import IMAGE_SUFFIXES, list_images, load_images
 from inspector.errors import ConfigError
-from inspector.preprocess import IMAGE_SUFFIXES, list_images, load_images
-from inspector.quality_metrics import auroc, average_precision, rates_at, roc_curve
-from inspector.runtime import ModelRunner, pick_device
-from inspector.threshold import defects_flagged
-from inspector.train import score_images
+from inspector.model import artifact as artifact_io
+from inspector.model.runtime import ModelRunner, pick_device
+from inspector.model.threshold import defects_flagged
+from inspector.training.quality_metrics import auroc, average_precision, rates_at, roc_curve
+from inspector.training.train import score_images
 
 
 def _test_sets(root: Path) -> dict[str, list[Path]]:
@@ -88,7 +88,7 @@ def _colour_warning(model_auroc: float, baseline_auroc: float) -> str | None:
             "on this set defects stand out more in overall colour than in the model's reconstruction error. "
             "Check that train/good holds only good images and covers their whole colour range; if it does, "
             "don't deploy this model alone: retrain with more epochs or a larger --size, or add a colour "
-            "check (inspector.colour_baseline) beside it.")
+            "check (inspector.training.colour_baseline) beside it.")
 
 
 def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, kinds: list[str], threshold: float) -> list[str]:
@@ -183,7 +183,7 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
                            "n_images": len(all_masked) + len(good_masks)}
 
     if baseline and (root / "train" / "good").is_dir():
-        from inspector.colour_baseline import colour_baseline_scores
+        from inspector.training.colour_baseline import colour_baseline_scores
 
         train_bgr = [cv2.cvtColor(im, cv2.COLOR_RGB2BGR) for im in load_images(list_images(root / "train" / "good"), size)]
         test_bgr = [cv2.cvtColor(im, cv2.COLOR_RGB2BGR) for im in images]
@@ -258,7 +258,7 @@ def denoise_folder(model_path: Path, folder: Path, out: Path, device_name: str =
     """Write the model's reconstruction of every image in `folder` (a denoising model removes camera noise)."""
     import torch
 
-    from inspector.preprocess import to_tensor
+    from inspector.decode.preprocess import to_tensor
 
     device = pick_device(device_name)
     art = artifact_io.load(model_path, device)

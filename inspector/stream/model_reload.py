@@ -7,11 +7,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from inspector import artifact as artifact_io
-from inspector.artifact import ModelArtifact
 from inspector.errors import ModelFileError
-from inspector.metrics import WorkerMetrics
+from inspector.model import artifact as artifact_io
+from inspector.model.artifact import ModelArtifact
 from inspector.settings import ModelSettings
+from inspector.stream.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

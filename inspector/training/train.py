@@ -1,5 +1,5 @@
 """Training and calibration on good images only: the image autoencoders (plain, denoising, repair) here, the
-feature reconstructor in `inspector.feature_training`; `train_and_calibrate` is the `inspector train` pipeline."""
+feature reconstructor in `inspector.training.features`; `train_and_calibrate` is the `inspector train` pipeline."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from inspector import artifact as artifact_io
-from inspector.anomaly_synth import AnomalySynthConfig, synthesize_anomalies
-from inspector.artifact import ModelArtifact
-from inspector.feature_training import fit_feature_model
-from inspector.model import (
+from inspector.decode.preprocess import to_tensor
+from inspector.model import artifact as artifact_io
+from inspector.model.artifact import ModelArtifact
+from inspector.model.networks import (
     Autoencoder,
     AutoencoderConfig,
     FeatureReconstructor,
@@ -29,11 +28,12 @@ from inspector.model import (
     RepairAutoencoder,
     RepairAutoencoderConfig,
 )
-from inspector.noise import NOISE_KINDS, corrupt_mixed
-from inspector.preprocess import to_tensor
-from inspector.runtime import ModelRunner
-from inspector.scoring import ScoringConfig
-from inspector.threshold import CalibrationStats, calibrate, pixel_sample
+from inspector.model.runtime import ModelRunner
+from inspector.model.scoring import ScoringConfig
+from inspector.model.threshold import CalibrationStats, calibrate, pixel_sample
+from inspector.training.anomaly_synth import AnomalySynthConfig, synthesize_anomalies
+from inspector.training.features import fit_feature_model
+from inspector.training.noise import NOISE_KINDS, corrupt_mixed
 
 log = logging.getLogger(__name__)
 

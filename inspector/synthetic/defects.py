@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from producers.banana_scene import BananaField, SceneParams, bgr_plane, half_width, noise_bank, smoothstep, to_box_xy
+from inspector.synthetic.scene import BananaField, SceneParams, bgr_plane, half_width, noise_bank, smoothstep, to_box_xy
 
 
 def draw_defect(rng: np.random.Generator, defect: str | None) -> dict:

@@ -19,8 +19,8 @@ from multiprocessing.connection import Connection
 import cv2
 import numpy as np
 
+from inspector.decode.jpeg import decode_jpeg
 from inspector.errors import BadFrame
-from inspector.jpeg import decode_jpeg
 
 _AVG_FRAME_BYTES = 64 << 10  # input room per frame; a batch with bigger frames sends its bytes inline
 

@@ -1,6 +1,6 @@
 """Fitting the feature reconstructor: backbone features (with JPEG and mirror copies), the two bottlenecks, the
 references that weigh its local and global terms, per-location normalisation chosen by synthetic defects, and
-cross-fitted calibration for small sets. `inspector.train.train_and_calibrate` calls `fit_feature_model`."""
+cross-fitted calibration for small sets. `inspector.training.train.train_and_calibrate` calls `fit_feature_model`."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from inspector.anomaly_synth import AnomalySynthConfig, synthesize_anomalies
-from inspector.backbone import load_pretrained
-from inspector.model import FeatureReconstructor, FeatureReconstructorConfig
-from inspector.preprocess import to_tensor
-from inspector.quality_metrics import auroc
-from inspector.runtime import fuse_conv_bn
-from inspector.scoring import ScoringConfig, combined_scores, feature_terms, image_scores, normalise_per_location
-from inspector.threshold import CalibrationStats, calibrate, pixel_sample
+from inspector.decode.preprocess import to_tensor
+from inspector.model.backbone import load_pretrained
+from inspector.model.networks import FeatureReconstructor, FeatureReconstructorConfig
+from inspector.model.runtime import fuse_conv_bn
+from inspector.model.scoring import ScoringConfig, combined_scores, feature_terms, image_scores, normalise_per_location
+from inspector.model.threshold import CalibrationStats, calibrate, pixel_sample
+from inspector.training.anomaly_synth import AnomalySynthConfig, synthesize_anomalies
+from inspector.training.quality_metrics import auroc
 
 if TYPE_CHECKING:
-    from inspector.train import TrainConfig
+    from inspector.training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from inspector.contracts import DLQ_REASONS
 
 if TYPE_CHECKING:  # the artifact module imports torch; the metrics need only its fields
-    from inspector.artifact import ModelArtifact
+    from inspector.model.artifact import ModelArtifact
     from inspector.settings import ModelSettings
 
 NAMESPACE = "inspector"

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from inspector.artifact import ModelArtifact
 from inspector.contracts import Box
-from inspector.frame_decode import Decoded, decode_record
-from inspector.metrics import WorkerMetrics
-from inspector.preprocess import DeviceJpegDecoder
-from inspector.runtime import ModelRunner
-from inspector.scoring import defect_box
+from inspector.decode.preprocess import DeviceJpegDecoder
+from inspector.kafka.transport import ConsumedRecord
+from inspector.model.artifact import ModelArtifact
+from inspector.model.runtime import ModelRunner
+from inspector.model.scoring import defect_box
+from inspector.model.threshold import is_defect
 from inspector.settings import Settings
-from inspector.threshold import is_defect
-from inspector.transport import ConsumedRecord
+from inspector.stream.frame_decode import Decoded, decode_record
+from inspector.stream.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
     import torch

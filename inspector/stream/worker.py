@@ -6,7 +6,7 @@ batch being published (duplicates bounded by one batch per partition); nothing i
 `kafka.exactly_once` the results and the offsets go into one transaction instead.
 
 Pipelining: while the main thread publishes batch N, waits for its acknowledgements and commits it, the next
-batches are decoded and scored in the threads of `inspector.batch_scoring`. A crash then loses the work on those
+batches are decoded and scored in the threads of `inspector.stream.batch_scoring`. A crash then loses the work on those
 too, but none of their results were published, so the duplicates are still bounded by one batch.
 """
 
@@ -19,17 +19,17 @@ from collections import deque
 
 from kafka import TopicPartition
 
-from inspector.artifact import ModelArtifact
-from inspector.batch_scoring import Batch, BatchScorer, Scored
-from inspector.batcher import MicroBatcher
 from inspector.contracts import H_CAMERA_ID, Alert, FrameScore, dead_letter, header_value
-from inspector.flow_control import BatchSizeGovernor, RewindLedger
-from inspector.frame_decode import Decoded
-from inspector.metrics import CameraLabels, WorkerMetrics
-from inspector.model_reload import ModelFileWatch
-from inspector.runtime import ModelRunner
+from inspector.kafka.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, next_offsets
+from inspector.model.artifact import ModelArtifact
+from inspector.model.runtime import ModelRunner
 from inspector.settings import Settings
-from inspector.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, next_offsets
+from inspector.stream.batch_scoring import Batch, BatchScorer, Scored
+from inspector.stream.batcher import MicroBatcher
+from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
+from inspector.stream.frame_decode import Decoded
+from inspector.stream.metrics import CameraLabels, WorkerMetrics
+from inspector.stream.model_reload import ModelFileWatch
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """A consumed frame, read: its headers into FrameMeta, then its JPEG bytes validated and decoded (or only
-validated, when the batch is decoded on the GPU). No torch here, like `inspector.jpeg`."""
+validated, when the batch is decoded on the GPU). No torch here, like `inspector.decode.jpeg`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from inspector.contracts import FrameMeta
+from inspector.decode.jpeg import decode_jpeg, validate_jpeg
 from inspector.errors import BadFrame
-from inspector.jpeg import decode_jpeg, validate_jpeg
-from inspector.transport import ConsumedRecord
+from inspector.kafka.transport import ConsumedRecord
 
 
 @dataclass

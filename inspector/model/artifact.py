@@ -19,9 +19,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from inspector.errors import ModelFileError
-from inspector.model import ARCHITECTURES, Autoencoder, FeatureReconstructor, NullModel, RepairAutoencoder
-from inspector.scoring import ScoringConfig
-from inspector.threshold import CalibrationStats
+from inspector.model.networks import ARCHITECTURES, Autoencoder, FeatureReconstructor, NullModel, RepairAutoencoder
+from inspector.model.scoring import ScoringConfig
+from inspector.model.threshold import CalibrationStats
 
 FORMAT_NAME = "inspector-autoencoder"
 FORMAT_VERSION = 2  # 2: the model family (architecture name picks the module); 1 files still load

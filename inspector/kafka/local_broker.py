@@ -3,7 +3,7 @@
 The jars come from Maven Central through `deploy/kafka/pom.xml` (see `make kafka`); this module formats
 a temporary data directory, starts `kafka.Kafka` on Java, waits until it answers, and stops it cleanly.
 
-    python -m inspector.local_broker            # run in the foreground until Ctrl-C
+    python -m inspector.kafka.local_broker            # run in the foreground until Ctrl-C
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`inspector serve`: wires one worker process (model on its device, HTTP endpoint, Kafka clients, signals)
-and runs the hot loop of `inspector.worker` until SIGTERM/SIGINT."""
+and runs the hot loop of `inspector.stream.worker` until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -12,25 +12,25 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from inspector import artifact as artifact_io
-from inspector.http_endpoint import HttpEndpoint
-from inspector.kafka_io import KafkaPythonFrameConsumer, KafkaPythonResultProducer
-from inspector.metrics import build_metrics
-from inspector.model import NullModel
+from inspector.kafka.kafka_python import KafkaPythonFrameConsumer, KafkaPythonResultProducer
+from inspector.kafka.transport import FrameConsumer, ResultProducer
+from inspector.model import artifact as artifact_io
+from inspector.model.networks import NullModel
+from inspector.model.runtime import ModelRunner, pick_device
 from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval
-from inspector.runtime import ModelRunner, pick_device
 from inspector.settings import Settings
-from inspector.transport import FrameConsumer, ResultProducer
-from inspector.worker import Worker
+from inspector.stream.http_endpoint import HttpEndpoint
+from inspector.stream.metrics import build_metrics
+from inspector.stream.worker import Worker
 
-log = logging.getLogger("inspector.worker")
+log = logging.getLogger("inspector.stream.worker")
 
 
 def transport_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable[..., ResultProducer]]:
     """(consumer class, producer class) of the chosen Kafka client library (mypy checks both implement the
-    protocols of `inspector.transport`)."""
+    protocols of `inspector.kafka.transport`)."""
     if transport == "confluent":
-        from inspector.kafka_confluent import ConfluentFrameConsumer, ConfluentResultProducer
+        from inspector.kafka.confluent import ConfluentFrameConsumer, ConfluentResultProducer
 
         return ConfluentFrameConsumer, ConfluentResultProducer
     return KafkaPythonFrameConsumer, KafkaPythonResultProducer

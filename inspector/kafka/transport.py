@@ -1,5 +1,5 @@
 """The Kafka boundary the hot loop is typed against: a consumed record, the frames consumer and the results
-producer, as protocols. `inspector.kafka_io` (kafka-python) and `inspector.kafka_confluent` (librdkafka)
+producer, as protocols. `inspector.kafka.kafka_python` (kafka-python) and `inspector.kafka.confluent` (librdkafka)
 implement them; partitions cross the boundary as kafka-python's `TopicPartition` with either library.
 """
 

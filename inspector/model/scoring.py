@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from inspector.contracts import Box
-from inspector.image_similarity import ERROR_MAPS, combined_error_map
-from inspector.model import FeatureReconstruction, FeatureReconstructor, RepairAutoencoder
+from inspector.model.image_similarity import ERROR_MAPS, combined_error_map
+from inspector.model.networks import FeatureReconstruction, FeatureReconstructor, RepairAutoencoder
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
     """How a model's output becomes a map and a score; stored in the model file with its threshold."""
 
-    # Image-space error of the autoencoders: names from `inspector.image_similarity.ERROR_MAPS` joined by "+"
+    # Image-space error of the autoencoders: names from `inspector.model.image_similarity.ERROR_MAPS` joined by "+"
     # (e.g. "msgms+lab"); the feature reconstructor and the repair head ignore it.
     error: str = "l2"
     smoothing_sigma: float = 5.0  # Gaussian blur of the map, in model pixels (0 = off): pools a defect's error

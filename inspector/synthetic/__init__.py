@@ -1,0 +1,1 @@
+"""The synthetic banana line: rendered scenes of good and defective bananas, and data sets of them."""

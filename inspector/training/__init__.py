@@ -1,0 +1,1 @@
+"""Fitting models to good images and measuring them: training, synthetic anomalies, evaluation, baselines."""
