@@ -153,6 +153,12 @@ class ProducerSettings(BaseModel):
     defect_rate: float = Field(0.05, ge=0, le=1)  # synthetic source only
     deadline_ms: float = Field(300.0, ge=0)  # time to the ejector; 0 = no deadline header
     seed: int = 0
+    # Frames waiting for the broker (queued or unacknowledged), all cameras together; past it the oldest are dropped.
+    buffer_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    stall_s: float = Field(5.0, gt=0)  # a live camera with no frame for this long is reopened
+    reconnect_min_s: float = Field(0.5, gt=0)  # first wait before reopening; doubles per failed try ...
+    reconnect_max_s: float = Field(10.0, gt=0)  # ... up to this
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # /metrics, /healthz, /readyz; None = off, 0 = any free
 
 
 class Settings(BaseSettings):
