@@ -198,6 +198,14 @@ def prepare_thread_runtime() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def quiet_capture_library() -> None:
+    """Before the first cv2.VideoCapture: FFmpeg and OpenCV print a line for every failed try to open a stream,
+    which would flood the log of a producer retrying a lost camera; the producer logs each change of state
+    itself. A value the operator set is kept."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+
 def child_environment(**overrides: str) -> dict[str, str]:
     """This process's environment plus INSPECTOR_* overrides, for a worker started as a child process."""
     return {**os.environ, **overrides}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from inspector.errors import ConfigError, InspectorError
 from inspector.process import configure_logging
-from inspector.settings import ProducerSettings, Settings, load_settings
+from inspector.settings import ProducerSettings, Settings, load_settings, quiet_capture_library
 from producers.cameras import CameraConfig, load_cameras
 from producers.line import LineProducer
 
@@ -62,6 +62,7 @@ def cameras_of(args: argparse.Namespace, settings: Settings) -> list[CameraConfi
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_capture_library()
     producer_overrides = {k: v for k, v in {
         "camera_id": args.camera_id, "fps": args.fps, "count": args.count, "width": args.width,
         "height": args.height, "jpeg_quality": args.jpeg_quality, "defect_rate": args.defect_rate,

@@ -43,6 +43,7 @@ class LiveSource(FrameSource):
 
     def __init__(self, target: int | str, settings: ProducerSettings, metrics: CameraMetrics | None = None) -> None:
         super().__init__()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # not a warning per failed try to open
         self.target = target
         self.settings = settings
         self.metrics = metrics
@@ -113,6 +114,8 @@ class LiveSource(FrameSource):
                 if self._stopped.wait(min(s.reconnect_max_s, s.reconnect_min_s * 2 ** (failed_tries - 1))):
                     return
             cap = self._open()
+            log.debug("camera %s: try %d to open %s: %s", self.camera_id, failed_tries + 1, self.target,
+                      "opened" if cap is not None else "failed")
             if cap is None:
                 if failed_tries == 0 and not ever_up:
                     log.warning("camera %s down: cannot open %s", self.camera_id, self.target)
