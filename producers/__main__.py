@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = s.sent / s.seconds if s.seconds else 0.0
         print(f"{camera_id}: sent {s.sent} frames ({s.acked} acknowledged, {s.failed} failed, {s.dropped} dropped, "
               f"{s.skipped} skipped) in {s.seconds:.1f}s = {rate:.0f} frames/s; labels {s.labels}")
-    return 0 if all(s.failed == 0 and s.dropped == 0 for s in stats.values()) else 1
+    return 0 if all(s.failed == 0 for s in stats.values()) else 1
 
 
 if __name__ == "__main__":

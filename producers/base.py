@@ -137,7 +137,7 @@ class Publisher:
                     deadline_ns=captured + int(s.deadline_ms * 1e6) if s.deadline_ms else None,
                     label=frame.label,
                 )
-                self.send(jpeg, meta)
+                self.send(jpeg, meta, droppable=source.live)
                 if frame.skipped:
                     self.stats.skipped += frame.skipped
                     if self.metrics is not None:
@@ -153,8 +153,9 @@ class Publisher:
             self.stats.seconds = time.monotonic() - t_start
         return self.stats
 
-    def send(self, value: bytes, meta: FrameMeta) -> None:
-        """Queue one frame for sending (acks, failures and drops are counted in `stats` and the metrics)."""
+    def send(self, value: bytes, meta: FrameMeta, *, droppable: bool = False) -> None:
+        """Queue one frame for sending (acks, failures and drops are counted in `stats` and the metrics); a
+        droppable (live) frame may be dropped while the broker is away, any other waits for room."""
         metrics = self.metrics
         captured_ns = meta.captured_ns
 
@@ -164,19 +165,19 @@ class Publisher:
                 metrics.published.inc()
                 metrics.capture_to_ack.observe(max(time.time_ns() - captured_ns, 0) / 1e9)
 
-        self._submit(meta.camera_id.encode(), value, meta.to_headers(), acked)
+        self._submit(meta.camera_id.encode(), value, meta.to_headers(), acked, droppable)
 
     def send_raw(self, value: bytes | None, headers: list[tuple[str, bytes]], key: bytes | None = None) -> None:
         """Send arbitrary bytes and headers (tests and fault injection: the worker must survive them)."""
         def acked() -> None:
             self.stats.acked += 1
 
-        self._submit(key, value, headers, acked)
+        self._submit(key, value, headers, acked, droppable=False)
 
     def _submit(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
-                acked: Callable[[], None]) -> None:
+                acked: Callable[[], None], droppable: bool) -> None:
         self.sender.submit(OutgoingFrame(key, value, headers, on_ack=acked, on_error=self._on_error,
-                                         on_drop=self._on_drop))
+                                         on_drop=self._on_drop, droppable=droppable))
         self.stats.sent += 1
 
     def _on_error(self, exc: Exception) -> None:

@@ -1,8 +1,8 @@
 """The producer's one Kafka client and the bounded buffer in front of it.
 
-Publishers hand frames to `FrameSender.submit`, which never blocks: frames wait in a `SendBuffer` whose bytes,
-together with those sent but not yet acknowledged, stay within a byte budget; past it the oldest waiting frames
-are dropped (and counted by their publisher). A sender thread hands frames to Kafka while the unacknowledged
+Publishers hand frames to `FrameSender.submit`: frames wait in a `SendBuffer` whose bytes, together with those
+sent but not yet acknowledged, stay within a byte budget. Past it, a live camera's oldest waiting frames are
+dropped (and counted by their publisher), so its capture never waits; a file's frames wait for room instead. A sender thread hands frames to Kafka while the unacknowledged
 bytes are under a quarter of the budget, so a broker that goes away fills the buffer, not the Kafka client.
 """
 
@@ -35,6 +35,7 @@ class OutgoingFrame:
     on_ack: Callable[[], None]
     on_error: Callable[[Exception], None]
     on_drop: Callable[[], None]
+    droppable: bool = True  # a live camera's frame; a file's frames wait for room instead, and are never dropped
 
     @property
     def size(self) -> int:
@@ -58,14 +59,18 @@ class SendBuffer:
         return self.queued_bytes + self.in_flight_bytes
 
     def put(self, frame: OutgoingFrame) -> list[OutgoingFrame]:
-        """Queue a frame; returns the oldest waiting frames dropped to stay within the budget (the caller
-        calls their on_drop outside the lock). Never waits for the sender."""
+        """Queue a frame; returns the oldest droppable frames dropped to stay within the budget (the caller
+        calls their on_drop outside the lock). A droppable frame never waits; another waits for room."""
         dropped = []
         with self.changed:
+            while not frame.droppable and self.held_bytes and self.held_bytes + frame.size > self.budget_bytes:
+                self.changed.wait()
             self._queue.append(frame)
             self.queued_bytes += frame.size
-            while self._queue and self.held_bytes > self.budget_bytes:
-                oldest = self._queue.popleft()
+            # Only a file's frame bigger than the whole budget can leave nothing droppable while over it.
+            while self.held_bytes > self.budget_bytes and (
+                    oldest := next((f for f in self._queue if f.droppable), None)) is not None:
+                self._queue.remove(oldest)
                 self.queued_bytes -= oldest.size
                 dropped.append(oldest)
             self.changed.notify_all()
@@ -134,7 +139,7 @@ class FrameSender:
         return self.buffer.held_bytes == 0 or time.monotonic() - self._last_ack < 10.0
 
     def submit(self, frame: OutgoingFrame) -> None:
-        """Queue a frame for sending, never blocking; the oldest waiting frames go if the budget is exceeded."""
+        """Queue a frame for sending (see SendBuffer.put: a droppable frame never waits)."""
         for dropped in self.buffer.put(frame):
             dropped.on_drop()
         self._report()

@@ -8,6 +8,7 @@ asserted against a clock beyond the frame-age bound the issue sets (three source
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -287,3 +288,81 @@ def test_three_cameras_one_unreachable_the_others_publish(kafka_broker, mjpeg_ca
     summary(capsys, "three-cameras", **{c: len(rs) for c, rs in by_camera.items()},
             http_age_ms_max=max(http_ages))
 
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A broker this module may stop and start again (never the session one)."""
+    from inspector.local_broker import LocalKafka
+
+    # A short broker session: after a SIGKILL the restarted broker waits out its own old registration.
+    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("cameras-kafka"),
+                        extra_config={"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "1000"})
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_broker_outage_under_a_live_camera_stays_within_the_byte_budget(own_broker, start_producer, capsys):
+    budget, down_s = 2 * 1024 * 1024, 15
+    camera = MjpegCamera(fps=15, noise=True)  # noise: frames of ~70 KB, 0.7 MB/s at 10 frames/s
+    bootstrap = own_broker.bootstrap_servers
+    topic = new_topic(bootstrap, "outage")
+    try:
+        producer = start_producer(bootstrap, topic, [{"id": "cam-o", "source": camera.url, "fps": 10}],
+                                  INSPECTOR_PRODUCER__BUFFER_BYTES=str(budget), INSPECTOR_PRODUCER__JPEG_QUALITY="95")
+        published = lambda: producer.value("frames_published_total", "cam-o")  # noqa: E731
+        producer.wait_for("frames published", lambda: published() >= 20)
+        rss_before = rss_bytes(producer.proc.pid)
+
+        # 1. The broker goes away for 15 s: frames pile up to the budget, then the oldest are dropped.
+        own_broker.kill()
+        held, rss = [], []
+        t_end = time.monotonic() + down_s
+        while time.monotonic() < t_end:
+            held.append(producer.value("buffer_bytes"))
+            rss.append(rss_bytes(producer.proc.pid))
+            time.sleep(0.25)
+        before = published()
+        dropped_during = producer.value("frames_dropped_total", "cam-o")
+        grabbed_during = producer.value("frames_grabbed_total", "cam-o")
+
+        # 2. It comes back: publishing resumes by itself.
+        t_restart = time.monotonic()
+        own_broker.start()
+        producer.wait_for("publishing resumes", lambda: published() >= before + 30, timeout_s=120)
+        resumed_s = time.monotonic() - t_restart
+        assert producer.value("camera_up", "cam-o") == 1 and producer.proc.poll() is None
+        dropped = producer.value("frames_dropped_total", "cam-o")
+        errors = producer.value("delivery_errors_total", "cam-o")
+        assert producer.stop() == 0
+    finally:
+        camera.close()
+
+    assert max(held) <= budget and max(held) >= budget / 2, (max(held), budget)
+    assert dropped_during > 0 and grabbed_during > 0
+    # The process holds no more than the budget's worth of frames: 15 s of them (~10 MB) would show.
+    rss_growth = max(rss) - rss_before
+    assert rss_growth < budget + 8 * 1024 * 1024, f"RSS grew by {rss_growth / 2**20:.1f} MiB"
+    records = read_frames(bootstrap, topic)
+    sequences = [meta_of(r).sequence for r in records]
+    assert sequences == sorted(set(sequences))  # in order, no duplicate
+    # Each missing sequence number is a counted drop (or an undelivered frame).
+    final = re.search(r"cam-o: sent (\d+) frames \((\d+) acknowledged, (\d+) failed, (\d+) dropped",
+                      producer.log())
+    assert final, producer.log()
+    sent, acked, failed, dropped_final = map(int, final.groups())
+    assert sent == len(records) + dropped_final + failed and acked == len(records)
+    summary(capsys, "broker-outage-live", budget_mib=budget / 2**20, down_s=down_s,
+            held_max_mib=round(max(held) / 2**20, 2), rss_growth_mib=round(rss_growth / 2**20, 1),
+            dropped=int(dropped), delivery_errors=int(errors), published=len(records),
+            resumed_after_restart_s=round(resumed_s, 1))
