@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each sets up what it needs first:
 # the virtual environment with the project and its dependencies (torch is a ~3 GB CUDA build from PyPI,
-# installed once), the Kafka jars from Maven Central, and Debian's prometheus and kcat for the tests.
+# installed once), the Kafka jars from Maven Central, and Debian's packages for the tests (system-deps).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -39,13 +39,17 @@ $(KAFKA_STAMP): deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies
 	touch $@
 
-# Prometheus (promtool) and kcat come from Debian's packages; installed only when missing.
+# Debian's packages for the tests, installed only when missing: Prometheus (promtool) and kcat, and GStreamer's
+# RTSP server with its Python bindings for the live-camera tests (run under Debian's python3, tests/rtsp_camera.py).
+SYSTEM_PACKAGES := prometheus kcat gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v kcat >/dev/null; then \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus kcat >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "note: install Debian packages 'prometheus' and 'kcat' for the observability and interop tests"; \
+	    echo "note: install the Debian packages" $$missing "for the observability, interop and camera tests"; \
 	  fi; \
 	fi
 

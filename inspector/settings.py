@@ -153,6 +153,12 @@ class ProducerSettings(BaseModel):
     defect_rate: float = Field(0.05, ge=0, le=1)  # synthetic source only
     deadline_ms: float = Field(300.0, ge=0)  # time to the ejector; 0 = no deadline header
     seed: int = 0
+    # Frames waiting for the broker (queued or unacknowledged), all cameras together; past it the oldest are dropped.
+    buffer_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    stall_s: float = Field(5.0, gt=0)  # a live camera with no frame for this long is reopened
+    reconnect_min_s: float = Field(0.5, gt=0)  # first wait before reopening; doubles per failed try ...
+    reconnect_max_s: float = Field(10.0, gt=0)  # ... up to this
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # /metrics, /healthz, /readyz; None = off, 0 = any free
 
 
 class Settings(BaseSettings):
@@ -190,6 +196,14 @@ def prepare_thread_runtime() -> None:
     CPU cores (measured on 2 cores: a 32-frame batch took 630 ms instead of 180 ms). A value the operator
     set is kept."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def quiet_capture_library() -> None:
+    """Before the first cv2.VideoCapture: FFmpeg and OpenCV print a line for every failed try to open a stream,
+    which would flood the log of a producer retrying a lost camera; the producer logs each change of state
+    itself. A value the operator set is kept."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 def child_environment(**overrides: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Sources read with OpenCV: a folder of images, a video file, a camera (USB index or RTSP URL)."""
+"""Sources read with OpenCV that hand over every frame: a folder of images, a video file (live cameras and
+streams are read by producers/live.py instead)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ class FolderSource(FrameSource):
 
 
 class CaptureSource(FrameSource):
-    """cv2.VideoCapture over a video file, a camera index, or an RTSP/HTTP URL."""
+    """cv2.VideoCapture over a video file, every frame in order (a camera index or URL works too, without the
+    newest-frame handover and reconnects of LiveSource)."""
 
     def __init__(self, target: str, *, loop: bool = False) -> None:
         super().__init__()

@@ -102,14 +102,29 @@ def metric_names(expr: str) -> set[str]:
 
 
 def worker_series_names() -> set[str]:
-    """Every series name the worker exposes, built from inspector.stream.metrics (counters with _total, histograms
-    with _bucket/_sum/_count)."""
+    """Every series name the worker exposes, built from inspector.stream.metrics."""
     from prometheus_client import CollectorRegistry
 
     from inspector.stream.metrics import build_metrics
 
     registry = CollectorRegistry()
     build_metrics(registry)
+    return _series_names(registry)
+
+
+def producer_series_names() -> set[str]:
+    """Every series name the producer exposes, built from producers.metrics."""
+    from prometheus_client import CollectorRegistry
+
+    from producers.metrics import build_producer_metrics
+
+    registry = CollectorRegistry()
+    build_producer_metrics(registry)
+    return _series_names(registry)
+
+
+def _series_names(registry: Any) -> set[str]:
+    """Series names of a registry's metrics (counters with _total, histograms with _bucket/_sum/_count)."""
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":
@@ -121,7 +136,10 @@ def worker_series_names() -> set[str]:
     return names
 
 
-def render_local_config(target: str, rules_dir: Path = RULES_DIR) -> str:
-    """prometheus.local.yml.tmpl with its placeholders filled: scrape `target` (host:port) every second."""
+def render_local_config(target: str, rules_dir: Path = RULES_DIR, producer_targets: tuple[str, ...] = ()) -> str:
+    """prometheus.local.yml.tmpl with its placeholders filled: scrape the worker `target` (host:port) and the
+    producers (host:port each) every second."""
     text = LOCAL_CONFIG_TEMPLATE.read_text()
-    return text.replace("{{TARGET}}", target).replace("{{RULES_DIR}}", str(Path(rules_dir).resolve()))
+    producers = ", ".join(f'"{t}"' for t in producer_targets)
+    return (text.replace("{{TARGET}}", target).replace("{{PRODUCER_TARGETS}}", producers)
+            .replace("{{RULES_DIR}}", str(Path(rules_dir).resolve())))

@@ -13,7 +13,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -26,6 +28,7 @@ from typing import TypeVar
 import pytest
 import yaml
 
+from inspector.kafka.kafka_python import create_topics
 from inspector.kafka.local_broker import free_port
 from producers.base import Publisher, SourceFrame
 from producers.synthetic import ListSource, planned_stream
@@ -72,6 +75,8 @@ ALERT_PROOFS = {
     "InspectorLatencyOverBudget": "bool",
     "InspectorScoreDrift": "bool",
     "InspectorNotReady": "bool",  # a stopped worker exports nothing, so its inspector_ready goes stale
+    "CameraDown": "live",  # the producer's second camera points at a port where nothing listens
+    "CameraFrameRateLow": "bool",
 }
 
 # Strings and label matchers are copied as they are; a comparison outside them gets `bool`.
@@ -156,9 +161,9 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     """Starts Prometheus on a free loopback port, scraping `target` with the local config and the rules."""
     started: list[Prometheus] = []
 
-    def start(target: str) -> Prometheus:
+    def start(target: str, producer_targets: tuple[str, ...] = ()) -> Prometheus:
         config = tmp_path / "prometheus.yml"
-        config.write_text(render_local_config(target, RULES_DIR))
+        config.write_text(render_local_config(target, RULES_DIR, producer_targets))
         port = free_port()
         log_path = tmp_path / "prometheus.log"
         with log_path.open("wb") as log:
@@ -202,6 +207,23 @@ def stream_with_bad_frames() -> tuple[list[SourceFrame], int]:
     return frames, bad
 
 
+def start_camera_producer(topics, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """`python -m producers --cameras` with a synthetic camera at 5 frames/s and one that cannot be reached,
+    publishing to a topic of its own (the worker's stream stays as planned); (process, metrics port)."""
+    topic = f"{topics.frames}-cameras"
+    create_topics(topics.kafka_settings(), {topic: 1})
+    cameras = tmp_path / "cameras.yaml"
+    cameras.write_text(yaml.safe_dump({"cameras": [
+        {"id": "cam-synthetic", "source": "synthetic", "fps": 5, "width": 64, "height": 64},
+        {"id": "cam-gone", "source": f"rtsp://127.0.0.1:{free_port()}/cam", "fps": 5}]}))
+    port = free_port()
+    with (tmp_path / "producer.log").open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "producers", "--cameras", str(cameras), "--metrics-port",
+                                 str(port)], env={**os.environ, **topics.env(), "INSPECTOR_KAFKA__FRAMES_TOPIC": topic},
+                                stdout=log, stderr=subprocess.STDOUT)
+    return proc, port
+
+
 def test_dashboard_and_rules_return_data_on_a_live_worker(topics, start_worker, start_prometheus, tmp_path,
                                                           default_model_path):
     # A copy of the model, so that touching it makes this worker (and only it) hot-reload.
@@ -209,9 +231,21 @@ def test_dashboard_and_rules_return_data_on_a_live_worker(topics, start_worker, 
     shutil.copy2(default_model_path, model)
     worker = start_worker(topics, wait_ready=False, INSPECTOR_MODEL__PATH=str(model))
     target = f"127.0.0.1:{worker.metrics_port}"
-    prom = start_prometheus(target)  # starts while the worker warms up
+    producer, producer_port = start_camera_producer(topics, tmp_path)
+    producer_target = f"127.0.0.1:{producer_port}"
+    try:
+        _check_live_worker_and_producer(topics, worker, target, producer, producer_target, start_prometheus, model)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+        producer.wait(timeout=30)
+
+
+def _check_live_worker_and_producer(topics, worker, target, producer, producer_target, start_prometheus, model):
+    prom = start_prometheus(target, (producer_target,))  # starts while the worker warms up
     worker.wait_ready()
     prom.wait_for_series('inspector_ready{job="inspector"} == 1')
+    prom.wait_for_series('inspector_producer_frames_published_total{camera="cam-synthetic"} > 0')
 
     # 1. The stream: 5 bad records of different kinds; cam-1 at FPS with 1 frame in 8 truncated; cam-late,
     #    whose deadline (1 ms) is always missed; a hot reload of the model half way.
@@ -277,7 +311,9 @@ def test_dashboard_and_rules_return_data_on_a_live_worker(topics, start_worker, 
     assert not any(nan.values()), f"NaN results: { {e: series for e, series in nan.items() if series} }"
 
     live = [name for name, proof in ALERT_PROOFS.items() if proof == "live"]
-    prom.wait_for(f"{live} pending", lambda: set(live) <= set(prom.alerts("pending")), timeout_s=20)
+    # Pending, or firing for the camera that has been down since the producer started (CameraDown's `for` is 1m).
+    prom.wait_for(f"{live} pending", lambda: set(live) <= set(prom.alerts("pending")) | set(prom.alerts("firing")),
+                  timeout_s=20)
 
     # 5. Prometheus evaluates every rule without error, and scrapes the worker.
     def evaluated() -> list[dict]:
@@ -288,14 +324,21 @@ def test_dashboard_and_rules_return_data_on_a_live_worker(topics, start_worker, 
     assert len(evaluated_rules) == len(all_rules)
     unhealthy = {r["name"]: r.get("lastError") for r in evaluated_rules if r["health"] != "ok"}
     assert not unhealthy, unhealthy
-    (scraped,) = prom.get("/api/v1/targets")["data"]["activeTargets"]
-    assert scraped["health"] == "up" and scraped["labels"] == {"job": "inspector", "instance": target}, scraped
+    scraped = {t["labels"]["job"]: t for t in prom.get("/api/v1/targets")["data"]["activeTargets"]}
+    assert scraped.keys() == {"inspector", "producer"}, scraped
+    for job, instance in (("inspector", target), ("producer", producer_target)):
+        assert scraped[job]["health"] == "up" and scraped[job]["labels"] == {"job": job, "instance": instance}
 
-    # 6. The exposition passes promtool's lint.
+    # 6. The expositions pass promtool's lint; the producer stops cleanly.
     if PROMTOOL:
-        lint = subprocess.run([PROMTOOL, "check", "metrics"], input=worker.metrics_text(), capture_output=True,
-                              text=True, timeout=60)
-        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
+        with urllib.request.urlopen(f"http://{producer_target}/metrics", timeout=5) as r:
+            producer_metrics = r.read().decode()
+        for exposition in (worker.metrics_text(), producer_metrics):
+            lint = subprocess.run([PROMTOOL, "check", "metrics"], input=exposition, capture_output=True,
+                                  text=True, timeout=60)
+            assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
+    producer.send_signal(signal.SIGTERM)
+    assert producer.wait(timeout=60) == 0
 
     # 7. The fault: the worker stops; the next scrapes fail, the rule returns its target, the alert pends.
     assert worker.terminate() == 0

@@ -1,7 +1,7 @@
 """Static checks of the monitoring files: the Prometheus config and rules, and the Grafana provisioning and dashboard.
 
 No broker and no Prometheus server: the files are checked with `promtool` (Debian package `prometheus`), and the
-metric names in their PromQL against the worker's own metrics (tests/deploy_expressions.py).
+metric names in their PromQL against the worker's and the producer's own metrics (tests/deploy_expressions.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tests.deploy_expressions import (
     dashboard_expressions,
     dashboard_panels,
     metric_names,
+    producer_series_names,
     read_yaml,
     recorded_names,
     render_local_config,
@@ -55,6 +56,8 @@ def test_compose_config_discovers_every_inspector_replica() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["inspector"]["dns_sd_configs"] == [
         {"names": ["inspector"], "type": "A", "port": 9400, "refresh_interval": "15s"}]
+    assert jobs["producer"]["dns_sd_configs"] == [
+        {"names": ["producer"], "type": "A", "port": 9401, "refresh_interval": "15s"}]
     # The rule glob picks the rules and not their unit tests.
     assert [path for rule_glob in config["rule_files"] for path in PROMETHEUS_DIR.glob(rule_glob)] == [RULES]
 
@@ -68,12 +71,15 @@ def test_compose_prometheus_config_is_valid() -> None:
 
 @needs_promtool
 def test_local_config_template_renders_to_valid_config(tmp_path: Path) -> None:
-    rendered = render_local_config("127.0.0.1:9400")
+    rendered = render_local_config("127.0.0.1:9400", producer_targets=("127.0.0.1:9401",))
     assert "{{" not in rendered
     config = yaml.safe_load(rendered)
     assert config["global"]["scrape_interval"] == config["global"]["evaluation_interval"] == "1s"
     assert config["scrape_configs"] == [
-        {"job_name": "inspector", "static_configs": [{"targets": ["127.0.0.1:9400"]}]}]
+        {"job_name": "inspector", "static_configs": [{"targets": ["127.0.0.1:9400"]}]},
+        {"job_name": "producer", "static_configs": [{"targets": ["127.0.0.1:9401"]}]}]
+    assert yaml.safe_load(render_local_config("127.0.0.1:9400"))["scrape_configs"][1]["static_configs"] == [
+        {"targets": []}]
     path = tmp_path / "prometheus.yml"
     path.write_text(rendered)
     result = promtool("check", "config", str(path), cwd=tmp_path)
@@ -158,8 +164,8 @@ def test_metric_names_finds_selectors_only() -> None:
 
 
 @pytest.mark.parametrize("source", ["dashboard", "rules"])
-def test_expressions_use_only_worker_metrics(source: str) -> None:
-    allowed = worker_series_names() | {"up"}
+def test_expressions_use_only_worker_and_producer_metrics(source: str) -> None:
+    allowed = worker_series_names() | producer_series_names() | {"up"}
     if source == "dashboard":
         exprs = dashboard_expressions(DASHBOARD)
     else:
