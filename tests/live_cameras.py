@@ -128,7 +128,8 @@ class MjpegCamera:
                                          + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n")
                         self.wfile.flush()
                         n += 1
-                        next_at += period
+                        # A late camera skips the frames it missed, as a real one does, instead of sending a burst.
+                        next_at = max(next_at + period, time.monotonic() + period / 2)
                         time.sleep(max(next_at - time.monotonic(), 0))
                 except OSError:  # the client went away
                     pass
