@@ -39,7 +39,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
     s = _settings(args).kafka
     create_topics(s, {s.frames_topic: args.frames_partitions, s.alerts_topic: 1, s.scores_topic: 1,
-                      s.dlq_topic: 1})
+                      s.dlq_topic: 1, s.evidence_topic: 1, s.feedback_topic: 1})
     print(f"topics ready on {s.bootstrap_servers}")
     return 0
 
