@@ -39,13 +39,17 @@ $(KAFKA_STAMP): deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies
 	touch $@
 
-# Prometheus (promtool) and kcat come from Debian's packages; installed only when missing.
+# Prometheus (promtool), kcat and the headless browser of the UI tests (chromium, chromedriver) come from
+# Debian's packages; installed only when missing.
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v kcat >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v kcat >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v chromedriver >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus kcat >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus kcat chromium \
+	      chromium-driver >/dev/null; \
 	  else \
-	    echo "note: install Debian packages 'prometheus' and 'kcat' for the observability and interop tests"; \
+	    echo "note: install Debian packages 'prometheus', 'kcat', 'chromium' and 'chromium-driver' for the" \
+	      "observability, interop and UI tests"; \
 	  fi; \
 	fi
 
