@@ -256,3 +256,43 @@ def test_feedback_needs_the_token_when_one_is_set(topics, start_ui):
         assert [json.loads(r.value)["verdict"] for r in records] == ["confirmed_defect"]
     finally:
         feedback.close()
+
+
+@pytest.fixture()
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A broker this test may kill and restart."""
+    from inspector.local_broker import LocalKafka
+
+    # A short broker session: after a SIGKILL the restarted broker waits out its own old registration.
+    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("ui-kafka"),
+                        extra_config={"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "1000"})
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def test_the_page_survives_a_broker_restart_and_shows_alerts_after_it(own_broker, start_ui, browser):
+    from inspector.kafka_io import create_topics
+
+    tag = uuid.uuid4().hex[:6]
+    topics = Topics(own_broker.bootstrap_servers, f"frames-{tag}", f"alerts-{tag}", f"scores-{tag}", f"dlq-{tag}",
+                    f"group-{tag}", f"evidence-{tag}", f"feedback-{tag}")
+    create_topics(topics.kafka_settings(), {topics.alerts: 1, topics.evidence: 1, topics.scores: 1,
+                                            topics.feedback: 1})
+    ui = start_ui(topics)
+    browser.get(ui.url + "/")
+    _wait(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
+    _publish_alert(topics.bootstrap, topics, "before-restart", "cam-r")
+    _wait(lambda: len(_evidence_cards(browser)) == 1, what="the alert before the restart")
+
+    own_broker.kill()  # SIGKILL: no controlled shutdown
+    time.sleep(5)
+    own_broker.start()
+    _publish_alert(topics.bootstrap, topics, "after-restart", "cam-r")
+    cards = _wait(lambda: len(_evidence_cards(browser)) == 2 and _evidence_cards(browser), timeout_s=120,
+                  what="the alert after the restart, on the same page")
+    assert [c.get_attribute("data-frame-id") for c in cards] == ["after-restart", "before-restart"]
+    assert browser.find_element("id", "status").text == "live" and ui.proc.poll() is None
+    _screenshot(browser, "after-broker-restart")
