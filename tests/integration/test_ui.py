@@ -26,7 +26,7 @@ from inspector.local_broker import free_port
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 
-from .conftest import Topics, TopicReader, producer_settings
+from .conftest import TopicReader, Topics, producer_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
