@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from kafka import KafkaProducer
 
@@ -193,11 +195,7 @@ def test_a_defect_frames_alert_appears_with_its_evidence_and_false_alarm_writes_
 
 def _publish_alert(bootstrap: str, topics: Topics, frame_id: str, camera_id: str) -> None:
     """An alert and its evidence as the worker would publish them (for ids a producer would never send)."""
-    import numpy as np
-
     frame = (np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)
-    import cv2
-
     jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
     heat = np.zeros((32, 32), np.float32)
     heat[4:12, 4:12] = 1.0
