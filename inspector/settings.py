@@ -148,6 +148,11 @@ class UiSettings(BaseModel):
     history_minutes: float = Field(10.0, gt=0, le=24 * 60)  # read back at start; also the per-camera count window
     max_alerts: int = Field(200, ge=1, le=10_000)  # alerts (and their evidence) kept in memory for the page
 
+    @field_validator("feedback_token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes an unset token as ""
+
 
 class FaultSettings(BaseModel):
     """Fault injection, for tests only (tests/integration/test_faults.py); every default is "no fault"."""

@@ -102,14 +102,15 @@ def metric_names(expr: str) -> set[str]:
 
 
 def worker_series_names() -> set[str]:
-    """Every series name the worker exposes, built from inspector.metrics (counters with _total, histograms
-    with _bucket/_sum/_count)."""
+    """Every series name the worker and the UI expose, built from inspector.metrics (counters with _total,
+    histograms with _bucket/_sum/_count)."""
     from prometheus_client import CollectorRegistry
 
-    from inspector.metrics import build_metrics
+    from inspector.metrics import build_metrics, build_ui_metrics
 
     registry = CollectorRegistry()
     build_metrics(registry)
+    build_ui_metrics(registry)
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":
