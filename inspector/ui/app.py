@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from inspector.contracts import FEEDBACK_VERDICTS, Alert, Feedback, FrameScore
-from inspector.errors import BadFrame, TransportError
+from inspector.errors import BadFrame, ConfigError, TransportError
 from inspector.evidence import from_record
 from inspector.feedback import FrameFetcher
 from inspector.metrics import UiMetrics, build_ui_metrics
@@ -256,7 +256,8 @@ async def static(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     feed = request.app[STATE].feed
-    return web.json_response({"kafka": bool(feed and feed.connected)})
+    connected = bool(feed and feed.connected)
+    return web.json_response({"kafka": connected}, status=200 if connected else 503)
 
 
 def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
@@ -300,6 +301,11 @@ def serve_ui(settings: Settings) -> int:
     """Run the UI until SIGINT/SIGTERM; returns the exit code."""
     app = build_app(settings)
     log.info("operator page on http://%s:%d/", settings.ui.host, settings.ui.port)
-    web.run_app(app, host=settings.ui.host, port=settings.ui.port, print=None, handle_signals=True)
+    # Open event streams never end by themselves: a short grace lets a stop not wait a minute for them.
+    try:
+        web.run_app(app, host=settings.ui.host, port=settings.ui.port, print=None, handle_signals=True,
+                    shutdown_timeout=3)
+    except OSError as exc:  # the address is taken, or not this host's
+        raise ConfigError(f"ui cannot listen on {settings.ui.host}:{settings.ui.port}: {exc.strerror or exc}") from None
     return 0
 
