@@ -104,13 +104,24 @@ def metric_names(expr: str) -> set[str]:
 def worker_series_names() -> set[str]:
     """Every series name the worker and the UI expose, built from inspector.metrics (counters with _total,
     histograms with _bucket/_sum/_count)."""
-    from prometheus_client import CollectorRegistry
-
     from inspector.metrics import build_metrics, build_ui_metrics
 
+    return _series_names(build_metrics, build_ui_metrics)
+
+
+def ui_series_names() -> set[str]:
+    """The series of `inspector ui` alone (the operators' verdicts), which a worker does not export."""
+    from inspector.metrics import build_ui_metrics
+
+    return _series_names(build_ui_metrics)
+
+
+def _series_names(*builders) -> set[str]:
+    from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry()
-    build_metrics(registry)
-    build_ui_metrics(registry)
+    for build in builders:
+        build(registry)
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":
