@@ -40,8 +40,10 @@ $(KAFKA_STAMP): deploy/kafka/pom.xml
 	touch $@
 
 # Debian's packages for the tests, installed only when missing: Prometheus (promtool) and kcat, and GStreamer's
-# RTSP server with its Python bindings for the live-camera tests (run under Debian's python3, tests/rtsp_camera.py).
-SYSTEM_PACKAGES := prometheus kcat gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+# RTSP server with its Python bindings for the live-camera and UI tests (run under Debian's python3, tests/rtsp_camera.py),
+# and the headless browser of the UI tests (chromium, chromedriver).
+SYSTEM_PACKAGES := prometheus kcat gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+  chromium chromium-driver
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -49,7 +51,7 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "note: install the Debian packages" $$missing "for the observability, interop and camera tests"; \
+	    echo "note: install the Debian packages" $$missing "for the observability, interop and camera and UI tests"; \
 	  fi; \
 	fi
 

@@ -9,10 +9,13 @@ In one run, on the same frames (~20 KB synthetic 256x256 JPEGs):
   5. two workers    null model, one consumer group, 4 partitions, vs one
   6. latency        the default worker fed at half its capacity: capture -> score received, p50/p95/p99,
                     and the worker's own per-stage histograms
+  7. evidence       (--evidence alone) every frame an alert (threshold 0): capture -> alert received with the
+                    evidence drawn and published, and with it off, interleaved for --rounds rounds
 Writes JSON and prints a table; see bench/RESULTS.md.
 
     .venv/bin/python bench/pipeline.py                 # about 3 minutes on 2 cores
     .venv/bin/python bench/pipeline.py --latency-only  # 2 and 6 alone, per transport (a short GPU check)
+    .venv/bin/python bench/pipeline.py --evidence      # 7 alone: what evidence costs an alert
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline_runs import bare_model, drain, latency_run, make_jpegs, naive_worker
+from pipeline_runs import alert_latency_run, bare_model, drain, latency_run, make_jpegs, naive_worker
 
 from inspector.kafka.local_broker import LocalKafka
 from inspector.model.runtime import pick_device
@@ -49,6 +52,9 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
                     help="bare model and default-model drains, interleaved this many times (medians compared)")
     ap.add_argument("--latency-only", action="store_true",
                     help="only the default worker's drain (for its capacity) and the latency run, per transport")
+    ap.add_argument("--evidence", action="store_true",
+                    help="only the alert latency with evidence on and off, every frame alerting (run 7)")
+    ap.add_argument("--evidence-rate", type=float, default=20.0, help="frames/s of the evidence runs")
     ap.add_argument("--out", type=Path, default=Path("bench/out/pipeline.json"))
     args = ap.parse_args()
     transports = [t for t in args.transports.split(",") if t]
@@ -72,6 +78,18 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
                  "date": time.strftime("%Y-%m-%d"), "mean_jpeg_bytes": int(np.mean([len(j) for j in jpegs]))}
     print(f"frames: 256x256 JPEG q97, mean {res['mean_jpeg_bytes']} bytes", flush=True)
     with LocalKafka(heap="1g") as broker:
+        if args.evidence:
+            runs: dict[bool, list[dict]] = {False: [], True: []}
+            for round_ in range(args.rounds):
+                for on in (False, True) if round_ % 2 == 0 else (True, False):
+                    runs[on].append(alert_latency_run(broker, jpegs, args.evidence_rate, args.latency_seconds,
+                                                      f"ev{round_}{int(on)}", logdir, evidence=on, batch=args.batch))
+                    print(f"alert latency, evidence {'on' if on else 'off'}".ljust(31), runs[on][-1], flush=True)
+            for on, key in ((False, "alert_latency_evidence_off"), (True, "alert_latency_evidence_on")):
+                res[key] = {"runs": runs[on], **{f"median_{q}_ms": round(float(np.median(
+                    [r["alert_e2e_ms"][q] for r in runs[on] if r["alert_e2e_ms"]])), 1) for q in ("p50", "p95", "p99")}}
+                print(key.ljust(31), {k: v for k, v in res[key].items() if k != "runs"}, flush=True)
+            return write_results(res, args.out)
         if args.latency_only:
             for transport in transports:
                 t = suffix(transport)

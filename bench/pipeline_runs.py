@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 
-from inspector.contracts import FrameMeta, FrameScore
+from inspector.contracts import Alert, FrameMeta, FrameScore
 from inspector.decode.jpeg import decode_jpeg
 from inspector.kafka.kafka_python import create_topics
 from inspector.kafka.local_broker import LocalKafka, free_port
@@ -110,6 +110,22 @@ def read_scores(bootstrap: str, topic: str, n: int, timeout_s: float = 120) -> l
     return list(seen.values())
 
 
+def read_alerts(bootstrap: str, topic: str, n: int, timeout_s: float = 120) -> list[tuple[Alert, int]]:
+    """(alert, receive time ns) for the first n distinct frames of an alerts topic."""
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                      enable_auto_commit=False)
+    seen: dict[str, tuple[Alert, int]] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < n and time.monotonic() < deadline:
+        for records in c.poll(timeout_ms=200).values():
+            now = time.time_ns()
+            for r in records:
+                a = Alert.model_validate_json(r.value)
+                seen.setdefault(a.frame_id, (a, now))
+    c.close()
+    return list(seen.values())
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -159,14 +175,15 @@ class CpuShares:
 
 class WorkerProc:
     def __init__(self, bootstrap: str, topics: dict[str, str], group: str, *, null: bool = False,
-                 batch: int = 32, transport: str = "kafka-python", log: Path) -> None:
+                 batch: int = 32, transport: str = "kafka-python", log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         env = {**os.environ, "INSPECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "INSPECTOR_KAFKA__GROUP_ID": group,
                "INSPECTOR_KAFKA__FRAMES_TOPIC": topics["frames"], "INSPECTOR_KAFKA__SCORES_TOPIC": topics["scores"],
                "INSPECTOR_KAFKA__ALERTS_TOPIC": topics["alerts"], "INSPECTOR_KAFKA__DLQ_TOPIC": topics["dlq"],
                "INSPECTOR_HTTP__PORT": str(self.port), "INSPECTOR_MODEL__NULL": "true" if null else "false",
                "INSPECTOR_BATCH__MAX_SIZE": str(batch), "INSPECTOR_MODEL__RELOAD_POLL_S": "0",
-               "INSPECTOR_KAFKA__TRANSPORT": transport}
+               "INSPECTOR_KAFKA__TRANSPORT": transport,
+               "INSPECTOR_KAFKA__EVIDENCE_TOPIC": topics.get("evidence", "defect-evidence"), **(env or {})}
         with log.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env, stdout=out,
                                          stderr=subprocess.STDOUT)
@@ -197,7 +214,7 @@ class WorkerProc:
 
 
 def topic_set(tag: str) -> dict[str, str]:
-    return {k: f"{k}-{tag}" for k in ("frames", "scores", "alerts", "dlq")}
+    return {k: f"{k}-{tag}" for k in ("frames", "scores", "alerts", "dlq", "evidence")}
 
 
 def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: bool, workers: int = 1,
@@ -399,3 +416,35 @@ def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: fl
             "worker_e2e_ms": histogram_quantiles(metrics, "inspector_end_to_end_latency_seconds"),
             "stage_ms": stages,
             "batch_size": histogram_quantiles(metrics, "inspector_batch_size_frames", scale=1.0)}
+
+
+def alert_latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: float, tag: str, logdir: Path,
+                      *, evidence: bool, batch: int = 32) -> dict:
+    """The default worker at `rate` with threshold 0, so that every frame alerts (the worst case for evidence):
+    capture -> alert received, with the evidence of every alert drawn and published, or with evidence off."""
+    bs = broker.bootstrap_servers
+    t = topic_set(tag)
+    create_topics(KafkaSettings(bootstrap_servers=bs), {t["frames"]: 2, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1,
+                                                        t["evidence"]: 1})
+    env = {"INSPECTOR_MODEL__THRESHOLD": "0", "INSPECTOR_KAFKA__EVIDENCE_TOPIC": t["evidence"] if evidence else ""}
+    w = WorkerProc(bs, t, f"g-{tag}", batch=batch, log=logdir / f"{tag}.log", env=env)
+    try:
+        w.wait_ready()
+        n = int(rate * seconds)
+        received: list = []
+        freeze_long_lived_objects()
+        reader = threading.Thread(target=lambda: received.extend(read_alerts(bs, t["alerts"], n, seconds + 60)))
+        reader.start()
+        achieved = produce_in_child(bs, t["frames"], jpegs, n, rate=rate, run=tag)
+        reader.join()
+        metrics = w.metrics()
+    finally:
+        gc.unfreeze()
+        w.stop()
+    lat = np.array([(recv - a.captured_ns) / 1e6 for a, recv in received])  # (n,) ms
+    stages = {stage: histogram_quantiles(metrics, "inspector_stage_duration_seconds", f'stage="{stage}"')
+              for stage in ("score", "publish", "commit", "evidence")}
+    return {"evidence": evidence, "rate_target": rate, "rate_achieved": round(achieved, 1), "frames": n,
+            "alerts_received": len(received),
+            "alert_e2e_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {},
+            "worker_e2e_ms": histogram_quantiles(metrics, "inspector_end_to_end_latency_seconds"), "stage_ms": stages}

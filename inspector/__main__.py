@@ -1,4 +1,4 @@
-"""`inspector COMMAND`: serve | train | calibrate | evaluate | denoise | synth | demo | topics.
+"""`inspector COMMAND`: serve | ui | train | calibrate | evaluate | denoise | synth | demo | topics.
 
 Settings come from INSPECTOR_* environment variables (see inspector/settings.py); flags override them.
 A bad setting, a missing file or an unreachable broker ends the program with one line and exit code 2.
@@ -24,8 +24,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     model = {k: v for k, v in {"path": getattr(args, "model", None), "device": getattr(args, "device", None)
                                }.items() if v is not None}
     http = {"port": args.metrics_port} if getattr(args, "metrics_port", None) is not None else {}
+    ui = {k: v for k, v in {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}.items()
+          if v is not None}
     log_level = {"log_level": args.log_level} if getattr(args, "log_level", None) else {}
-    return load_settings(kafka=kafka, model=model, http=http, **log_level)
+    return load_settings(kafka=kafka, model=model, http=http, ui=ui, **log_level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -34,12 +36,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(_settings(args))
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from inspector.ui.app import serve_ui
+
+    return serve_ui(_settings(args))
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from inspector.kafka.kafka_python import create_topics
 
     s = _settings(args).kafka
     create_topics(s, {s.frames_topic: args.frames_partitions, s.alerts_topic: 1, s.scores_topic: 1,
-                      s.dlq_topic: 1})
+                      s.dlq_topic: 1, s.evidence_topic: 1, s.feedback_topic: 1})
     print(f"topics ready on {s.bootstrap_servers}")
     return 0
 
@@ -66,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     device = pick_device(settings.model.device)
-    paths = list_images(Path(args.data))
+    paths = list_images(Path(args.data)) + [p for d in args.extra_good for p in list_images(Path(d))]
     if args.denoise and args.mode != "plain":
         raise ConfigError("--denoise trains the plain autoencoder: add --mode plain")
     cfg = _model_config(args, paths)
@@ -97,6 +105,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     artifact = artifact_io.load(path)
     size = artifact.config.image_size
     good = load_images(list_images(Path(args.good)), size)
+    if args.feedback:
+        good = _with_false_alarms(settings, good, Path(args.feedback_frames) if args.feedback_frames else None)
     defects = load_images(list_images(Path(args.defects)), size) if args.defects else None
     artifact = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects)
     out = Path(args.out) if args.out else path
@@ -108,6 +118,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{out}: threshold {cal.threshold:.6f} ({cal.method}, target false-alarm {cal.target_false_alarm:.2%})"
           f"{warn}")
     return 0
+
+
+def _with_false_alarms(settings: Settings, good, frames_out: Path | None):  # (N, S, S, 3) uint8 -> the same, more
+    """The held-out good images plus the frames operators confirmed as false alarms (good frames the model
+    flagged), fetched from the frames topic while it retains them."""
+    import numpy as np
+
+    from inspector.decode.jpeg import decode_jpeg
+    from inspector.errors import BadFrame
+    from inspector.ui.feedback import fetch_false_alarms
+
+    found = fetch_false_alarms(settings.kafka, settings.limits)
+    images = []
+    for frame_id, jpeg in sorted(found.jpegs.items()):
+        try:
+            images.append(decode_jpeg(jpeg, size=good.shape[1], max_bytes=settings.limits.max_frame_bytes,
+                                      max_pixels=settings.limits.max_pixels)[0])
+        except BadFrame as exc:
+            print(f"warning: false alarm {frame_id!r} does not decode ({exc}): left out")
+    print(f"feedback: {len(images)} confirmed false alarm(s) from {settings.kafka.feedback_topic} join the "
+          f"{len(good)} good images" + (f"; {len(found.missing)} no longer retained" if found.missing else ""))
+    if frames_out is not None:
+        print(f"feedback: wrote {len(found.save(frames_out))} false-alarm frames to {frames_out} "
+              "(for `inspector train --extra-good`)")
+    return np.concatenate([good, np.stack(images)]) if images else good
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -172,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics-port", type=int)
     sp.set_defaults(func=cmd_serve)
 
+    sp = sub.add_parser("ui", help="the operator's web page: live alerts with evidence, and feedback")
+    sp.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (kafka.bootstrap_servers)")
+    sp.add_argument("--host", help="address to listen on (ui.host; 127.0.0.1 unless told otherwise)")
+    sp.add_argument("--port", type=int, help="port (ui.port)")
+    sp.set_defaults(func=cmd_ui)
+
     sp = sub.add_parser("topics", help="create the topics if missing")
     with_kafka(sp)
     sp.add_argument("--frames-partitions", type=int, default=4)
@@ -180,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a model on a folder of good images, then calibrate")
     with_model(sp)
     sp.add_argument("--data", required=True, help="folder of good images (e.g. DATA/train/good)")
+    sp.add_argument("--extra-good", action="append", default=[], metavar="DIR",
+                    help="more good images, e.g. the false alarms of `calibrate --feedback --feedback-frames DIR` "
+                         "(repeatable)")
     sp.add_argument("--out", required=True, help="model file to write (.safetensors)")
     sp.add_argument("--mode", default="features", choices=["features", "repair", "plain"],
                     help="features: reconstruct pretrained features (default); repair: DRAEM-style autoencoder "
@@ -205,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--defects", help="optional folder of labelled defects: F1-optimal threshold instead")
     sp.add_argument("--target-far", type=float, default=0.01)
     sp.add_argument("--out", help="write here instead of updating the model file in place")
+    sp.add_argument("--feedback", action="store_true",
+                    help="add the frames operators confirmed as false alarms (kafka.feedback_topic, frames fetched "
+                         "from kafka.frames_topic while retained) to the good images")
+    sp.add_argument("--feedback-frames", metavar="DIR", help="with --feedback: also save those frames here")
+    with_kafka(sp)
     sp.set_defaults(func=cmd_calibrate)
 
     sp = sub.add_parser("evaluate", help="score a labelled folder and write report.json/html with plots")

@@ -2,6 +2,9 @@
 
 frames        key = camera id, value = JPEG bytes, headers = FrameMeta (below)
 defect-alerts key = camera id, value = Alert as JSON
+defect-evidence key = frame id, value = the alert's annotated JPEG, headers = schema-version, frame-id, camera-id,
+              content-type, evidence-map (the quantised map, PNG) and evidence-map-scale (inspector.stream.evidence)
+alert-feedback key = frame id, value = Feedback as JSON (an operator's verdict on an alert)
 frame-scores  key = camera id, value = FrameScore as compact JSON (one per scored frame)
 frames-dlq    key/value/headers of the original record + dlq.* headers (reason, detail, origin); a record larger
               than limits.max_frame_bytes keeps only its key and small headers (dlq.detail says so)
@@ -28,6 +31,10 @@ H_CAPTURED_NS = "captured-ns"
 H_CONTENT_TYPE = "content-type"
 H_DEADLINE_NS = "deadline-ns"
 H_LABEL = "label"
+
+# Evidence header names (the frame header names above are reused for what they mean there).
+H_EVIDENCE_MAP = "evidence-map"  # the difference map quantised to uint8, as a greyscale PNG
+H_EVIDENCE_MAP_SCALE = "evidence-map-scale"  # the map value of 255, in the model's units
 
 # Dead-letter header names.
 H_DLQ_REASON = "dlq.reason"
@@ -128,6 +135,13 @@ class Box(_Strict):
     area_fraction: float = Field(ge=0, le=1)  # region area / frame area
 
 
+class EvidenceRef(_Strict):
+    """Where an alert's evidence is published: the evidence topic, under the frame id as key."""
+
+    topic: str
+    key: str
+
+
 class Alert(_Strict):
     """A frame whose score crossed the threshold: the sorter ejects it."""
 
@@ -146,9 +160,42 @@ class Alert(_Strict):
     model_version: str
     box: Box | None = None  # the largest region of the thresholded difference map
     label: str | None = None  # ground truth passed through from the frame, when the source knows it
+    # Optional and additive, so still schema version 1: consumers that predate them ignore them.
+    origin: str | None = None  # "<topic>/<partition>/<offset>" of the frame, to fetch it while retained
+    evidence: EvidenceRef | None = None  # None when evidence is turned off (kafka.evidence_topic = "")
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+FEEDBACK_VERDICTS = ("false_alarm", "confirmed_defect")  # also the feedback metric's label values
+
+
+class Feedback(_Strict):
+    """An operator's verdict on one alert, from the UI."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["alert-feedback"] = "alert-feedback"
+    frame_id: str = Field(min_length=1, max_length=128)
+    camera_id: str = Field(max_length=128)
+    verdict: Literal["false_alarm", "confirmed_defect"]
+    operator: str | None = Field(default=None, max_length=64)
+    at_ns: int = Field(ge=0)  # when the operator gave it, ns since the Unix epoch
+    origin: str | None = None  # the alert's frame, "<topic>/<partition>/<offset>"
+    score: float | None = None
+    threshold: float | None = None
+    model_version: str | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def parse_origin(origin: str) -> tuple[str, int, int]:
+    """"<topic>/<partition>/<offset>" -> (topic, partition, offset); ValueError when it is not one."""
+    topic, partition, offset = origin.rsplit("/", 2)
+    if not topic or int(partition) < 0 or int(offset) < 0:
+        raise ValueError(f"not an origin: {origin[:80]!r}")
+    return topic, int(partition), int(offset)
 
 
 class FrameScore(_Strict):

@@ -97,7 +97,8 @@ def run_demo(settings: Settings, *, frames: int, fps: float, defect_rate: float)
         settings = settings.model_copy(update={
             "kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})})
         k = settings.kafka
-        create_topics(k, {k.frames_topic: 2, k.alerts_topic: 1, k.scores_topic: 1, k.dlq_topic: 1})
+        create_topics(k, {k.frames_topic: 2, k.alerts_topic: 1, k.scores_topic: 1, k.dlq_topic: 1,
+                          k.evidence_topic: 1})
         env = child_environment(INSPECTOR_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers,
                                 INSPECTOR_HTTP__PORT=str(metrics_port), INSPECTOR_MODEL__PATH=str(settings.model.path))
         log_path = broker.work_dir / "worker.log"

@@ -22,6 +22,8 @@ class KafkaSettings(BaseModel):
     alerts_topic: str = "defect-alerts"
     scores_topic: str = "frame-scores"  # "" turns the per-frame score stream off
     dlq_topic: str = "frames-dlq"
+    evidence_topic: str = "defect-evidence"  # each alert's annotated image and map; "" turns evidence off
+    feedback_topic: str = "alert-feedback"  # operators' verdicts on alerts, written by `inspector ui`
     group_id: str = "inspector"
     client_id: str = "inspector"
     # Security: PLAINTEXT on loopback; SASL_PLAINTEXT/SASL_SSL with SCRAM or SSL on a real line.
@@ -135,6 +137,23 @@ class HttpSettings(BaseModel):
     port: int = Field(9400, ge=0, le=65535)  # 0 picks a free port (tests)
 
 
+class UiSettings(BaseModel):
+    """`inspector ui`, the operator's page: where it listens and who may give feedback."""
+
+    host: str = "127.0.0.1"  # loopback unless told otherwise: the page shows the line's frames
+    port: int = Field(8088, ge=0, le=65535)  # 0 picks a free port (tests)
+    group_id: str = "inspector-ui"  # its own consumer group on alerts, evidence and scores
+    # When set, feedback needs it (the page asks once and keeps it in the browser's session storage).
+    feedback_token: SecretStr | None = None
+    history_minutes: float = Field(10.0, gt=0, le=24 * 60)  # read back at start; also the per-camera count window
+    max_alerts: int = Field(200, ge=1, le=10_000)  # alerts (and their evidence) kept in memory for the page
+
+    @field_validator("feedback_token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes an unset token as ""
+
+
 class FaultSettings(BaseModel):
     """Fault injection, for tests only (tests/integration/test_faults.py); every default is "no fault"."""
 
@@ -172,6 +191,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     http: HttpSettings = HttpSettings()
     producer: ProducerSettings = ProducerSettings()
+    ui: UiSettings = UiSettings()
     faults: FaultSettings = FaultSettings()  # testing only
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -102,29 +102,35 @@ def metric_names(expr: str) -> set[str]:
 
 
 def worker_series_names() -> set[str]:
-    """Every series name the worker exposes, built from inspector.stream.metrics."""
-    from prometheus_client import CollectorRegistry
+    """Every series name the worker and the UI expose, built from inspector.stream.metrics (counters with _total,
+    histograms with _bucket/_sum/_count)."""
+    from inspector.stream.metrics import build_metrics, build_ui_metrics
 
-    from inspector.stream.metrics import build_metrics
-
-    registry = CollectorRegistry()
-    build_metrics(registry)
-    return _series_names(registry)
+    return _series_names(build_metrics, build_ui_metrics)
 
 
 def producer_series_names() -> set[str]:
     """Every series name the producer exposes, built from producers.metrics."""
-    from prometheus_client import CollectorRegistry
-
     from producers.metrics import build_producer_metrics
 
+    return _series_names(build_producer_metrics)
+
+
+def ui_series_names() -> set[str]:
+    """The series of `inspector ui` alone (the operators' verdicts), which a worker does not export."""
+    from inspector.stream.metrics import build_ui_metrics
+
+    return _series_names(build_ui_metrics)
+
+
+def _series_names(*builders: Any) -> set[str]:
+    """Series names of the metrics the builders register (counters with _total, histograms with
+    _bucket/_sum/_count)."""
+    from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry()
-    build_producer_metrics(registry)
-    return _series_names(registry)
-
-
-def _series_names(registry: Any) -> set[str]:
-    """Series names of a registry's metrics (counters with _total, histograms with _bucket/_sum/_count)."""
+    for build in builders:
+        build(registry)
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":

@@ -23,6 +23,7 @@ from inspector.model.runtime import ModelRunner
 from inspector.model.scoring import defect_box
 from inspector.model.threshold import is_defect
 from inspector.settings import Settings
+from inspector.stream.evidence import Evidence, render
 from inspector.stream.frame_decode import Decoded, decode_record
 from inspector.stream.metrics import WorkerMetrics
 
@@ -60,6 +61,7 @@ class Scored:
     alerts: dict[int, Box | None]  # index into `good` -> defect box, for the frames over their threshold
     artifact: ModelArtifact  # the model that scored them (a hot reload may swap it before they are published)
     scored_ns: int
+    evidence: dict[int, Future[Evidence]] = field(default_factory=dict)  # index into `good` -> rendering, per alert
 
 
 class BatchScorer:
@@ -77,6 +79,8 @@ class BatchScorer:
         self._decoder = ThreadPoolExecutor(settings.batch.decode_threads, thread_name_prefix="decode")
         # The model runs in threads of its own (warm-up, reloads and batches), one per stream of the runner.
         self._scorer = ThreadPoolExecutor(runner.streams, thread_name_prefix="score")
+        # Alerts' evidence is drawn in a thread of its own, so that neither scoring nor the alert waits for it.
+        self._evidence = ThreadPoolExecutor(1, thread_name_prefix="evidence") if settings.kafka.evidence_topic else None
 
     def warm_up(self) -> float:
         """Run the model on every batch shape it will see, in every scoring thread (on CUDA its cuBLAS and cuDNN
@@ -108,6 +112,8 @@ class BatchScorer:
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self._nvjpeg_thread.shutdown(wait=False, cancel_futures=True)
         self._scorer.shutdown(wait=False, cancel_futures=True)
+        if self._evidence:
+            self._evidence.shutdown(wait=False, cancel_futures=True)
 
     # ---- 2. decode (threads) ----------------------------------------------------------------------
 
@@ -153,6 +159,14 @@ class BatchScorer:
         assert len(images) == len(good)  # a frame without error decoded on the CPU has its image
         return good, bad, *self.runner.score(np.stack(images))  # (B, S, S, 3) uint8
 
+    def _render_evidence(self, jpeg: bytes, anomaly_map: np.ndarray, pixel_threshold: float, box: Box | None
+                         ) -> Evidence:
+        """(evidence thread) One alert's evidence, timed as the "evidence" stage."""
+        t0 = time.perf_counter()
+        evidence = render(jpeg, anomaly_map, pixel_threshold, box)
+        self.m.stage_seconds.labels("evidence").observe(time.perf_counter() - t0)
+        return evidence
+
     # ---- 3. score (the scoring thread) --------------------------------------------------------------
 
     def _score_stage(self, batch: Batch) -> Scored | None:
@@ -169,6 +183,7 @@ class BatchScorer:
         scores: np.ndarray = np.zeros(0, np.float32)
         thresholds: list[float] = []
         alerts: dict[int, Box | None] = {}
+        evidence: dict[int, Future[Evidence]] = {}
         if good:
             good, newly_bad, scores, maps = self._score(batch, good)  # (B,), (B, S, S) on the device
             bad.extend(newly_bad)
@@ -178,9 +193,13 @@ class BatchScorer:
                 assert d.meta is not None and maps is not None  # a scored frame had its headers read, and a map
                 thresholds.append(self.s.model.threshold_for(d.meta.camera_id, artifact.threshold))
                 if is_defect(float(scores[i]), thresholds[i]):
-                    alerts[i] = defect_box(maps[i].cpu().numpy(), artifact.pixel_threshold, d.frame_hw)
+                    anomaly_map = maps[i].cpu().numpy()  # (S, S)
+                    alerts[i] = defect_box(anomaly_map, artifact.pixel_threshold, d.frame_hw)
+                    if self._evidence:
+                        evidence[i] = self._evidence.submit(self._render_evidence, d.record.value or b"",
+                                                            anomaly_map, artifact.pixel_threshold, alerts[i])
             self.m.batch_size.observe(len(good))
         scored_ns = time.time_ns()
         self.m.stage_seconds.labels("decode").observe(t_decoded - t0)
         self.m.stage_seconds.labels("score").observe(time.perf_counter() - t_decoded)
-        return Scored(decoded, good, bad, scores, thresholds, alerts, artifact, scored_ns)
+        return Scored(decoded, good, bad, scores, thresholds, alerts, artifact, scored_ns, evidence)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from inspector.contracts import DLQ_REASONS
+from inspector.contracts import DLQ_REASONS, FEEDBACK_VERDICTS
 
 if TYPE_CHECKING:  # the artifact module imports torch; the metrics need only its fields
     from inspector.model.artifact import ModelArtifact
@@ -43,6 +43,7 @@ class WorkerMetrics:
     consumer_lag: Gauge
     model_info: Gauge
     model_reloads: Counter
+    evidence_failed: Counter
     ready: Gauge
     assigned_partitions: Gauge
 
@@ -95,6 +96,7 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
                            ("topic", "partition")),
         model_info=gauge("model_info", "The model being served (value 1).", ("model_id", "model_version")),
         model_reloads=counter("model_reloads", "Hot reloads of the model file, by result.", ("result",)),
+        evidence_failed=counter("evidence_failed", "Alerts whose evidence could not be drawn (the alert went out)."),
         ready=gauge("ready", "1 when the model is loaded, partitions are assigned and the producer is connected."),
         assigned_partitions=gauge("assigned_partitions", "Partitions of the frames topic assigned to this worker."),
     )
@@ -125,3 +127,20 @@ class CameraLabels:
             self._started.add(label)
             self.metrics.start_camera(label)
         return label
+
+
+@dataclass(frozen=True)
+class UiMetrics:
+    """The metrics of `inspector ui`: the operators' verdicts, for the dashboard's confirmed precision."""
+
+    feedback: Counter
+
+    def start_camera(self, camera: str) -> None:
+        for verdict in FEEDBACK_VERDICTS:
+            self.feedback.labels(verdict, camera)
+
+
+def build_ui_metrics(registry: CollectorRegistry) -> UiMetrics:
+    """Create the UI's metrics in `registry`."""
+    return UiMetrics(feedback=Counter("feedback", "Operator verdicts on alerts, written to the feedback topic.",
+                                      ("verdict", "camera"), namespace=NAMESPACE, registry=registry))

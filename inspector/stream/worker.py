@@ -19,11 +19,12 @@ from collections import deque
 
 from kafka import TopicPartition
 
-from inspector.contracts import H_CAMERA_ID, Alert, FrameScore, dead_letter, header_value
+from inspector.contracts import H_CAMERA_ID, Alert, EvidenceRef, FrameScore, dead_letter, header_value
 from inspector.kafka.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, next_offsets
 from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner
 from inspector.settings import Settings
+from inspector.stream import evidence
 from inspector.stream.batch_scoring import Batch, BatchScorer, Scored
 from inspector.stream.batcher import MicroBatcher
 from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
@@ -148,8 +149,8 @@ class Worker:
         self.m.stage_seconds.labels("commit").observe(t_committed - t_acked)
 
     def _publish(self, scored: Scored) -> list[Pending]:
-        """4. Send the batch's alerts, scores and dead letters; the sends are asynchronous, nothing is acknowledged
-        yet."""
+        """4. Send the batch's alerts, scores and dead letters, then the alerts' evidence (drawn meanwhile in a
+        thread of its own); the sends are asynchronous, nothing is acknowledged yet."""
         self.producer.begin()
         pending: list[Pending] = []
         artifact, kafka = scored.artifact, self.s.kafka
@@ -163,7 +164,9 @@ class Worker:
                     captured_ns=meta.captured_ns, scored_ns=scored.scored_ns, published_ns=time.time_ns(),
                     deadline_ns=meta.deadline_ns, score=score, threshold=threshold,
                     model_id=artifact.model_id, model_version=artifact.model_version, box=scored.alerts[i],
-                    label=meta.label,
+                    label=meta.label, origin=f"{d.record.topic}/{d.record.partition}/{d.record.offset}",
+                    evidence=EvidenceRef(topic=kafka.evidence_topic, key=meta.frame_id) if i in scored.evidence
+                    else None,
                 )
                 pending.append(self.producer.send(kafka.alerts_topic, meta.camera_id, message.to_json(), [],
                                                   f"alert for frame {meta.frame_id}"))
@@ -176,6 +179,25 @@ class Worker:
                 pending.append(self.producer.send(kafka.scores_topic, meta.camera_id, record.to_json(), [],
                                                   f"score for frame {meta.frame_id}"))
         pending.extend(self._dead_letter(d) for d in scored.bad)
+        pending.extend(self._publish_evidence(scored))
+        return pending
+
+    def _publish_evidence(self, scored: Scored) -> list[Pending]:
+        """4b. After every alert of the batch is on its way: their evidence, as it is drawn. One that cannot be
+        drawn is logged and counted; its alert has gone out already."""
+        pending: list[Pending] = []
+        for i, rendering in scored.evidence.items():
+            meta = scored.good[i].meta
+            assert meta is not None
+            try:
+                drawn = rendering.result()
+            except Exception as exc:  # evidence must never take the worker down
+                log.warning("no evidence for frame %s: %s: %s", meta.frame_id, type(exc).__name__, exc)
+                self.m.evidence_failed.inc()
+                continue
+            key, value, headers = evidence.to_record(drawn, meta.frame_id, meta.camera_id)
+            pending.append(self.producer.send(self.s.kafka.evidence_topic, key, value, headers,
+                                              f"evidence for frame {meta.frame_id}"))
         return pending
 
     def _acknowledge_then_commit(self, records: list[ConsumedRecord], pending: list[Pending]) -> tuple[int, float]:

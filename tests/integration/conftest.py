@@ -34,10 +34,13 @@ class Topics:
     scores: str
     dlq: str
     group: str
+    evidence: str = "defect-evidence"
+    feedback: str = "alert-feedback"
 
     def kafka_settings(self, **extra: object) -> KafkaSettings:
         return KafkaSettings(bootstrap_servers=self.bootstrap, frames_topic=self.frames, alerts_topic=self.alerts,
-                             scores_topic=self.scores, dlq_topic=self.dlq, group_id=self.group, **extra)
+                             scores_topic=self.scores, dlq_topic=self.dlq, group_id=self.group,
+                             **{"evidence_topic": self.evidence, "feedback_topic": self.feedback, **extra})
 
     def env(self) -> dict[str, str]:
         return {
@@ -47,6 +50,8 @@ class Topics:
             "INSPECTOR_KAFKA__SCORES_TOPIC": self.scores,
             "INSPECTOR_KAFKA__DLQ_TOPIC": self.dlq,
             "INSPECTOR_KAFKA__GROUP_ID": self.group,
+            "INSPECTOR_KAFKA__EVIDENCE_TOPIC": self.evidence,
+            "INSPECTOR_KAFKA__FEEDBACK_TOPIC": self.feedback,
         }
 
 
@@ -54,8 +59,8 @@ class Topics:
 def topics(kafka_broker, request) -> Topics:
     tag = f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("[", "-").replace("]", "")
     t = Topics(kafka_broker.bootstrap_servers, f"frames-{tag}", f"alerts-{tag}", f"scores-{tag}", f"dlq-{tag}",
-               f"group-{tag}")
-    create_topics(t.kafka_settings(), {t.frames: 2, t.alerts: 1, t.scores: 1, t.dlq: 1})
+               f"group-{tag}", f"evidence-{tag}", f"feedback-{tag}")
+    create_topics(t.kafka_settings(), {t.frames: 2, t.alerts: 1, t.scores: 1, t.dlq: 1, t.evidence: 1, t.feedback: 1})
     return t
 
 

@@ -52,7 +52,7 @@ def test_compose_schema_validates_and_rejects() -> None:
 
 
 def test_every_service_has_an_image_or_a_build(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"kafka", "kafka-init", "inspector", "producer", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"kafka", "kafka-init", "inspector", "producer", "ui", "prometheus", "grafana"}
     for name, service in compose["services"].items():
         build = service.get("build")
         if build:
@@ -149,3 +149,19 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck(compose: dict[str, Any])
     ignore = DOCKERFILE.with_name("Dockerfile.dockerignore").read_text().split()
     for source in copied:
         assert f"!{source}/" in ignore or f"!{source}" in ignore, source
+
+
+def test_the_ui_is_published_on_loopback_and_reads_its_topics(compose: dict[str, Any]) -> None:
+    ui = compose["services"]["ui"]
+    assert ui["command"] == ["inspector", "ui"]
+    assert ui["user"].split(":")[0] not in {"0", "root"}
+    assert [str(p) for p in ui["ports"]] == ["127.0.0.1:8088:8088"]
+    assert "/healthz" in " ".join(ui["healthcheck"]["test"]) and ":8088" in " ".join(ui["healthcheck"]["test"])
+    env = environment(ui)
+    assert env["INSPECTOR_UI__PORT"] == "8088" and env["INSPECTOR_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
+    script = " ".join(compose["services"]["kafka-init"].get("command") or [])
+    for topic in ("defect-evidence", "alert-feedback"):
+        assert re.search(rf"create {topic} ", script), topic
+    from inspector.settings import load_settings
+
+    assert load_settings(ui={"feedback_token": ""}).ui.feedback_token is None  # compose's unset token

@@ -1,0 +1,311 @@
+"""`inspector ui`: the aiohttp application. The wall (/) gets its alerts pushed by server-sent events (/events);
+an alert page (/alert/{frame_id}) shows the evidence beside the original frame, fetched from the frames topic by
+its origin; feedback (POST /feedback) goes to the feedback topic.
+
+Safe by default: every string from Kafka reaches the page as text (html.escape here, textContent in app.js), the
+content security policy allows no inline script, and the feedback token is compared in constant time and
+never written into a page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import html
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+
+from inspector.contracts import FEEDBACK_VERDICTS, Alert, Feedback, FrameScore
+from inspector.errors import BadFrame, ConfigError, TransportError
+from inspector.settings import Settings
+from inspector.stream.evidence import from_record
+from inspector.stream.metrics import UiMetrics, build_ui_metrics
+from inspector.ui.feed import FeedbackWriter, Record, TopicFeed
+from inspector.ui.feedback import FrameFetcher
+from inspector.ui.state import WallState
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+COUNTS_EVERY_S = 2.0  # how often the per-camera counts are pushed
+HEARTBEAT_S = 15.0  # an SSE comment keeps proxies from closing an idle stream
+
+
+class UiServer:
+    """The page's state and the clients pushed to; records arrive from the feed thread via the event loop."""
+
+    def __init__(self, settings: Settings, metrics: UiMetrics) -> None:
+        self.s = settings
+        self.m = metrics
+        self.state = WallState(settings.ui.max_alerts, settings.ui.history_minutes, settings.limits.max_cameras)
+        self.clients: set[asyncio.Queue[str]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.feed: TopicFeed | None = None
+        self.writer: FeedbackWriter | None = None
+        self.fetcher = FrameFetcher(settings.kafka, settings.limits)
+        self.skipped = 0  # records that were not what their topic promises
+
+    # ---- records in (event loop) ----
+
+    def deliver(self, record: Record) -> None:
+        """(feed thread) Hand a record to the event loop."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.on_record, record)
+
+    def on_record(self, record: Record) -> None:
+        k = self.s.kafka
+        try:
+            if record.topic == k.alerts_topic:
+                view = self.state.add_alert(Alert.model_validate_json(record.value or b""))
+                if view:
+                    self.m.start_camera(view.alert.camera_id)
+                    self.push("alert", view.to_json())
+            elif record.topic == k.evidence_topic:
+                ev = from_record(record.value, record.headers)
+                view = self.state.add_evidence((record.key or b"").decode("utf-8", errors="replace"), ev.jpeg)
+                if view:
+                    self.push("alert", view.to_json())
+            elif record.topic == k.scores_topic:
+                self.state.add_score(FrameScore.model_validate_json(record.value or b""))
+        except (ValidationError, BadFrame, UnicodeDecodeError) as exc:
+            self.skipped += 1
+            log.debug("skipped %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
+
+    def push(self, event: str, data: object) -> None:
+        message = f"event: {event}\ndata: {json.dumps(data)}\n\n"
+        for q in list(self.clients):
+            if q.qsize() < 1000:  # a stalled browser loses events rather than the server its memory
+                q.put_nowait(message)
+
+    async def push_counts(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTS_EVERY_S)
+            self.push("counts", self.state.counts())
+
+    # ---- feedback ----
+
+    def token_required(self) -> bool:
+        return self.s.ui.feedback_token is not None
+
+    def token_ok(self, given: str | None) -> bool:
+        token = self.s.ui.feedback_token
+        if token is None:
+            return True
+        return given is not None and hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+
+
+STATE = web.AppKey("ui", UiServer)
+
+
+def _escape(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(title: str, body: str, ui: UiServer) -> web.Response:
+    doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_escape(title)}</title><link rel="stylesheet" href="/static/style.css"></head>
+<body data-token-required="{'1' if ui.token_required() else '0'}">
+{body}
+<script src="/static/app.js"></script>
+</body></html>"""
+    return web.Response(text=doc, content_type="text/html", headers=_SECURITY_HEADERS)
+
+
+async def wall(request: web.Request) -> web.Response:
+    ui = request.app[STATE]
+    body = """<header><h1>Inspection alerts</h1>
+<label>Camera <select id="camera-filter"><option value="">all cameras</option></select></label>
+<label>Operator <input id="operator" maxlength="64" placeholder="your name (optional)"></label>
+<span id="status" class="status">connecting…</span></header>
+<section><h2>Last minutes, per camera</h2><table id="counts"><thead><tr><th>camera</th><th>frames</th>
+<th>alerts</th></tr></thead><tbody></tbody></table></section>
+<section><h2>Recent alerts</h2><div id="wall" class="wall" data-live="1"></div></section>"""
+    return _page("Inspection alerts", body, ui)
+
+
+async def alert_page(request: web.Request) -> web.Response:
+    ui = request.app[STATE]
+    frame_id = request.match_info["frame_id"]
+    view = ui.state.alerts.get(frame_id)
+    if view is None:
+        raise web.HTTPNotFound(text="no such alert among the recent ones")
+    a, q = view.alert, quote(frame_id, safe="")
+    box = f"{a.box.x0},{a.box.y0} – {a.box.x1},{a.box.y1} ({a.box.area_fraction:.2%})" if a.box else "none"
+    rows = [("camera", a.camera_id), ("frame", a.frame_id), ("score", f"{a.score:.6f}"),
+            ("threshold", f"{a.threshold:.6f}"), ("model", f"{a.model_id}:{a.model_version}"),
+            ("captured", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.captured_ns / 1e9)) + " UTC"),
+            ("capture to alert", f"{max(0, a.published_ns - a.captured_ns) / 1e6:.1f} ms"), ("box", box),
+            ("frame origin", a.origin or "unknown"), ("verdict here", view.verdict or "none yet")]
+    table = "".join(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in rows)
+    body = f"""<header><h1>Alert on camera <span class="camera">{_escape(a.camera_id)}</span></h1>
+<a href="/">back to the wall</a><label>Operator <input id="operator" maxlength="64"></label></header>
+<div class="alert-page" data-frame-id="{_escape(a.frame_id)}">
+<figure><img alt="evidence" src="/evidence/{q}.jpg"><figcaption>heat map and box</figcaption></figure>
+<figure><img alt="original frame" src="/frame/{q}.jpg"><figcaption>the original frame</figcaption></figure>
+<table class="details">{table}</table>
+<div class="feedback"><button class="false-alarm" data-frame-id="{_escape(a.frame_id)}">false alarm</button>
+<button class="confirmed" data-frame-id="{_escape(a.frame_id)}">confirmed defect</button>
+<span class="feedback-result"></span></div></div>"""
+    return _page(f"Alert {a.frame_id}", body, ui)
+
+
+def _jpeg(data: bytes) -> web.Response:
+    return web.Response(body=data, content_type="image/jpeg",
+                        headers={**_SECURITY_HEADERS, "Cache-Control": "private, max-age=3600"})
+
+
+async def evidence_image(request: web.Request) -> web.Response:
+    view = request.app[STATE].state.alerts.get(request.match_info["frame_id"])
+    if view is None or view.evidence_jpeg is None:
+        raise web.HTTPNotFound(text="no evidence for this alert")
+    return _jpeg(view.evidence_jpeg)
+
+
+async def frame_image(request: web.Request) -> web.Response:
+    ui = request.app[STATE]
+    view = ui.state.alerts.get(request.match_info["frame_id"])
+    if view is None or view.alert.origin is None:
+        raise web.HTTPNotFound(text="no such alert, or it does not say where its frame is")
+    jpeg = await asyncio.get_running_loop().run_in_executor(None, ui.fetcher.fetch, view.alert.origin,
+                                                            view.alert.frame_id)
+    if jpeg is None:
+        raise web.HTTPNotFound(text="the frame is no longer retained on its topic")
+    return _jpeg(jpeg)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    ui = request.app[STATE]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                                           **_SECURITY_HEADERS})
+    await response.prepare(request)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    ui.clients.add(queue)
+    try:
+        for view in ui.state.recent():  # the wall as it stands, oldest first, then what comes
+            queue.put_nowait(f"event: alert\ndata: {json.dumps(view.to_json())}\n\n")
+        queue.put_nowait(f"event: counts\ndata: {json.dumps(ui.state.counts())}\n\n")
+        while True:
+            try:
+                message = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+            except TimeoutError:
+                message = ": heartbeat\n\n"
+            await response.write(message.encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        ui.clients.discard(queue)
+    return response
+
+
+async def post_feedback(request: web.Request) -> web.Response:
+    ui = request.app[STATE]
+    if not ui.token_ok(request.headers.get("X-Feedback-Token")):
+        raise web.HTTPForbidden(text="feedback needs the access token")
+    try:
+        body = await request.json()
+        frame_id, verdict = str(body["frame_id"]), str(body["verdict"])
+        operator = str(body.get("operator") or "")[:64] or None
+    except (ValueError, KeyError, TypeError):
+        raise web.HTTPBadRequest(text="expected JSON with frame_id and verdict") from None
+    if verdict not in FEEDBACK_VERDICTS:
+        raise web.HTTPBadRequest(text=f"verdict must be one of {', '.join(FEEDBACK_VERDICTS)}")
+    view = ui.state.alerts.get(frame_id)
+    if view is None:
+        raise web.HTTPNotFound(text="no such alert among the recent ones")
+    if view.verdict == verdict:  # a double click, or a resend after a lost answer: already recorded
+        return web.json_response({"recorded": False, "verdict": verdict})
+    a = view.alert
+    feedback = Feedback(frame_id=a.frame_id, camera_id=a.camera_id, verdict=verdict,
+                        operator=operator, at_ns=time.time_ns(), origin=a.origin, score=a.score,
+                        threshold=a.threshold, model_version=a.model_version)
+    assert ui.writer is not None
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, ui.writer.write, feedback)
+    except TransportError as exc:
+        raise web.HTTPServiceUnavailable(text=f"feedback not recorded: {exc}") from None
+    view.verdict = verdict
+    ui.m.feedback.labels(verdict, a.camera_id).inc()
+    ui.push("alert", view.to_json())
+    return web.json_response({"recorded": True, "verdict": verdict})
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    types = {"app.js": "text/javascript", "style.css": "text/css"}
+    if name not in types:
+        raise web.HTTPNotFound()
+    return web.Response(text=(STATIC / name).read_text(), content_type=types[name], headers=_SECURITY_HEADERS)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    feed = request.app[STATE].feed
+    connected = bool(feed and feed.connected)
+    return web.json_response({"kafka": connected}, status=200 if connected else 503)
+
+
+def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
+    """The application; Kafka is connected on start-up and closed on clean-up."""
+    registry = registry or CollectorRegistry()
+    ui = UiServer(settings, build_ui_metrics(registry))
+    app = web.Application()
+    app[STATE] = ui
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def kafka_lifetime(_app: web.Application) -> AsyncIterator[None]:
+        ui.loop = asyncio.get_running_loop()
+        loop = ui.loop
+        ui.writer = await loop.run_in_executor(None, FeedbackWriter, settings)
+        ui.feed = (await loop.run_in_executor(None, TopicFeed, settings, ui.deliver)).start()
+        counts = asyncio.create_task(ui.push_counts())
+        yield
+        counts.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counts
+        await loop.run_in_executor(None, ui.feed.close)
+        await loop.run_in_executor(None, ui.writer.close)
+        await loop.run_in_executor(None, ui.fetcher.close)
+
+    app.cleanup_ctx.append(kafka_lifetime)
+    app.router.add_get("/", wall)
+    app.router.add_get("/events", events)
+    app.router.add_get("/alert/{frame_id}", alert_page)
+    app.router.add_get("/evidence/{frame_id}.jpg", evidence_image)
+    app.router.add_get("/frame/{frame_id}.jpg", frame_image)
+    app.router.add_post("/feedback", post_feedback)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def serve_ui(settings: Settings) -> int:
+    """Run the UI until SIGINT/SIGTERM; returns the exit code."""
+    app = build_app(settings)
+    log.info("operator page on http://%s:%d/", settings.ui.host, settings.ui.port)
+    # Open event streams never end by themselves: a short grace lets a stop not wait a minute for them.
+    try:
+        web.run_app(app, host=settings.ui.host, port=settings.ui.port, print=None, handle_signals=True,
+                    shutdown_timeout=3)
+    except OSError as exc:  # the address is taken, or not this host's
+        raise ConfigError(f"ui cannot listen on {settings.ui.host}:{settings.ui.port}: {exc.strerror or exc}") from None
+    return 0
+

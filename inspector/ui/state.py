@@ -1,0 +1,107 @@
+"""What the operator's page knows, in memory and without I/O: the recent alerts with their evidence, the
+verdicts given here, and per-camera counts over the last minutes. Touched from the event loop only."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from inspector.contracts import Alert, FrameScore
+
+OTHER_CAMERAS = "other"  # the label of cameras past the cap, as in the worker's metrics
+
+
+@dataclass
+class AlertView:
+    """One alert as the page shows it."""
+
+    alert: Alert
+    evidence_jpeg: bytes | None = None
+    verdict: str | None = None  # given from this page since it started
+
+    def to_json(self) -> dict[str, object]:
+        """For the browser, which renders every string as text (they come from Kafka: untrusted)."""
+        a = self.alert
+        return {
+            "frame_id": a.frame_id, "camera_id": a.camera_id, "score": a.score, "threshold": a.threshold,
+            "captured_ms": a.captured_ns // 1_000_000, "latency_ms": round(max(0, a.published_ns - a.captured_ns) / 1e6, 1),
+            "model": f"{a.model_id}:{a.model_version}", "box": a.box.model_dump() if a.box else None,
+            "evidence": self.evidence_jpeg is not None, "origin": a.origin is not None, "verdict": self.verdict,
+        }
+
+
+@dataclass
+class _Minute:
+    frames: int = 0
+    alerts: int = 0
+
+
+@dataclass
+class WallState:
+    """The last `max_alerts` alerts by frame id, evidence waiting for its alert, and counts per camera and minute."""
+
+    max_alerts: int
+    window_minutes: float
+    max_cameras: int = 256
+    alerts: OrderedDict[str, AlertView] = field(default_factory=OrderedDict)
+    _early_evidence: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    _minutes: dict[str, dict[int, _Minute]] = field(default_factory=dict)  # camera -> minute since epoch -> counts
+    _scores_seen: bool = False
+
+    def add_alert(self, alert: Alert) -> AlertView | None:
+        """A new alert (None for one already shown: a record read again after a rebalance)."""
+        if alert.frame_id in self.alerts:
+            return None
+        view = AlertView(alert, self._early_evidence.pop(alert.frame_id, None))
+        self.alerts[alert.frame_id] = view
+        while len(self.alerts) > self.max_alerts:
+            self.alerts.popitem(last=False)
+        if not self._scores_seen:  # without the score stream, count the alerts themselves
+            self._count(alert.camera_id, alert.captured_ns, frames=0, alerts=1)
+        return view
+
+    def add_evidence(self, frame_id: str, jpeg: bytes) -> AlertView | None:
+        """Evidence for a frame; its view once the alert is known (evidence is sent after its alert, but a
+        reader of two topics may see them in either order)."""
+        view = self.alerts.get(frame_id)
+        if view is None:
+            self._early_evidence[frame_id] = jpeg
+            while len(self._early_evidence) > self.max_alerts:
+                self._early_evidence.popitem(last=False)
+            return None
+        view.evidence_jpeg = jpeg
+        return view
+
+    def add_score(self, score: FrameScore) -> None:
+        self._scores_seen = True
+        self._count(score.camera_id, score.captured_ns, frames=1, alerts=int(score.alert))
+
+    def _count(self, camera: str, captured_ns: int, *, frames: int, alerts: int) -> None:
+        if camera not in self._minutes and len(self._minutes) >= self.max_cameras:
+            camera = OTHER_CAMERAS
+        minute = self._minutes.setdefault(camera, {}).setdefault(captured_ns // 60_000_000_000, _Minute())
+        minute.frames += frames
+        minute.alerts += alerts
+
+    def counts(self, now_s: float | None = None) -> dict[str, dict[str, int]]:
+        """Per camera, frames scored and alerts in the window (whole minutes back from now); old minutes
+        are forgotten here."""
+        now_minute = int((time.time() if now_s is None else now_s) // 60)
+        first = now_minute - math.ceil(self.window_minutes) + 1
+        out: dict[str, dict[str, int]] = {}
+        for camera in list(self._minutes):
+            minutes = self._minutes[camera]
+            for m in [m for m in minutes if m < first]:
+                del minutes[m]
+            if not minutes:
+                del self._minutes[camera]
+                continue
+            kept = [c for m, c in minutes.items() if m <= now_minute]
+            out[camera] = {"frames": sum(c.frames for c in kept), "alerts": sum(c.alerts for c in kept)}
+        return out
+
+    def recent(self, camera: str | None = None) -> list[AlertView]:
+        """The alerts kept, oldest first, of one camera or all."""
+        return [v for v in self.alerts.values() if camera is None or v.alert.camera_id == camera]
