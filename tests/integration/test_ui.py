@@ -283,7 +283,8 @@ def test_the_page_survives_a_broker_restart_and_shows_alerts_after_it(own_broker
     browser.get(ui.url + "/")
     _wait(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
     _publish_alert(topics.bootstrap, topics, "before-restart", "cam-r")
-    _wait(lambda: len(_evidence_cards(browser)) == 1, what="the alert before the restart")
+    # A fresh broker creates its offsets topic on the UI's first group join: slow on a loaded machine.
+    _wait(lambda: len(_evidence_cards(browser)) == 1, timeout_s=120, what="the alert before the restart")
 
     own_broker.kill()  # SIGKILL: no controlled shutdown
     time.sleep(5)
