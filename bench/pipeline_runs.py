@@ -16,6 +16,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -38,6 +39,8 @@ from inspector.stream.http_endpoint import wait_until_ready
 from inspector.synthetic.bananas import render_scene
 
 LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
+
+MessageT = TypeVar("MessageT", Alert, FrameScore)
 
 
 def make_jpegs(n: int, size: int = 256, quality: int = 97) -> list[bytes]:
@@ -96,32 +99,26 @@ def committed_total(bootstrap: str, group: str, topic: str) -> int:
 
 def read_scores(bootstrap: str, topic: str, n: int, timeout_s: float = 120) -> list[tuple[FrameScore, int]]:
     """(score, receive time ns) for the first n distinct frames of a scores topic."""
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                      enable_auto_commit=False)
-    seen: dict[str, tuple[FrameScore, int]] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(seen) < n and time.monotonic() < deadline:
-        for records in c.poll(timeout_ms=200).values():
-            now = time.time_ns()
-            for r in records:
-                s = FrameScore.model_validate_json(r.value)
-                seen.setdefault(s.frame_id, (s, now))
-    c.close()
-    return list(seen.values())
+    return _read_first(bootstrap, topic, n, FrameScore, timeout_s)
 
 
 def read_alerts(bootstrap: str, topic: str, n: int, timeout_s: float = 120) -> list[tuple[Alert, int]]:
     """(alert, receive time ns) for the first n distinct frames of an alerts topic."""
+    return _read_first(bootstrap, topic, n, Alert, timeout_s)
+
+
+def _read_first(bootstrap: str, topic: str, n: int, message: type[MessageT], timeout_s: float
+                ) -> list[tuple[MessageT, int]]:
     c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
                       enable_auto_commit=False)
-    seen: dict[str, tuple[Alert, int]] = {}
+    seen: dict[str, tuple[MessageT, int]] = {}
     deadline = time.monotonic() + timeout_s
     while len(seen) < n and time.monotonic() < deadline:
         for records in c.poll(timeout_ms=200).values():
             now = time.time_ns()
             for r in records:
-                a = Alert.model_validate_json(r.value)
-                seen.setdefault(a.frame_id, (a, now))
+                m = message.model_validate_json(r.value)
+                seen.setdefault(m.frame_id, (m, now))
     c.close()
     return list(seen.values())
 

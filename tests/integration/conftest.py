@@ -11,6 +11,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from inspector.kafka.kafka_python import create_topics
-from inspector.kafka.local_broker import free_port
+from inspector.kafka.local_broker import LocalKafka, free_port
 from inspector.settings import KafkaSettings, ProducerSettings
 
 pytestmark = pytest.mark.kafka
@@ -53,6 +54,19 @@ class Topics:
             "INSPECTOR_KAFKA__EVIDENCE_TOPIC": self.evidence,
             "INSPECTOR_KAFKA__FEEDBACK_TOPIC": self.feedback,
         }
+
+
+@contextmanager
+def restartable_broker(data_dir: Path, **kwargs: object) -> Iterator[LocalKafka]:
+    """A broker of a test's own, which it may kill and restart (never the session one)."""
+    # A short broker session: after a SIGKILL the restarted broker waits out its own old registration.
+    broker = LocalKafka(data_dir=data_dir, extra_config={"broker.session.timeout.ms": "3000",
+                                                         "broker.heartbeat.interval.ms": "1000"}, **kwargs)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
 
 
 @pytest.fixture()

@@ -31,6 +31,8 @@ from inspector.kafka.kafka_python import create_topics
 from inspector.kafka.local_broker import free_port
 from tests.live_cameras import MjpegCamera, RtspCamera, age_ms, rtsp_server_missing, stamped_ms
 
+from .conftest import restartable_broker
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 RTSP_MISSING = rtsp_server_missing()
@@ -293,16 +295,8 @@ def test_three_cameras_one_unreachable_the_others_publish(kafka_broker, mjpeg_ca
 @pytest.fixture(scope="module")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A broker this module may stop and start again (never the session one)."""
-    from inspector.kafka.local_broker import LocalKafka
-
-    # A short broker session: after a SIGKILL the restarted broker waits out its own old registration.
-    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("cameras-kafka"),
-                        extra_config={"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "1000"})
-    broker.start()
-    try:
+    with restartable_broker(tmp_path_factory.mktemp("cameras-kafka")) as broker:
         yield broker
-    finally:
-        broker.close()
 
 
 def rss_bytes(pid: int) -> int:

@@ -46,7 +46,7 @@ from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 
 from ..poison import MAX_FRAME_BYTES, Poison, draw_poison
-from .conftest import TopicReader, Topics, committed_offsets, producer_settings
+from .conftest import TopicReader, Topics, committed_offsets, producer_settings, restartable_broker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -114,16 +114,8 @@ def _publish(topics: Topics, n: int, seed: int, camera: str, defects: int = 0, *
 @pytest.fixture(scope="module")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A broker this module may stop and restart, with a SASL_PLAINTEXT/SCRAM-SHA-256 listener as well."""
-    from inspector.kafka.local_broker import LocalKafka
-
-    # A short broker session: after a SIGKILL the restarted broker waits out its own old registration.
-    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("own-kafka"), scram_users={SCRAM_USER: SCRAM_PASSWORD},
-                        extra_config={"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "1000"})
-    broker.start()
-    try:
+    with restartable_broker(tmp_path_factory.mktemp("own-kafka"), scram_users={SCRAM_USER: SCRAM_PASSWORD}) as broker:
         yield broker
-    finally:
-        broker.close()
 
 
 def _kill_restart_run(topics: Topics, start_worker, reader, *, n: int, kills: int, seed: int, camera: str,

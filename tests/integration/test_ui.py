@@ -28,7 +28,7 @@ from inspector.stream import evidence
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 
-from .conftest import TopicReader, Topics, producer_settings
+from .conftest import TopicReader, Topics, producer_settings, restartable_broker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -259,16 +259,8 @@ def test_feedback_needs_the_token_when_one_is_set(topics, start_ui):
 @pytest.fixture()
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A broker this test may kill and restart."""
-    from inspector.kafka.local_broker import LocalKafka
-
-    # A short broker session: after a SIGKILL the restarted broker waits out its own old registration.
-    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("ui-kafka"),
-                        extra_config={"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "1000"})
-    broker.start()
-    try:
+    with restartable_broker(tmp_path_factory.mktemp("ui-kafka")) as broker:
         yield broker
-    finally:
-        broker.close()
 
 
 def test_the_page_survives_a_broker_restart_and_shows_alerts_after_it(own_broker, start_ui, browser):
