@@ -94,7 +94,8 @@ def _download_wheels(log: Path) -> None:
 
 def _build(name: str, dockerfile: str, context: Path, log: Path, *extra: str) -> float:
     started = time.monotonic()
-    podman("build", "--layers", "-f", str(REPO_ROOT / dockerfile), "-t", name, *extra, str(context), log=log,
+    # Docker's image format: the OCI one has no HEALTHCHECK, and podman would drop the Dockerfile's.
+    podman("build", "--layers", "--format", "docker", "-f", str(REPO_ROOT / dockerfile), "-t", name, *extra, str(context), log=log,
            timeout=3600)
     return time.monotonic() - started
 
