@@ -271,6 +271,13 @@ class HealthTicker:
             self._thread.join(timeout=180)
 
 
+def save_logs(container: Container, path: Path) -> None:
+    """The container's stdout and stderr, interleaved as it wrote them, into a file."""
+    with path.open("wb") as out:
+        subprocess.run(["podman", "logs", container.id], stdout=out, stderr=subprocess.STDOUT, env=podman_env(),
+                       timeout=120)
+
+
 def process_uids(container: Container) -> dict[int, int]:
     """pid -> real uid of every process in the container's pid namespace, read from the host's /proc."""
     namespace = Path(f"/proc/{container.pid}/ns/pid").readlink()

@@ -41,6 +41,7 @@ from tests.compose.stack import (
     podman,
     podman_service,
     process_uids,
+    save_logs,
     service_containers,
     wait_until,
 )
@@ -133,7 +134,7 @@ def stack() -> Iterator[Stack]:
             yield stack
         finally:
             for c in containers():
-                (LOGS / f"{c.name}.log").write_text(podman("logs", c.id, check=False))
+                save_logs(c, LOGS / f"{c.name}.log")
             compose("down", "--volumes", "--remove-orphans", "--timeout", "30")
             (WORK / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
 
@@ -192,9 +193,8 @@ def _stimulus(stack: Stack) -> None:
     for burst in (late_frames[:6], late_frames[6:]):
         _corrupt_frames(bad)
         late.publish(ListSource(burst))
-        if burst is late_frames[:6]:
-            podman("exec", "--user", "0", first.id, "touch", "/app/models/banana-ae-v1.safetensors")
         time.sleep(12)
+    podman("exec", "--user", "0", first.id, "touch", "/app/models/banana-ae-v1.safetensors")
     assert bad.stats.failed == 0 and late.stats.failed == 0
     bad.close()
     late.close()
@@ -211,9 +211,11 @@ def test_prometheus_scrapes_both_replicas_and_every_query_has_data(stack: Stack)
     wait_until(f"both replicas up in Prometheus ({sorted(instances)})", both_up, timeout_s=120)
 
     _stimulus(stack)
-    wait_until("the dead letters, late frames and reload in Prometheus", lambda: all(stack.series(e) for e in (
-        "sum(inspector_frames_dead_lettered_total) >= 10", 'sum(inspector_deadline_missed_total{camera="cam-late"}) > 0',
-        'sum(inspector_model_reloads_total{result="ok"}) >= 1')), timeout_s=120)
+    stimulated = ["sum(inspector_frames_dead_lettered_total) >= 10",
+                  'sum(inspector_deadline_missed_total{camera="cam-late"}) > 0',
+                  'sum(inspector_model_reloads_total{result="ok"}) >= 1']
+    wait_until(f"the dead letters, late frames and reload in Prometheus: {stimulated}",
+               lambda: all(stack.series(e) for e in stimulated), timeout_s=120)
 
     failures: list[str] = []
     nan: list[str] = []
@@ -242,7 +244,7 @@ def _lag(stack: Stack) -> int:
     admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=stack.bootstrap)
     try:
-        committed = admin.list_consumer_group_offsets("inspector")
+        committed = admin.list_group_offsets("inspector")["inspector"]
         partitions = [TopicPartition("frames", p) for p in consumer.partitions_for_topic("frames")]
         end = consumer.end_offsets(partitions)
         return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions)
@@ -290,6 +292,8 @@ def test_replicas_share_the_partitions_and_one_takes_over_when_the_other_is_kill
 
     # The camera stops; the group drains what is left (the killed replica's uncommitted batch included).
     stack.compose("stop", "producer")
+    (producer,) = service_containers("producer", running=False)
+    assert producer.exit_code == 0, f"the producer did not stop cleanly on SIGTERM: exit {producer.exit_code}"
     wait_until("the inspector group to commit every frame", lambda: _lag(stack) == 0, timeout_s=600, every_s=5)
 
     sent = {header_value(r.headers, "frame-id") for r in _read_all(stack, "frames") if r.key == PRODUCER_CAMERA.encode()}

@@ -178,3 +178,10 @@ def test_health_check_arguments_have_no_spaces(compose: dict[str, Any]) -> None:
         test = (service.get("healthcheck") or {}).get("test") or []
         if test and test[0] == "CMD":
             assert all(not re.search(r"\s", arg) for arg in test), (name, test)
+
+
+def test_long_running_services_say_their_grace_period(compose: dict[str, Any]) -> None:
+    """podman's Docker API stops a container without one at once (SIGKILL); Docker would wait 10 s."""
+    for name, service in compose["services"].items():
+        if service.get("restart") != "no":
+            assert service.get("stop_grace_period"), name
