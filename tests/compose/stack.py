@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -77,19 +76,11 @@ def _stage_kafka_context() -> Path:
     return context
 
 
-def _download_wheels(log: Path) -> None:
-    """Every wheel the inspector image installs, downloaded once into build/compose/wheels: the image build
-    installs from that folder with no index, so torch (about 3 GB) is never fetched twice."""
-    stamp = WHEELS / ".downloaded"
-    pyproject = REPO_ROOT / "pyproject.toml"
-    if stamp.exists() and stamp.stat().st_mtime >= pyproject.stat().st_mtime:
-        return
-    WHEELS.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--dest", str(WHEELS),
-                        f"{REPO_ROOT}[confluent]", "setuptools>=68"], stdout=out, stderr=out, check=True,
-                       timeout=3600)
-    stamp.touch()
+def _check_wheels() -> None:
+    """The wheels the inspector image installs with no index: `make test-compose` downloads them once, for the
+    virtual environment and the image alike, so torch (about 3 GB) is never fetched twice."""
+    if not (WHEELS / ".downloaded").exists():
+        raise AssertionError(f"no wheels in {WHEELS}: run `make test-compose` (or `make compose-wheels`)")
 
 
 def _build(name: str, dockerfile: str, context: Path, log: Path, *extra: str) -> float:
@@ -116,9 +107,7 @@ def build_images() -> dict[str, float]:
         rootfs.unlink()
         seconds["debian"] = time.monotonic() - started
     debian = f"--build-arg=BASE_IMAGE={DEBIAN}"
-    started = time.monotonic()
-    _download_wheels(log)
-    seconds["wheels"] = time.monotonic() - started
+    _check_wheels()
     seconds["python"] = _build(PYTHON, "deploy/docker/python.Dockerfile", REPO_ROOT / "deploy" / "docker", log,
                                debian)
     seconds["inspector"] = _build(INSPECTOR, "deploy/docker/Dockerfile", REPO_ROOT, log,
