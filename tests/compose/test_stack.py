@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from inspector.local_broker import free_port
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from inspector.contracts import Alert, FrameScore, header_value
+from inspector.kafka.local_broker import free_port
 from inspector.settings import KafkaSettings, ProducerSettings
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
