@@ -96,6 +96,10 @@ def save(artifact: ModelArtifact, path: Path) -> ModelArtifact:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        # mkstemp makes the file private (0600); a model file is read by workers running as other users.
+        umask = os.umask(0)
+        os.umask(umask)
+        Path(tmp).chmod(0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

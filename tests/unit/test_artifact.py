@@ -67,3 +67,13 @@ def test_uncalibrated_model_cannot_give_a_threshold(tmp_path):
     with pytest.raises(ModelFileError, match="calibrate"):
         _ = artifact_io.load(tmp_path / "u.safetensors").threshold
     assert art.calibration is None
+
+
+def test_a_saved_model_is_readable_by_other_users_as_the_umask_allows(saved):
+    """mkstemp's private 0600 would keep a worker running as uid 10001 (the container) from loading it."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    _, path = saved
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
