@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -380,25 +381,12 @@ def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: fl
     t = topic_set(tag)
     create_topics(KafkaSettings(bootstrap_servers=bs), {t["frames"]: 2, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
     w = WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}.log")
-    try:
-        w.wait_ready()
-        n = int(rate * seconds)
-        received: list = []
-        freeze_long_lived_objects()  # this process reads the scores: a pause here reads as latency
-        reader = threading.Thread(target=lambda: received.extend(read_scores(bs, t["scores"], n, seconds + 60)))
-        reader.start()
-        achieved = produce_in_child(bs, t["frames"], jpegs, n, rate=rate, run=tag)
-        reader.join()
-        metrics = w.metrics()
-    finally:
-        gc.unfreeze()
-        w.stop()
+    n = int(rate * seconds)
+    received, achieved, metrics = _feed_at_rate(w, bs, t["frames"], jpegs, n, rate, tag,
+                                                lambda: read_scores(bs, t["scores"], n, seconds + 60))
     received.sort(key=lambda sr: sr[0].captured_ns)
     lat = np.array([(recv - s.captured_ns) / 1e6 for s, recv in received])  # (n,) ms, in capture order
     captured_s = np.array([(s.captured_ns - received[0][0].captured_ns) / 1e9 for s, _ in received])
-
-    def quantiles(ms: np.ndarray) -> dict:
-        return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)} if len(ms) else {}
 
     # Where the tail sits in time: the first second (clients connecting, first fetches) apart from the rest.
     per_second = [{"second": sec, "frames": int(m.sum()), "p99_ms": round(float(np.percentile(lat[m], 99)), 1),
@@ -425,23 +413,36 @@ def alert_latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, secon
                                                         t["evidence"]: 1})
     env = {"INSPECTOR_MODEL__THRESHOLD": "0", "INSPECTOR_KAFKA__EVIDENCE_TOPIC": t["evidence"] if evidence else ""}
     w = WorkerProc(bs, t, f"g-{tag}", batch=batch, log=logdir / f"{tag}.log", env=env)
-    try:
-        w.wait_ready()
-        n = int(rate * seconds)
-        received: list = []
-        freeze_long_lived_objects()
-        reader = threading.Thread(target=lambda: received.extend(read_alerts(bs, t["alerts"], n, seconds + 60)))
-        reader.start()
-        achieved = produce_in_child(bs, t["frames"], jpegs, n, rate=rate, run=tag)
-        reader.join()
-        metrics = w.metrics()
-    finally:
-        gc.unfreeze()
-        w.stop()
+    n = int(rate * seconds)
+    received, achieved, metrics = _feed_at_rate(w, bs, t["frames"], jpegs, n, rate, tag,
+                                                lambda: read_alerts(bs, t["alerts"], n, seconds + 60))
     lat = np.array([(recv - a.captured_ns) / 1e6 for a, recv in received])  # (n,) ms
     stages = {stage: histogram_quantiles(metrics, "inspector_stage_duration_seconds", f'stage="{stage}"')
               for stage in ("score", "publish", "commit", "evidence")}
     return {"evidence": evidence, "rate_target": rate, "rate_achieved": round(achieved, 1), "frames": n,
             "alerts_received": len(received),
-            "alert_e2e_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 95, 99)} if len(lat) else {},
+            "alert_e2e_ms": quantiles(lat),
             "worker_e2e_ms": histogram_quantiles(metrics, "inspector_end_to_end_latency_seconds"), "stage_ms": stages}
+
+
+def quantiles(ms: np.ndarray) -> dict:
+    """p50 / p95 / p99 of latencies in ms, rounded; {} when there are none."""
+    return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)} if len(ms) else {}
+
+
+def _feed_at_rate(worker: WorkerProc, bs: str, frames_topic: str, jpegs: list[bytes], n: int, rate: float,
+                  tag: str, read: Callable[[], list]) -> tuple[list, float, str]:
+    """Once the worker is ready, publish n frames at `rate` from a child process while `read()` collects what
+    the worker produced in a thread -> (what was read, the rate achieved, the worker's metrics text)."""
+    received: list = []
+    try:
+        worker.wait_ready()
+        freeze_long_lived_objects()  # this process reads the results: a pause here reads as latency
+        reader = threading.Thread(target=lambda: received.extend(read()))
+        reader.start()
+        achieved = produce_in_child(bs, frames_topic, jpegs, n, rate=rate, run=tag)
+        reader.join()
+        return received, achieved, worker.metrics()
+    finally:
+        gc.unfreeze()
+        worker.stop()
