@@ -155,7 +155,7 @@ class UiSettings(BaseModel):
 
 
 class FaultSettings(BaseModel):
-    """Fault injection, for tests only (tests/integration/test_faults.py); every default is "no fault"."""
+    """Fault injection, for tests only (tests/integration/test_faults_*.py); every default is "no fault"."""
 
     score_delay_ms: float = Field(0.0, ge=0)  # extra sleep per frame in the score stage (a slow device)
 
