@@ -45,6 +45,8 @@ class TrainConfig:
     mode: Literal["features", "repair", "plain"] = "features"
     feature_steps: int = 1000  # optimiser steps of the feature reconstructor, each on feature_batch regions
     feature_batch: int = 2048
+    # Feature mode: ranks of the global term tried; the one that ranks synthetic defects highest is kept.
+    global_ranks: tuple[int, ...] = (8, 16, 32)
     # Feature mode: when fewer good images than this would be held out, every good image is scored by a model
     # that did not see it (cross_fit_folds folds) and the final model trains on all of them.
     cross_fit_below: int = 50
@@ -281,10 +283,11 @@ def train_and_calibrate(
     calibration: CalibrationStats | None = None
     calibration_scores = "held out"
     pixel_choice: dict[str, float] = {}  # synthetic-defect AUROC of the two map variants, feature mode
+    rank_choice: dict[str, float] = {}  # ... and of each global rank tried
     if isinstance(model_config, FeatureReconstructorConfig):
         fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, progress=progress)
-        model, history, scoring, calibration, pixel_choice = (fit.model, fit.history, fit.scoring, fit.calibration,
-                                                              fit.pixel_choice)
+        model, history, scoring, calibration = fit.model, fit.history, fit.scoring, fit.calibration
+        pixel_choice, rank_choice = fit.pixel_choice, fit.rank_choice
         if fit.cross_fitted:
             train_idx = cal_idx = np.arange(len(images))
             calibration_scores = f"out of fold ({config.cross_fit_folds} folds)"
@@ -305,6 +308,7 @@ def train_and_calibrate(
             or calibration is not None,
             "calibration_scores": calibration_scores,
             "pixel_normalise_auroc": pixel_choice,
+            "global_rank_auroc": rank_choice,
             "data_fingerprint": data_fingerprint(paths) if paths else "",
             "final_loss": history[-1] if history else None,
             "seconds": round(time.time() - t0, 1),

@@ -18,6 +18,7 @@ from inspector.model.networks import (
 from inspector.model.runtime import ModelRunner
 from inspector.model.scoring import ScoringConfig
 from inspector.training.anomaly_synth import AnomalySynthConfig
+from inspector.training.features import choose_global_rank
 from inspector.training.train import TrainConfig, repair_loss, train_and_calibrate
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
@@ -57,6 +58,10 @@ def test_feature_model_trains_calibrates_round_trips_and_flags_a_blob(tmp_path: 
     assert art.calibration is not None and art.calibration.method == "fitted_tail"
     loaded = artifact_io.load(out)
     assert type(loaded.model).__name__ == "FeatureReconstructor" and loaded.scoring == art.scoring
+    # The global rank chosen from (8, 16, 32), capped at half the 24 images, is what the file holds.
+    assert set(art.training["global_rank_auroc"]) == {"8", "16", "32"}
+    rank = loaded.model.config.global_components
+    assert rank in (8, 12) and loaded.model.global_basis.shape[0] == rank
     test_good = _textures(4, 128, 2)
     blob = test_good.copy()
     blob[:, 40:64, 56:80] = (40, 30, 20)  # a dark impurity
@@ -65,6 +70,17 @@ def test_feature_model_trains_calibrates_round_trips_and_flags_a_blob(tmp_path: 
     for m in maps[4:].numpy():  # the map's peak is on the impurity (within one feature cell of it)
         y, x = np.unravel_index(np.argmax(m), m.shape)
         assert 32 <= y < 72 and 48 <= x < 88
+
+
+def test_the_global_rank_that_separates_synthetic_defects_is_chosen_and_ties_go_to_fewer_directions() -> None:
+    rng = np.random.default_rng(0)
+    local, synth_local = rng.normal(1, 0.1, 50), rng.normal(1, 0.1, 50)  # the local term separates nothing
+    noise = {r: rng.gamma(2, 1, 50) for r in (8, 16, 32)}
+    synth = {8: noise[8] + 3, 16: noise[16] + 0.5, 32: rng.gamma(2, 1, 50)}  # defects stand out at rank 8 only
+    rank, by_rank = choose_global_rank(ScoringConfig(), local, noise, synth_local, synth)
+    assert rank == 8 and by_rank["8"] > by_rank["16"] > by_rank["32"]
+    same = {r: noise[8] for r in (8, 16, 32)}
+    assert choose_global_rank(ScoringConfig(), local, same, synth_local, {r: synth[8] for r in same})[0] == 8
 
 
 def test_repair_model_round_trips(tmp_path: Path) -> None:
