@@ -83,6 +83,11 @@ class UiServer:
                     self.push("alert", view.to_json())
             elif record.topic == k.scores_topic:
                 self.state.add_score(FrameScore.model_validate_json(record.value or b""))
+            elif record.topic == k.feedback_topic:
+                verdict = Feedback.model_validate_json(record.value or b"")
+                view = self.state.add_verdict(verdict.frame_id, verdict.verdict)
+                if view:
+                    self.push("alert", view.to_json())
         except (ValidationError, BadFrame, UnicodeDecodeError) as exc:
             self.skipped += 1
             log.debug("skipped %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
@@ -152,7 +157,7 @@ async def alert_page(request: web.Request) -> web.Response:
             ("threshold", f"{a.threshold:.6f}"), ("model", f"{a.model_id}:{a.model_version}"),
             ("captured", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.captured_ns / 1e9)) + " UTC"),
             ("capture to alert", f"{max(0, a.published_ns - a.captured_ns) / 1e6:.1f} ms"), ("box", box),
-            ("frame origin", a.origin or "unknown"), ("verdict here", view.verdict or "none yet")]
+            ("frame origin", a.origin or "unknown"), ("verdict", view.verdict or "none yet")]
     table = "".join(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in rows)
     body = f"""<header><h1>Alert on camera <span class="camera">{_escape(a.camera_id)}</span></h1>
 <a href="/">back to the wall</a><label>Operator <input id="operator" maxlength="64"></label></header>

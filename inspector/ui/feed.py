@@ -35,12 +35,12 @@ class _RewindOnAssign(ConsumerRebalanceListener):
 
 
 class TopicFeed:
-    """Reads the alerts, evidence and scores topics in a thread and calls `deliver(record)` for each record once
+    """Reads the alerts, evidence, scores and feedback topics in a thread and calls `deliver(record)` for each record once
     (a record read again after a rebalance or a rewind is skipped by its offset)."""
 
     def __init__(self, settings: Settings, deliver: Callable[[Record], None]) -> None:
         k = settings.kafka
-        self._topics = [t for t in (k.alerts_topic, k.evidence_topic, k.scores_topic) if t]
+        self._topics = [t for t in (k.alerts_topic, k.evidence_topic, k.scores_topic, k.feedback_topic) if t]
         self._history_ms = int(settings.ui.history_minutes * 60_000)
         self._deliver = deliver
         self._stop = threading.Event()

@@ -1,5 +1,5 @@
 """What the operator's page knows, in memory and without I/O: the recent alerts with their evidence, the
-verdicts given here, and per-camera counts over the last minutes. Touched from the event loop only."""
+operators' latest verdicts on them, and per-camera counts over the last minutes. Touched from the event loop only."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class AlertView:
 
     alert: Alert
     evidence_jpeg: bytes | None = None
-    verdict: str | None = None  # given from this page since it started
+    verdict: str | None = None  # the latest given, from any page (read back from the feedback topic)
 
     def to_json(self) -> dict[str, object]:
         """For the browser, which renders every string as text (they come from Kafka: untrusted)."""
@@ -40,13 +40,15 @@ class _Minute:
 
 @dataclass
 class WallState:
-    """The last `max_alerts` alerts by frame id, evidence waiting for its alert, and counts per camera and minute."""
+    """The last `max_alerts` alerts by frame id, evidence and verdicts waiting for their alert, and counts per camera
+    and minute."""
 
     max_alerts: int
     window_minutes: float
     max_cameras: int = 256
     alerts: OrderedDict[str, AlertView] = field(default_factory=OrderedDict)
     _early_evidence: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    _early_verdicts: OrderedDict[str, str] = field(default_factory=OrderedDict)
     _minutes: dict[str, dict[int, _Minute]] = field(default_factory=dict)  # camera -> minute since epoch -> counts
     _scores_seen: bool = False
 
@@ -54,7 +56,8 @@ class WallState:
         """A new alert (None for one already shown: a record read again after a rebalance)."""
         if alert.frame_id in self.alerts:
             return None
-        view = AlertView(alert, self._early_evidence.pop(alert.frame_id, None))
+        view = AlertView(alert, self._early_evidence.pop(alert.frame_id, None),
+                         self._early_verdicts.pop(alert.frame_id, None))
         self.alerts[alert.frame_id] = view
         while len(self.alerts) > self.max_alerts:
             self.alerts.popitem(last=False)
@@ -72,6 +75,19 @@ class WallState:
                 self._early_evidence.popitem(last=False)
             return None
         view.evidence_jpeg = jpeg
+        return view
+
+    def add_verdict(self, frame_id: str, verdict: str) -> AlertView | None:
+        """An operator's verdict, from this page or another; its view once the alert is known (after a restart
+        the feedback topic is read from the same point in the past as the alerts, in no set order with them)."""
+        view = self.alerts.get(frame_id)
+        if view is None:
+            self._early_verdicts[frame_id] = verdict
+            self._early_verdicts.move_to_end(frame_id)
+            while len(self._early_verdicts) > self.max_alerts:
+                self._early_verdicts.popitem(last=False)
+            return None
+        view.verdict = verdict
         return view
 
     def add_score(self, score: FrameScore) -> None:

@@ -183,6 +183,10 @@ def test_a_defect_frames_alert_appears_with_its_evidence_and_false_alarm_writes_
     assert records[0].frame_id == frame_id and records[0].verdict == "false_alarm"
     assert records[0].camera_id == "cam-ui" and records[0].origin and records[0].origin.startswith(topics.frames)
     assert 'inspector_feedback_total{camera="cam-ui",verdict="false_alarm"} 1.0' in ui.get("/metrics")[1].decode()
+    # A page started later (a restart, or a second operator's) reads the verdict back from the feedback topic.
+    later = start_ui(topics)
+    _wait(lambda: b"<th>verdict</th><td>false_alarm</td>" in later.get("/alert/" + frame_id)[1], timeout_s=120,
+          what="the verdict read back by a second page")
 
     # The alert page: the evidence beside the original frame, fetched from the frames topic by its origin.
     browser.get(ui.url + "/alert/" + frame_id)

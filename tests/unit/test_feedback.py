@@ -72,6 +72,20 @@ def test_the_wall_keeps_the_last_alerts_once_each_and_pairs_evidence_in_either_o
     assert view is not None and view.to_json()["evidence"] is True and view.to_json()["latency_ms"] == 40.0
 
 
+def test_verdicts_read_back_mark_their_alert_whichever_comes_first_and_the_latest_wins():
+    wall = WallState(max_alerts=2, window_minutes=5)
+    assert wall.add_verdict("f1", "false_alarm") is None  # read back before its alert (after a restart)
+    assert wall.add_alert(_alert("f1")).to_json()["verdict"] == "false_alarm"  # type: ignore[union-attr]
+    wall.add_alert(_alert("f2"))
+    view = wall.add_verdict("f2", "confirmed_defect")
+    assert view is not None and view.verdict == "confirmed_defect"
+    assert wall.add_verdict("f2", "false_alarm") is view and view.verdict == "false_alarm"  # another operator
+    for i in range(3, 7):  # verdicts for alerts never seen are forgotten past the wall's size
+        wall.add_verdict(f"f{i}", "false_alarm")
+    assert wall.add_alert(_alert("f3")).verdict is None  # type: ignore[union-attr]
+    assert wall.add_alert(_alert("f6")).verdict == "false_alarm"  # type: ignore[union-attr]
+
+
 def test_counts_cover_the_window_and_cap_the_cameras():
     now_s = 1_000_000 * 60.0
     wall = WallState(max_alerts=10, window_minutes=5, max_cameras=2)
