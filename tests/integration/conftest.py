@@ -197,6 +197,18 @@ def reader(kafka_broker) -> Iterator:
         r.close()
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM a process a fixture started, and SIGKILL it if it has not exited within `grace_s`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def distinct_frame_ids(records: list) -> set[str]:
     return {json.loads(r.value)["frame_id"] for r in records}
 

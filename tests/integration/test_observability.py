@@ -43,7 +43,7 @@ from tests.deploy_expressions import (
     ui_series_names,
 )
 
-from .conftest import producer_settings
+from .conftest import producer_settings, stop_process
 from .test_pipeline import _corrupt_frames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -188,13 +188,7 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
 
     yield start
     for prom in started:
-        if prom.proc.poll() is None:
-            prom.proc.terminate()
-            try:
-                prom.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                prom.proc.kill()
-                prom.proc.wait(timeout=10)
+        stop_process(prom.proc)
 
 
 def stream_with_bad_frames() -> tuple[list[SourceFrame], int]:

@@ -28,7 +28,7 @@ from inspector.stream import evidence
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 
-from .conftest import TopicReader, Topics, producer_settings, restartable_broker
+from .conftest import TopicReader, Topics, producer_settings, restartable_broker, stop_process
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -90,12 +90,7 @@ def start_ui(tmp_path) -> Iterator:
 
     yield start
     for ui in started:
-        ui.proc.terminate()
-        try:
-            ui.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            ui.proc.kill()
-            ui.proc.wait(timeout=10)
+        stop_process(ui.proc)
 
 
 @pytest.fixture()
