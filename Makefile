@@ -69,9 +69,9 @@ $(KAFKA_STAMP): deploy/kafka/pom.xml
 
 # Debian's packages for the tests, installed only when missing: Prometheus (promtool) and kcat, and GStreamer's
 # RTSP server with its Python bindings for the live-camera and UI tests (run under Debian's python3, tests/rtsp_camera.py),
-# and the headless browser of the UI tests (chromium, chromedriver).
+# the headless browser of the UI tests (chromium, chromedriver), and the MQTT broker of the sorter's tests (mosquitto).
 SYSTEM_PACKAGES := prometheus kcat gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-  chromium chromium-driver
+  chromium chromium-driver mosquitto
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \

@@ -1,4 +1,5 @@
-"""`inspector COMMAND`: serve | ui | train | calibrate | evaluate | denoise | synth | demo | topics.
+"""`inspector COMMAND`: serve | sort | ui | train | calibrate | evaluate | denoise | synth | demo | topics |
+standin-plc.
 
 Settings come from INSPECTOR_* environment variables (see inspector/settings.py); flags override them.
 A bad setting, a missing file or an unreachable broker ends the program with one line and exit code 2.
@@ -26,14 +27,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     http = {"port": args.metrics_port} if getattr(args, "metrics_port", None) is not None else {}
     ui = {k: v for k, v in {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}.items()
           if v is not None}
+    sorter = {k: v for k, v in {"line_file": getattr(args, "line", None),
+                                "port": getattr(args, "sorter_metrics_port", None)}.items() if v is not None}
     log_level = {"log_level": args.log_level} if getattr(args, "log_level", None) else {}
-    return load_settings(kafka=kafka, model=model, http=http, ui=ui, **log_level)
+    return load_settings(kafka=kafka, model=model, http=http, ui=ui, sorter=sorter, **log_level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from inspector.stream.serve import serve
 
     return serve(_settings(args))
+
+
+def cmd_sort(args: argparse.Namespace) -> int:
+    from inspector.sorter.serve import serve_sorter
+
+    return serve_sorter(_settings(args))
+
+
+def cmd_standin_plc(args: argparse.Namespace) -> int:
+    from inspector.sorter.standin_plc import run_standin_plc
+
+    return run_standin_plc(args.host, args.port)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -206,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     with_model(sp)
     sp.add_argument("--metrics-port", type=int)
     sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("sort", help="run the sorter: alerts in, one on-time ejection per defective object out")
+    sp.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (kafka.bootstrap_servers)")
+    sp.add_argument("--line", help="the line file, .yaml or .toml (sorter.line_file)")
+    sp.add_argument("--metrics-port", dest="sorter_metrics_port", type=int, help="/metrics, /healthz, /readyz "
+                    "(sorter.port)")
+    sp.set_defaults(func=cmd_sort)
+
+    sp = sub.add_parser("standin-plc", help="a Modbus TCP server standing in for the PLC (demo, tests, compose): "
+                        "logs every coil change")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=5020)
+    sp.set_defaults(func=cmd_standin_plc)
 
     sp = sub.add_parser("ui", help="the operator's web page: live alerts with evidence, and feedback")
     sp.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (kafka.bootstrap_servers)")

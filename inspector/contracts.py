@@ -6,6 +6,8 @@ defect-evidence key = frame id, value = the alert's annotated JPEG, headers = sc
               content-type, evidence-map (the quantised map, PNG) and evidence-map-scale (inspector.stream.evidence)
 alert-feedback key = frame id, value = Feedback as JSON (an operator's verdict on an alert)
 frame-scores  key = camera id, value = FrameScore as compact JSON (one per scored frame)
+ejections     key = frame id, value = EjectionRecord as JSON (what the sorter did with each alert)
+late-ejections key = camera id, value = the Alert as JSON, for alerts that reached the sorter after their fire time
 frames-dlq    key/value/headers of the original record + dlq.* headers (reason, detail, origin); a record larger
               than limits.max_frame_bytes keeps only its key and small headers (dlq.detail says so)
 """
@@ -31,6 +33,7 @@ H_CAPTURED_NS = "captured-ns"
 H_CONTENT_TYPE = "content-type"
 H_DEADLINE_NS = "deadline-ns"
 H_LABEL = "label"
+H_OBJECT_ID = "object-id"  # ground truth of a belt source: which object (fruit) the frame shows
 
 # Evidence header names (the frame header names above are reused for what they mean there).
 H_EVIDENCE_MAP = "evidence-map"  # the difference map quantised to uint8, as a greyscale PNG
@@ -73,6 +76,7 @@ class FrameMeta(_Strict):
     content_type: str = JPEG_CONTENT_TYPE
     deadline_ns: int | None = Field(default=None, ge=0)  # when the ejector must have the verdict
     label: str | None = Field(default=None, max_length=64)  # ground truth: "good" or a defect kind
+    object_id: str | None = Field(default=None, max_length=128)  # ground truth: the object a belt source shows
 
     def to_headers(self) -> Headers:
         """Kafka headers for this frame; optional fields are left out when unset."""
@@ -85,6 +89,7 @@ class FrameMeta(_Strict):
             (H_CONTENT_TYPE, self.content_type),
             (H_DEADLINE_NS, self.deadline_ns),
             (H_LABEL, self.label),
+            (H_OBJECT_ID, self.object_id),
         ]
         return [(k, str(v).encode()) for k, v in pairs if v is not None]
 
@@ -119,6 +124,7 @@ class FrameMeta(_Strict):
                 content_type=content_type,
                 deadline_ns=int(raw[H_DEADLINE_NS]) if raw.get(H_DEADLINE_NS) else None,
                 label=raw.get(H_LABEL) or None,
+                object_id=raw.get(H_OBJECT_ID) or None,
             )
         except (ValueError, ValidationError) as exc:
             detail = exc.errors()[0]["loc"][0] if isinstance(exc, ValidationError) else str(exc)
@@ -163,6 +169,7 @@ class Alert(_Strict):
     # Optional and additive, so still schema version 1: consumers that predate them ignore them.
     origin: str | None = None  # "<topic>/<partition>/<offset>" of the frame, to fetch it while retained
     evidence: EvidenceRef | None = None  # None when evidence is turned off (kafka.evidence_topic = "")
+    object_id: str | None = None  # ground truth passed through from the frame (belt sources)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -212,6 +219,34 @@ class FrameScore(_Strict):
     scored_ns: int
     model_version: str
     label: str | None = None
+    object_id: str | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+EJECTION_OUTCOMES = ("fired", "merged", "duplicate", "late", "failed", "unconfirmed", "unknown_camera")
+
+
+class EjectionRecord(_Strict):
+    """What the sorter did with one alert, once it is final (the operator's page shows it beside the alert).
+
+    fired: this alert opened the object's ejection and the pulse went out; merged: another alert of the same
+    object opened it (`object_ejected` says whether that one fired); duplicate: the same frame again; late: the
+    alert arrived after its fire time (also on the late-ejections topic); failed: the actuator did not take the
+    command; unconfirmed: the object had fewer alerts than the lane's min_alerts; unknown_camera: no lane."""
+
+    schema_version: int = SCHEMA_VERSION
+    kind: Literal["ejection"] = "ejection"
+    frame_id: str
+    camera_id: str
+    lane: str | None = None
+    outcome: Literal["fired", "merged", "duplicate", "late", "failed", "unconfirmed", "unknown_camera"]
+    object_ejected: bool  # whether the fruit of this alert was pushed off (by this alert's pulse or a merged one)
+    arrival_ns: int | None = None  # when the fruit reaches (reached) the ejector, by the sorter's estimate
+    fire_ns: int | None = None  # planned pulse start
+    fired_ns: int | None = None  # when the pulse actually started (fired only)
+    decided_ns: int  # when this outcome became final
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

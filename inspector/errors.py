@@ -24,3 +24,7 @@ class BadFrame(InspectorError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class ActuatorError(InspectorError):
+    """An ejector could not be reached or did not take the command (the ejection counts as failed)."""

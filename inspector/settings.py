@@ -24,6 +24,7 @@ class KafkaSettings(BaseModel):
     dlq_topic: str = "frames-dlq"
     evidence_topic: str = "defect-evidence"  # each alert's annotated image and map; "" turns evidence off
     feedback_topic: str = "alert-feedback"  # operators' verdicts on alerts, written by `inspector ui`
+    ejections_topic: str = "ejections"  # what the sorter did with each alert, shown by `inspector ui`; "" turns it off
     group_id: str = "inspector"
     client_id: str = "inspector"
     # Security: PLAINTEXT on loopback; SASL_PLAINTEXT/SASL_SSL with SCRAM or SSL on a real line.
@@ -154,6 +155,21 @@ class UiSettings(BaseModel):
         return None if value == "" else value  # compose passes an unset token as ""
 
 
+class SorterSettings(BaseModel):
+    """`inspector sort`: the line file that says where every camera's fruit meets its ejector, and the sorter's
+    own topics, group and endpoint."""
+
+    line_file: Path | None = None  # required by `inspector sort` (inspector/sorter/line_file.py)
+    group_id: str = "sorter"  # its own consumer group on the alerts topic
+    late_topic: str = "late-ejections"  # alerts that arrived after their fire time, for a re-check of the fruit
+    dlq_topic: str = "defect-alerts-dlq"  # alerts the sorter cannot read, with the reason (nothing is lost)
+    host: str = "127.0.0.1"  # /metrics, /healthz, /readyz
+    port: int = Field(9410, ge=0, le=65535)  # 0 picks a free port (tests)
+    remember_frames: int = Field(100_000, ge=100)  # frame ids kept to drop at-least-once duplicates
+    reconnect_min_s: float = Field(0.5, gt=0)  # first wait before reconnecting a lost actuator; doubles ...
+    reconnect_max_s: float = Field(10.0, gt=0)  # ... up to this
+
+
 class FaultSettings(BaseModel):
     """Fault injection, for tests only (tests/integration/test_faults_*.py); every default is "no fault"."""
 
@@ -192,6 +208,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     producer: ProducerSettings = ProducerSettings()
     ui: UiSettings = UiSettings()
+    sorter: SorterSettings = SorterSettings()
     faults: FaultSettings = FaultSettings()  # testing only
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -12,14 +12,13 @@ An option a camera leaves out comes from `defaults`, then from the producer sett
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from inspector.config_file import read_config_file
 from inspector.errors import ConfigError
 from inspector.settings import ProducerSettings
 from producers.base import FrameSource
@@ -72,25 +71,6 @@ class CameraConfig:
     loop: bool = False
 
 
-def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"cameras file not found: {path}")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    if path.suffix not in (".yaml", ".yml"):
-        raise ConfigError(f"{path}: a cameras file is .yaml, .yml or .toml")
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-
-
 def _explain(path: Path, raw: Any, exc: ValidationError) -> str:
     """One line: which camera (position and id) and which field is wrong, and why."""
     first = exc.errors()[0]
@@ -106,7 +86,7 @@ def _explain(path: Path, raw: Any, exc: ValidationError) -> str:
 
 def load_cameras(path: Path, base: ProducerSettings) -> list[CameraConfig]:
     """Every camera of a cameras file with its settings resolved; ConfigError (one line) on any bad entry."""
-    raw = _read(path)
+    raw = read_config_file(path, "cameras file")
     try:
         parsed = CamerasFile.model_validate(raw)
     except ValidationError as exc:

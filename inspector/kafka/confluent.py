@@ -98,9 +98,10 @@ class FrameRecord:
 class ConfluentFrameConsumer:
     """The frames topic, consumed in a group with manual commits (librdkafka)."""
 
-    def __init__(self, settings: KafkaSettings, *, max_poll_records: int) -> None:
+    def __init__(self, settings: KafkaSettings, *, max_poll_records: int, topic: str | None = None) -> None:
         _require()
         self.settings = settings
+        self.topic = topic or settings.frames_topic  # the sorter reads the alerts topic with the same consumer
         self._max_records = max_poll_records
         self._assigning: set[TopicPartition] | None = None  # during on_assign: the partitions being assigned
         self._seeks: dict[TopicPartition, int] = {}
@@ -143,7 +144,7 @@ class ConfluentFrameConsumer:
             on_revoked([TopicPartition(p.topic, p.partition) for p in partitions])
             self._consumer.unassign()
 
-        self._consumer.subscribe([self.settings.frames_topic], on_assign=assign, on_revoke=revoke)
+        self._consumer.subscribe([self.topic], on_assign=assign, on_revoke=revoke)
 
     def poll(self, timeout_s: float, max_records: int) -> list[FrameRecord]:
         """Up to `max_records` records, waiting at most `timeout_s` (partition order kept)."""

@@ -105,8 +105,9 @@ class _Rebalance(ConsumerRebalanceListener):
 class KafkaPythonFrameConsumer:
     """The frames topic, consumed in a group with manual commits."""
 
-    def __init__(self, settings: KafkaSettings, *, max_poll_records: int) -> None:
+    def __init__(self, settings: KafkaSettings, *, max_poll_records: int, topic: str | None = None) -> None:
         self.settings = settings
+        self.topic = topic or settings.frames_topic  # the sorter reads the alerts topic with the same consumer
         try:
             self._consumer = KafkaConsumer(
                 **client_config(settings),
@@ -136,13 +137,13 @@ class KafkaPythonFrameConsumer:
         unassigned, never ready (twice in fresh-clone test runs). Subscribed and with the metadata in hand
         first, the first assignment stands (4 of 4).
         """
-        topic = self.settings.frames_topic
+        topic = self.topic
         self._consumer.subscribe([topic], listener=_Rebalance(on_revoked, on_assigned))
         deadline = time.monotonic() + self.settings.request_timeout_ms / 1000
         while not (known := self._partitions_known(topic)) and time.monotonic() < deadline:
             time.sleep(0.2)
         if not known:
-            log.warning("frames topic %s not found: joined the group anyway; it is read once it exists", topic)
+            log.warning("topic %s not found: joined the group anyway; it is read once it exists", topic)
 
     def _partitions_known(self, topic: str) -> bool:
         try:

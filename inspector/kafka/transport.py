@@ -70,6 +70,11 @@ def next_offsets(records: Iterable[ConsumedRecord]) -> Offsets:
     return offsets
 
 
+def offsets_of(positions: dict[tuple[str, int], int]) -> Offsets:
+    """{(topic, partition): offset} as the transport's Offsets (callers outside this package need no client type)."""
+    return {TopicPartition(topic, partition): offset for (topic, partition), offset in positions.items()}
+
+
 def first_offsets(records: Iterable[ConsumedRecord]) -> Offsets:
     """Per partition, the offset of the first record: where to read again from if these are dropped."""
     offsets: Offsets = {}
@@ -126,3 +131,15 @@ class ResultProducer(Protocol):
 
     def abort(self) -> None: ...
     def close(self, timeout_s: float = 10.0) -> None: ...
+
+
+def client_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable[..., ResultProducer]]:
+    """(consumer class, producer class) of the chosen Kafka client library (mypy checks both implement the
+    protocols above); imported here, on demand, so that librdkafka is needed only when chosen."""
+    if transport == "confluent":
+        from inspector.kafka.confluent import ConfluentFrameConsumer, ConfluentResultProducer
+
+        return ConfluentFrameConsumer, ConfluentResultProducer
+    from inspector.kafka.kafka_python import KafkaPythonFrameConsumer, KafkaPythonResultProducer
+
+    return KafkaPythonFrameConsumer, KafkaPythonResultProducer

@@ -6,14 +6,12 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from inspector.kafka.kafka_python import KafkaPythonFrameConsumer, KafkaPythonResultProducer
-from inspector.kafka.transport import FrameConsumer, ResultProducer
+from inspector.kafka.transport import client_types
 from inspector.model import artifact as artifact_io
 from inspector.model.networks import NullModel
 from inspector.model.runtime import ModelRunner, pick_device
@@ -24,16 +22,6 @@ from inspector.stream.metrics import build_metrics
 from inspector.stream.worker import Worker
 
 log = logging.getLogger("inspector.stream.worker")
-
-
-def transport_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable[..., ResultProducer]]:
-    """(consumer class, producer class) of the chosen Kafka client library (mypy checks both implement the
-    protocols of `inspector.kafka.transport`)."""
-    if transport == "confluent":
-        from inspector.kafka.confluent import ConfluentFrameConsumer, ConfluentResultProducer
-
-        return ConfluentFrameConsumer, ConfluentResultProducer
-    return KafkaPythonFrameConsumer, KafkaPythonResultProducer
 
 
 def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
@@ -54,7 +42,7 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
                             ready=lambda: bool(worker_box) and worker_box[0].ready()).start()
     log.info("metrics and health on http://%s/metrics", endpoint.address)
     max_request = settings.limits.max_frame_bytes + 64 * 1024  # a dead letter carries the original frame
-    consumer_type, producer_type = transport_types(settings.kafka.transport)
+    consumer_type, producer_type = client_types(settings.kafka.transport)
     consumer = consumer_type(settings.kafka, max_poll_records=settings.batch.max_size)
     try:
         producer = producer_type(settings.kafka, max_request_bytes=max_request)

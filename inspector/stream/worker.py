@@ -164,7 +164,8 @@ class Worker:
                     captured_ns=meta.captured_ns, scored_ns=scored.scored_ns, published_ns=time.time_ns(),
                     deadline_ns=meta.deadline_ns, score=score, threshold=threshold,
                     model_id=artifact.model_id, model_version=artifact.model_version, box=scored.alerts[i],
-                    label=meta.label, origin=f"{d.record.topic}/{d.record.partition}/{d.record.offset}",
+                    label=meta.label, object_id=meta.object_id,
+                    origin=f"{d.record.topic}/{d.record.partition}/{d.record.offset}",
                     evidence=EvidenceRef(topic=kafka.evidence_topic, key=meta.frame_id) if i in scored.evidence
                     else None,
                 )
@@ -174,7 +175,7 @@ class Worker:
                 record = FrameScore(
                     frame_id=meta.frame_id, camera_id=meta.camera_id, seq=meta.sequence, score=score,
                     thr=threshold, alert=alert, captured_ns=meta.captured_ns, scored_ns=scored.scored_ns,
-                    model_version=artifact.model_version, label=meta.label,
+                    model_version=artifact.model_version, label=meta.label, object_id=meta.object_id,
                 )
                 pending.append(self.producer.send(kafka.scores_topic, meta.camera_id, record.to_json(), [],
                                                   f"score for frame {meta.frame_id}"))
