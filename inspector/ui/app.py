@@ -1,6 +1,6 @@
-"""`inspector ui`: the aiohttp application. The wall (/) gets its alerts pushed by server-sent events (/events);
-an alert page (/alert/{frame_id}) shows the evidence beside the original frame, fetched from the frames topic by
-its origin; feedback (POST /feedback) goes to the feedback topic.
+"""`inspector ui`: the aiohttp application. The wall (/) gets its alerts pushed by server-sent events (/events),
+each with what the sorter did with it (ejections topic); an alert page (/alert/{frame_id}) shows the evidence beside
+the original frame, fetched from the frames topic by its origin; feedback (POST /feedback) goes to the feedback topic.
 
 Safe by default: every string from Kafka reaches the page as text (html.escape here, textContent in app.js), the
 content security policy allows no inline script, and the feedback token is compared in constant time and
@@ -25,14 +25,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from inspector.contracts import FEEDBACK_VERDICTS, Alert, Feedback, FrameScore
+from inspector.contracts import FEEDBACK_VERDICTS, Alert, EjectionRecord, Feedback, FrameScore
 from inspector.errors import BadFrame, ConfigError, TransportError
 from inspector.settings import Settings
 from inspector.stream.evidence import from_record
 from inspector.stream.metrics import UiMetrics, build_ui_metrics
 from inspector.ui.feed import FeedbackWriter, Record, TopicFeed
 from inspector.ui.feedback import FrameFetcher
-from inspector.ui.state import WallState
+from inspector.ui.state import WallState, ejection_detail
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class UiServer:
         self.writer: FeedbackWriter | None = None
         self.fetcher = FrameFetcher(settings.kafka, settings.limits)
         self.skipped = 0  # records that were not what their topic promises
+        self._skipped_topics: set[str] = set()  # topics whose first skipped record was logged as a warning
 
     # ---- records in (event loop) ----
 
@@ -88,9 +89,23 @@ class UiServer:
                 view = self.state.add_verdict(verdict.frame_id, verdict.verdict)
                 if view:
                     self.push("alert", view.to_json())
+            elif record.topic == k.ejections_topic:
+                view = self.state.add_ejection(EjectionRecord.model_validate_json(record.value or b""))
+                if view:
+                    self.push("alert", view.to_json())
         except (ValidationError, BadFrame, UnicodeDecodeError) as exc:
-            self.skipped += 1
-            log.debug("skipped %s/%d/%d: %s", record.topic, record.partition, record.offset, exc)
+            self.skip(record, exc)
+
+    def skip(self, record: Record, exc: Exception) -> None:
+        """A record that is not what its topic promises: one line, a warning for the first of each topic (a topic
+        full of them would flood the log at every restart's rewind), and the page goes on."""
+        self.skipped += 1
+        where, detail = f"{record.topic}/{record.partition}/{record.offset}", str(exc).replace("\n", " ")[:300]
+        if record.topic in self._skipped_topics:
+            log.debug("skipped a malformed record %s: %s", where, detail)
+        else:
+            self._skipped_topics.add(record.topic)
+            log.warning("skipped a malformed record %s (further ones of its topic: debug level): %s", where, detail)
 
     def push(self, event: str, data: object) -> None:
         message = f"event: {event}\ndata: {json.dumps(data)}\n\n"
@@ -158,6 +173,8 @@ async def alert_page(request: web.Request) -> web.Response:
             ("captured", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.captured_ns / 1e9)) + " UTC"),
             ("capture to alert", f"{max(0, a.published_ns - a.captured_ns) / 1e6:.1f} ms"), ("box", box),
             ("frame origin", a.origin or "unknown"), ("verdict", view.verdict or "none yet")]
+    if ui.s.kafka.ejections_topic:
+        rows.append(("ejection", ejection_detail(view.ejection) if view.ejection else "none yet"))
     table = "".join(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in rows)
     body = f"""<header><h1>Alert on camera <span class="camera">{_escape(a.camera_id)}</span></h1>
 <a href="/">back to the wall</a><label>Operator <input id="operator" maxlength="64"></label></header>

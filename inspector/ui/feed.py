@@ -1,5 +1,5 @@
-"""The UI's Kafka side: one consumer thread on alerts, evidence and scores (the UI's own group), which starts each
-partition `ui.history_minutes` back and hands records to the event loop; and the feedback producer."""
+"""The UI's Kafka side: one consumer thread on alerts, evidence, scores, feedback and ejections (the UI's own group),
+which starts each partition `ui.history_minutes` back and hands records to the event loop; and the feedback producer."""
 
 from __future__ import annotations
 
@@ -35,12 +35,13 @@ class _RewindOnAssign(ConsumerRebalanceListener):
 
 
 class TopicFeed:
-    """Reads the alerts, evidence, scores and feedback topics in a thread and calls `deliver(record)` for each record once
-    (a record read again after a rebalance or a rewind is skipped by its offset)."""
+    """Reads the alerts, evidence, scores, feedback and ejections topics in a thread and calls `deliver(record)` for
+    each record once (a record read again after a rebalance or a rewind is skipped by its offset)."""
 
     def __init__(self, settings: Settings, deliver: Callable[[Record], None]) -> None:
         k = settings.kafka
-        self._topics = [t for t in (k.alerts_topic, k.evidence_topic, k.scores_topic, k.feedback_topic) if t]
+        topics = (k.alerts_topic, k.evidence_topic, k.scores_topic, k.feedback_topic, k.ejections_topic)
+        self._topics = [t for t in topics if t]
         self._history_ms = int(settings.ui.history_minutes * 60_000)
         self._deliver = deliver
         self._stop = threading.Event()

@@ -1,5 +1,6 @@
 """What the operator's page knows, in memory and without I/O: the recent alerts with their evidence, the
-operators' latest verdicts on them, and per-camera counts over the last minutes. Touched from the event loop only."""
+operators' latest verdicts on them, what the sorter did with each, and per-camera counts over the last minutes.
+Touched from the event loop only."""
 
 from __future__ import annotations
 
@@ -8,9 +9,35 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from inspector.contracts import Alert, FrameScore
+from inspector.contracts import Alert, EjectionRecord, FrameScore
 
 OTHER_CAMERAS = "other"  # the label of cameras past the cap, as in the worker's metrics
+# The words an operator reads for each sorter outcome (inspector.contracts.EjectionRecord says what each means).
+_EJECTION_WORDS = {"fired": "ejected", "merged": "merged", "duplicate": "duplicate", "late": "late",
+                   "failed": "failed", "unconfirmed": "not confirmed", "unknown_camera": "no lane"}
+
+
+def ejection_label(record: EjectionRecord) -> str:
+    """The badge text of an outcome; a merged alert whose object's pulse did not go out says so."""
+    word = _EJECTION_WORDS[record.outcome]
+    return f"{word}, not ejected" if record.outcome == "merged" and not record.object_ejected else word
+
+
+def ejection_detail(record: EjectionRecord) -> str:
+    """The alert page's line: the outcome, the lane, and when the fruit reaches (reached) the ejector."""
+    parts = [ejection_label(record)]
+    if record.lane:
+        parts.append(f"lane {record.lane}")
+    if record.arrival_ns is not None:
+        at = time.strftime("%H:%M:%S", time.gmtime(record.arrival_ns // 1_000_000_000))
+        parts.append(f"fruit at the ejector {at}.{record.arrival_ns // 1_000_000 % 1000:03d} UTC")
+    return "; ".join(parts)
+
+
+def _replaces(new: EjectionRecord, old: EjectionRecord | None) -> bool:
+    """The latest record wins, except a duplicate (the sorter saw the frame again): it would hide what became of
+    the frame the first time."""
+    return old is None or new.outcome != "duplicate"
 
 
 @dataclass
@@ -20,6 +47,7 @@ class AlertView:
     alert: Alert
     evidence_jpeg: bytes | None = None
     verdict: str | None = None  # the latest given, from any page (read back from the feedback topic)
+    ejection: EjectionRecord | None = None  # what the sorter did with it (the ejections topic)
 
     def to_json(self) -> dict[str, object]:
         """For the browser, which renders every string as text (they come from Kafka: untrusted)."""
@@ -29,6 +57,9 @@ class AlertView:
             "captured_ms": a.captured_ns // 1_000_000, "latency_ms": round(max(0, a.published_ns - a.captured_ns) / 1e6, 1),
             "model": f"{a.model_id}:{a.model_version}", "box": a.box.model_dump() if a.box else None,
             "evidence": self.evidence_jpeg is not None, "origin": a.origin is not None, "verdict": self.verdict,
+            "ejection": None if self.ejection is None else {
+                "outcome": self.ejection.outcome, "label": ejection_label(self.ejection),
+                "ejected": self.ejection.object_ejected},
         }
 
 
@@ -40,8 +71,8 @@ class _Minute:
 
 @dataclass
 class WallState:
-    """The last `max_alerts` alerts by frame id, evidence and verdicts waiting for their alert, and counts per camera
-    and minute."""
+    """The last `max_alerts` alerts by frame id, evidence, verdicts and ejections waiting for their alert, and counts
+    per camera and minute."""
 
     max_alerts: int
     window_minutes: float
@@ -49,16 +80,18 @@ class WallState:
     alerts: OrderedDict[str, AlertView] = field(default_factory=OrderedDict)
     _early_evidence: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
     _early_verdicts: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    _early_ejections: OrderedDict[str, EjectionRecord] = field(default_factory=OrderedDict)
     _minutes: dict[str, dict[int, _Minute]] = field(default_factory=dict)  # camera -> minute since epoch -> counts
     _scores_seen: bool = False
 
     def add_alert(self, alert: Alert) -> AlertView | None:
         """A new alert (None for one already shown: a record read again after a rebalance)."""
-        if alert.frame_id in self.alerts:
+        frame_id = alert.frame_id
+        if frame_id in self.alerts:
             return None
-        view = AlertView(alert, self._early_evidence.pop(alert.frame_id, None),
-                         self._early_verdicts.pop(alert.frame_id, None))
-        self.alerts[alert.frame_id] = view
+        view = AlertView(alert, self._early_evidence.pop(frame_id, None), self._early_verdicts.pop(frame_id, None),
+                         self._early_ejections.pop(frame_id, None))
+        self.alerts[frame_id] = view
         while len(self.alerts) > self.max_alerts:
             self.alerts.popitem(last=False)
         if not self._scores_seen:  # without the score stream, count the alerts themselves
@@ -88,6 +121,22 @@ class WallState:
                 self._early_verdicts.popitem(last=False)
             return None
         view.verdict = verdict
+        return view
+
+    def add_ejection(self, record: EjectionRecord) -> AlertView | None:
+        """What the sorter did with an alert; its view once the alert is known and the record changed it. Usually
+        after the alert, but after a restart the ejections topic is read back in no set order with the alerts."""
+        view = self.alerts.get(record.frame_id)
+        if view is None:
+            if _replaces(record, self._early_ejections.get(record.frame_id)):
+                self._early_ejections[record.frame_id] = record
+            self._early_ejections.move_to_end(record.frame_id)
+            while len(self._early_ejections) > self.max_alerts:
+                self._early_ejections.popitem(last=False)
+            return None
+        if not _replaces(record, view.ejection):
+            return None
+        view.ejection = record
         return view
 
     def add_score(self, score: FrameScore) -> None:

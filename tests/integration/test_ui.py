@@ -1,6 +1,7 @@
 """`inspector ui` in a real headless Chromium against the real broker: a defect frame's alert appears on the wall
-with its evidence image, "false alarm" writes exactly one feedback record, a hostile camera id stays text, and
-the page keeps going across a broker restart. Screenshots are saved as test artifacts (test-artifacts/ui/)."""
+with its evidence image, "false alarm" writes exactly one feedback record, a hostile camera id stays text, what the
+sorter did with an alert shows beside it, and the page keeps going across a broker restart. Screenshots are saved
+as test artifacts (test-artifacts/ui/)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from inspector.contracts import Alert, EvidenceRef, Feedback
+from inspector.contracts import Alert, EjectionRecord, EvidenceRef, Feedback
 from inspector.kafka.local_broker import free_port
 from inspector.stream import evidence
 from producers.base import Publisher
@@ -228,6 +229,35 @@ def test_a_hostile_camera_id_renders_as_text_on_the_wall_and_the_alert_page(topi
     assert browser.execute_script("return window.__pwned") is None
     status, page = ui.get("/alert/" + urllib.request.quote("frame-<b>x</b>", safe=""))
     assert status == 200 and b"<script>window" not in page and b"&lt;script&gt;" in page
+
+
+def test_the_sorters_ejection_shows_on_the_wall_and_the_alert_page(topics, start_ui, browser):
+    from inspector.kafka.kafka_python import create_topics
+
+    ejections = f"ejections-{topics.group}"
+    create_topics(topics.kafka_settings(), {ejections: 1})
+    ui = start_ui(topics, INSPECTOR_KAFKA__EJECTIONS_TOPIC=ejections)
+    browser.get(ui.url + "/")
+    _wait(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
+    _publish_alert(topics.bootstrap, topics, "frame-e", "cam-e")
+    card = _wait(lambda: _evidence_cards(browser), what="the alert")[0]
+    assert not card.find_element("css selector", ".ejection").is_displayed()  # nothing from the sorter yet
+
+    now = time.time_ns()
+    record = EjectionRecord(frame_id="frame-e", camera_id="cam-e", lane="lane-1", outcome="fired", object_ejected=True,
+                            arrival_ns=now, fire_ns=now - 5_000_000, fired_ns=now - 4_900_000, decided_ns=now)
+    producer = KafkaProducer(bootstrap_servers=topics.bootstrap, acks="all")
+    try:
+        producer.send(ejections, key=b"frame-e", value=b"{not an ejection").get(30)  # skipped, one log line
+        producer.send(ejections, key=b"frame-e", value=record.to_json()).get(30)
+    finally:
+        producer.close()
+    badge = _wait(lambda: (b := card.find_element("css selector", ".ejection")).text == "ejected" and b,
+                  what="the ejection badge, pushed to the open page")
+    assert "ejected" in badge.get_attribute("class").split() and badge.get_attribute("data-outcome") == "fired"
+    assert b"<th>ejection</th><td>ejected; lane lane-1; fruit at the ejector " in ui.get("/alert/frame-e")[1]
+    assert ui.log().count("skipped a malformed record") == 1 and ui.proc.poll() is None
+    _screenshot(browser, "ejection")
 
 
 def test_feedback_needs_the_token_when_one_is_set(topics, start_ui):

@@ -98,6 +98,14 @@ function fill(card, a) {
   card.querySelector(".model").textContent = "model " + a.model;
   card.querySelector(".time").textContent = new Date(a.captured_ms).toLocaleTimeString();
   if (a.verdict) card.querySelector(".feedback-result").textContent = "marked: " + a.verdict.replace("_", " ");
+  // What the sorter did with it: green when its fruit was pushed off, red when it went on down the line.
+  const badge = card.querySelector(".ejection");
+  badge.hidden = !a.ejection;
+  if (a.ejection) {
+    badge.textContent = a.ejection.label;
+    badge.dataset.outcome = a.ejection.outcome;
+    badge.classList.toggle("ejected", a.ejection.ejected);
+  }
 }
 
 function onAlert(a) {
@@ -111,7 +119,7 @@ function onAlert(a) {
     img.alt = "evidence";
     link.append(img);
     card.append(link, el("div", "camera"), el("div", "score"), el("div", "latency"), el("div", "model"),
-      el("div", "time"), feedbackButtons(a.frame_id));
+      el("div", "time"), el("div", "ejection"), feedbackButtons(a.frame_id));
     cards.set(a.frame_id, card);
     wall.prepend(card);
     while (cards.size > MAX_CARDS) {
