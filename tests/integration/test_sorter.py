@@ -1,0 +1,114 @@
+"""`inspector sort` as it runs on a line: a child process on the real broker, ejecting through a real Modbus TCP
+server that stands in for the PLC and records every coil change with its time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inspector.sorter.standin_plc import StandinPlc
+from tests.integration.conftest import Topics, committed_offsets, stop_process
+from tests.integration.sorter_process import COIL, MS, SorterProcess, defect_alert, line_file, send_alerts
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture()
+def plc():
+    with StandinPlc() as server:
+        yield server
+
+
+def test_each_object_is_ejected_once_on_time_and_late_or_unreadable_alerts_are_reported(
+        topics: Topics, plc: StandinPlc, reader, tmp_path: Path) -> None:
+    sorter = SorterProcess(topics, line_file(tmp_path / "line.yaml", plc.port), tmp_path / "sorter.log")
+    try:
+        sorter.wait_ready()
+        t0 = time.time_ns()
+        # Fruit A seen in three frames, 40 ms apart, 40 px further each time (1 m/s at 1 mm/px): one arrival.
+        fruit_a = [defect_alert(f"a{i}", t0 + i * 40 * MS, x=100 + 40 * i) for i in range(3)]
+        fruit_b = defect_alert("b0", t0 + 200 * MS)
+        late = defect_alert("late0", t0 - 600 * MS)  # its fruit passed the ejector 100 ms ago
+        values = [a.to_json() for a in fruit_a] + [fruit_a[0].to_json(), fruit_b.to_json(), late.to_json(),
+                                                    b"{not an alert", defect_alert("x0", t0, camera="cam-9").to_json()]
+        send_alerts(topics.bootstrap, topics.alerts, values)
+        outcomes = reader(sorter.ejections)
+        outcomes.until(lambda rs: len(rs) >= 8, timeout_s=30)
+        by_frame: dict[str, list[str]] = {}
+        for value in outcomes.json_values():
+            by_frame.setdefault(value["frame_id"], []).append(value["outcome"])
+        assert {k: sorted(v) for k, v in by_frame.items()} == {"a0": ["duplicate", "fired"], "a1": ["merged"], "a2": ["merged"], "b0": ["fired"],
+                            "late0": ["late"], "x0": ["unknown_camera"]}, sorter.log()
+        merged = [v for v in outcomes.json_values() if v["outcome"] == "merged"]
+        assert all(v["object_ejected"] for v in merged)
+
+        time.sleep(0.2)  # the last pulse's end
+        pulses = plc.pulses(COIL)
+        arrival_a, arrival_b = t0 + (500 - (100 - 128)) * MS, t0 + 700 * MS
+        assert len(pulses) == 2, pulses
+        for pulse, arrival in zip(pulses, (arrival_a, arrival_b)):
+            assert abs(pulse.on_ns - (arrival - 20 * MS)) < 25 * MS  # a tolerance for a loaded machine
+            assert pulse.width_ms is not None and 20 < pulse.width_ms < 80
+
+        late_topic = reader(sorter.late).until(lambda rs: len(rs) >= 1, timeout_s=10)
+        assert [json.loads(r.value)["frame_id"] for r in late_topic] == ["late0"]
+        dead = reader(sorter.dlq).until(lambda rs: len(rs) >= 1, timeout_s=10)
+        assert dead[0].value == b"{not an alert"
+        assert dict(dead[0].headers)["dlq.reason"] == b"malformed_alert"
+
+        assert sorter.metric("inspector_sorter_ejections_total", lane="lane-1", outcome="late") == 1
+        assert sorter.metric("inspector_sorter_pulses_total", lane="lane-1") == 2
+        assert sorter.metric("inspector_sorter_malformed_alerts_total") == 1
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # every alert final and published, so every offset committed
+            committed, ends = committed_offsets(topics.bootstrap, sorter.group, topics.alerts)
+            if committed == ends:
+                break
+            time.sleep(0.3)
+        assert committed == ends == {0: 8}
+    finally:
+        stop_process(sorter.proc)
+    assert sorter.proc.returncode == 0, sorter.log()
+
+
+def test_a_plc_lost_mid_run_fails_its_ejections_and_the_sorter_recovers(topics: Topics, plc: StandinPlc, reader,
+                                                                        tmp_path: Path) -> None:
+    sorter = SorterProcess(topics, line_file(tmp_path / "line.yaml", plc.port), tmp_path / "sorter.log")
+    outcomes = reader(sorter.ejections)
+    try:
+        sorter.wait_ready()
+        plc.stop()
+        send_alerts(topics.bootstrap, topics.alerts, [defect_alert("lost0", time.time_ns()).to_json()])
+        outcomes.until(lambda rs: len(rs) >= 1, timeout_s=30)
+        assert [v["outcome"] for v in outcomes.json_values()] == ["failed"], sorter.log()
+        assert sorter.get("/readyz")[0] == 503
+        assert sorter.metric("inspector_sorter_actuator_up", lane="lane-1") == 0
+
+        plc.start()  # the same port: the sorter reconnects by itself
+        sorter.wait_ready(timeout_s=30)
+        send_alerts(topics.bootstrap, topics.alerts, [defect_alert("back0", time.time_ns()).to_json()])
+        outcomes.until(lambda rs: len(rs) >= 2, timeout_s=30)
+        assert [v["outcome"] for v in outcomes.json_values()] == ["failed", "fired"], sorter.log()
+        assert len(plc.pulses(COIL)) == 1
+        assert sorter.metric("inspector_sorter_ejections_total", lane="lane-1", outcome="failed") == 1
+        assert sorter.proc.poll() is None
+    finally:
+        stop_process(sorter.proc)
+
+
+def test_a_bad_line_file_stops_the_sorter_with_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "line.yaml"
+    bad.write_text(yaml.safe_dump({"lanes": [{"id": "lane-1", "cameras": [{"id": "cam-1"}],
+                                              "actuator": {"protocol": "profibus"}}]}))
+    for path in (bad, tmp_path / "missing.yaml"):
+        done = subprocess.run([sys.executable, "-m", "inspector", "sort", "--line", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0], done.stderr
