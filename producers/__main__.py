@@ -1,6 +1,10 @@
 """`python -m producers SOURCE [TARGET]` or `python -m producers --cameras cameras.yaml`: publish frames to
 Kafka from a synthetic stream, a folder, a video file, a camera, or every camera of a cameras file (.yaml or
-.toml, see producers/cameras.py). Settings come from INSPECTOR_* variables; flags override them."""
+.toml, see producers/cameras.py). Settings come from INSPECTOR_* variables; flags override them.
+
+`python -m producers belt --line line.yaml --camera-id cam-1 [--duration-s N] [--truth-out truth.jsonl]`: bananas
+passing one camera of a lane of the line file (one process per lane's camera), with the ground truth of every
+object (one JSON line each, arrival at the ejector in ns since the epoch) for inspector/sorter/belt_report.py."""
 
 from __future__ import annotations
 
@@ -12,13 +16,17 @@ from pathlib import Path
 from inspector.errors import ConfigError, InspectorError
 from inspector.process import configure_logging
 from inspector.settings import ProducerSettings, Settings, load_settings, quiet_capture_library
+from inspector.sorter.line_file import load_line
+from inspector.synthetic.belt import write_truth
+from producers.base import Publisher, PublishStats
+from producers.belt import BeltSource
 from producers.cameras import CameraConfig, load_cameras
 from producers.line import LineProducer
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m producers", description=__doc__)
-    p.add_argument("source", nargs="?", choices=["synthetic", "folder", "video", "camera"])
+    p.add_argument("source", nargs="?", choices=["synthetic", "folder", "video", "camera", "belt"])
     p.add_argument("target", nargs="?", help="folder path, video path, or camera index / RTSP or HTTP URL")
     p.add_argument("--cameras", type=Path, help="a cameras file (.yaml or .toml) instead of SOURCE")
     p.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz and /readyz here (0 = any free port)")
@@ -33,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--defect-rate", type=float, help="synthetic: share of defective bananas")
     p.add_argument("--seed", type=int)
     p.add_argument("--loop", action="store_true", help="folder/video: start again at the end")
+    belt = p.add_argument_group("belt", "frames sized as the line file says; --fps, --defect-rate, --seed apply")
+    belt.add_argument("--line", type=Path, help="the line file (.yaml or .toml) with the camera's lane")
+    belt.add_argument("--objects-per-second", type=float, default=4.0, help="bananas passing the camera (4)")
+    belt.add_argument("--duration-s", type=float, help="stop after this long (instead of --count)")
+    belt.add_argument("--truth-out", type=Path, help="write every object's ground truth here (JSON lines)")
+    belt.add_argument("--prerender", action="store_true",
+                      help="render every frame before publishing (needs --duration-s or --count)")
     return p
 
 
@@ -50,6 +65,40 @@ def command_line_camera(args: argparse.Namespace, settings: ProducerSettings) ->
     if args.source == "camera" and not (target.isdigit() or "://" in target):
         raise ConfigError(f"a camera is a device index or an rtsp:// or http:// URL, not {target!r}")
     return CameraConfig(settings, target, loop=args.loop)
+
+
+def belt_source(args: argparse.Namespace, settings: ProducerSettings) -> tuple[BeltSource, ProducerSettings]:
+    """The belt camera the flags describe, and its producer settings (frame size from the line file, count)."""
+    if args.line is None:
+        raise ConfigError("the belt source needs --line LINE_FILE")
+    geometry = load_line(args.line).camera(settings.camera_id)
+    if geometry is None:
+        raise ConfigError(f"{args.line}: no lane has camera {settings.camera_id}; name one with --camera-id")
+    if args.duration_s is not None and args.count is not None:
+        raise ConfigError("give --duration-s or --count, not both")
+    count = round(args.duration_s * settings.fps) if args.duration_s is not None else settings.count
+    if args.prerender and not count:
+        raise ConfigError("--prerender needs --duration-s or --count")
+    settings = settings.model_copy(update={"width": geometry.frame_width_px, "height": geometry.frame_height_px,
+                                           "count": count})
+    source = BeltSource(geometry, settings, objects_per_second=args.objects_per_second,
+                        prerender_frames=count if args.prerender else 0)
+    return source, settings
+
+
+def run_belt(source: BeltSource, publisher: Publisher, truth_out: Path | None) -> PublishStats:
+    """Publish the belt until it ends or a signal stops it, then write the truth of every object shown."""
+    signal.signal(signal.SIGTERM, lambda *_: source.stop())
+    signal.signal(signal.SIGINT, lambda *_: source.stop())
+    try:
+        stats = publisher.publish(source)
+    finally:
+        publisher.close()
+        if truth_out is not None:
+            objects = source.objects()
+            write_truth(truth_out, objects)
+            print(f"truth: {len(objects)} objects ({sum(o.defective for o in objects)} defective) in {truth_out}")
+    return stats
 
 
 def cameras_of(args: argparse.Namespace, settings: Settings) -> list[CameraConfig]:
@@ -72,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(producer=producer_overrides, kafka=kafka_overrides)
         configure_logging(settings.log_level)
+        if args.source == "belt":
+            source, producer = belt_source(args, settings.producer)
+            stats = {producer.camera_id: run_belt(source, Publisher(settings.kafka, producer), args.truth_out)}
+            return report(stats)
         line = LineProducer(settings, cameras_of(args, settings))
     except InspectorError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -82,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         stats = line.run()
     finally:
         line.close()
+    return report(stats)
+
+
+def report(stats: dict[str, PublishStats]) -> int:
+    """One line per camera; the exit code: 0 when every frame was delivered."""
     for camera_id, s in stats.items():
         rate = s.sent / s.seconds if s.seconds else 0.0
         print(f"{camera_id}: sent {s.sent} frames ({s.acked} acknowledged, {s.failed} failed, {s.dropped} dropped, "

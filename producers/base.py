@@ -33,6 +33,7 @@ class SourceFrame:
     jpeg: bytes | None = None  # already-encoded bytes at the target size (skips re-encoding)
     captured_ns: int | None = None  # wall clock at the grab; None: the publisher stamps it when it takes the frame
     skipped: int = 0  # live sources: frames grabbed since the previous one taken and never published
+    object_id: str | None = None  # ground truth of a belt source: the object (fruit) the frame shows
 
 
 class FrameSource:
@@ -136,6 +137,7 @@ class Publisher:
                     captured_ns=captured,
                     deadline_ns=captured + int(s.deadline_ms * 1e6) if s.deadline_ms else None,
                     label=frame.label,
+                    object_id=frame.object_id,
                 )
                 self.send(jpeg, meta, droppable=source.live)
                 if frame.skipped:

@@ -31,11 +31,13 @@ _MAX_GROW_STEPS = 6
 
 @dataclass(frozen=True)
 class Scene:
-    """One rendered frame: BGR image, defect mask (255 = defect) and the defect kind (None = good)."""
+    """One rendered frame: BGR image, defect mask (255 = defect), the defect kind (None = good) and the fruit's
+    silhouette (255 = banana)."""
 
     image: np.ndarray  # (H, W, 3) uint8, BGR
     mask: np.ndarray  # (H, W) uint8, 0 or 255
     defect: str | None
+    fruit: np.ndarray  # (H, W) uint8, 0 or 255
 
 
 def render_scene(rng: np.random.Generator, size: int = 256, defect: str | None = None) -> Scene:
@@ -44,16 +46,20 @@ def render_scene(rng: np.random.Generator, size: int = 256, defect: str | None =
         raise ValueError(f"unknown defect {defect!r}; use None or one of {DEFECT_KINDS}")
     if size < 32:
         raise ValueError(f"size {size} is too small to draw a banana; use 32 px or more")
-    params = _draw_params(rng, size, defect)
-    scene = _rasterise(params)
+    return grow_defect(draw_params(rng, size, defect))[1]
+
+
+def grow_defect(params: SceneParams) -> tuple[SceneParams, Scene]:
+    """The params with their defect grown until it is large enough to see, and the scene they render."""
+    scene = rasterise(params)
     # Rare draws (a defect mostly off the banana) are grown until the defect is large enough to see.
-    min_area = MIN_DEFECT_AREA_FRACTION * size * size
+    min_area = MIN_DEFECT_AREA_FRACTION * params.size * params.size
     for _ in range(_MAX_GROW_STEPS):
-        if defect is None or np.count_nonzero(scene.mask) >= min_area:
+        if params.defect is None or np.count_nonzero(scene.mask) >= min_area:
             break
         params = replace(params, defect_scale=params.defect_scale * 1.25)
-        scene = _rasterise(params)
-    return scene
+        scene = rasterise(params)
+    return params, scene
 
 
 def write_dataset(
@@ -106,7 +112,8 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
 # ---- random draws -------------------------------------------------------------------------------------------
 
 
-def _draw_params(rng: np.random.Generator, size: int, defect: str | None) -> SceneParams:
+def draw_params(rng: np.random.Generator, size: int, defect: str | None) -> SceneParams:
+    """Every random draw of one scene: a whole banana at a random place and orientation, and its defect."""
     length = size * rng.uniform(0.5, 0.8)
     half_width = length * rng.uniform(0.095, 0.13)
     span = rng.uniform(0.45, 1.35)
@@ -114,11 +121,7 @@ def _draw_params(rng: np.random.Generator, size: int, defect: str | None) -> Sce
     radius = length / span
 
     # Place the arc so the whole banana (plus a small margin) is inside the frame.
-    phis = phi_mid + np.linspace(-span / 2, span / 2, 16)
-    xs, ys = radius * np.cos(phis), radius * np.sin(phis)
-    pad = half_width + 0.02 * size
-    cx_lo, cx_hi = pad - xs.min(), size - pad - xs.max()
-    cy_lo, cy_hi = pad - ys.min(), size - pad - ys.max()
+    (cx_lo, cx_hi), (cy_lo, cy_hi) = _centre_limits(size, radius, half_width, span, phi_mid)
     cx = rng.uniform(cx_lo, cx_hi) if cx_hi > cx_lo else (cx_lo + cx_hi) / 2
     cy = rng.uniform(cy_lo, cy_hi) if cy_hi > cy_lo else (cy_lo + cy_hi) / 2
 
@@ -174,10 +177,25 @@ def _draw_params(rng: np.random.Generator, size: int, defect: str | None) -> Sce
     return replace(scene, defect_draws=draw_defect(rng, defect))
 
 
+def centre_limits(p: SceneParams) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Where the banana's arc centre (`p.centre`) may lie so the whole banana, plus a small margin, is in the
+    frame -> ((x low, x high), (y low, y high)), in pixel-centre coordinates; low > high when it cannot fit."""
+    return _centre_limits(p.size, p.length / p.span, p.half_width, p.span, p.phi_mid)
+
+
+def _centre_limits(size: int, radius: float, half_width: float, span: float,
+                   phi_mid: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    phis = phi_mid + np.linspace(-span / 2, span / 2, 16)
+    xs, ys = radius * np.cos(phis), radius * np.sin(phis)
+    pad = half_width + 0.02 * size
+    return (pad - xs.min(), size - pad - xs.max()), (pad - ys.min(), size - pad - ys.max())
+
+
 # ---- rasterising (inspector/synthetic/scene.py has the pieces, inspector/synthetic/defects.py the defects) ------
 
 
-def _rasterise(p: SceneParams) -> Scene:
+def rasterise(p: SceneParams) -> Scene:
+    """The scene that `p` describes (deterministic: no random draws here)."""
     size = p.size
     k = size / 256.0  # pixel sizes in the draws are given at 256 px
     f = banana_field(p)
@@ -249,7 +267,9 @@ def _rasterise(p: SceneParams) -> Scene:
     image = cv2.merge([plane.astype(np.uint8) for plane in img])
 
     mask = np.zeros((size, size), np.uint8)
+    fruit = np.zeros((size, size), np.uint8)
+    fruit[f.y0 : f.y0 + alpha.shape[0], f.x0 : f.x0 + alpha.shape[1]][alpha > 0.5] = 255
     if weight is not None:
         on = (weight > 0.5) & (alpha > 0.5)
         mask[f.y0 : f.y0 + alpha.shape[0], f.x0 : f.x0 + alpha.shape[1]][on] = 255
-    return Scene(image=image, mask=mask, defect=p.defect)
+    return Scene(image=image, mask=mask, defect=p.defect, fruit=fruit)
