@@ -267,6 +267,13 @@ def save_logs(container: Container, path: Path) -> None:
                        timeout=120)
 
 
+def container_log(container: Container) -> str:
+    """The container's stdout and stderr so far (our programs log to stderr)."""
+    done = subprocess.run(["podman", "logs", container.id], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env=podman_env(), timeout=120)
+    return done.stdout.decode(errors="replace")
+
+
 def process_uids(container: Container) -> dict[int, int]:
     """pid -> real uid of every process in the container's pid namespace, read from the host's /proc."""
     namespace = Path(f"/proc/{container.pid}/ns/pid").readlink()

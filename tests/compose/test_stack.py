@@ -1,6 +1,7 @@
 """docker-compose.yml run for real (`make test-compose`, the release check): images built here, kafka, kafka-init,
-two inspector replicas on the CPU, the synthetic producer and Prometheus started by Docker Compose, and the line
-checked from the host as a user would see it. Grafana's server cannot be installed here: it stays out.
+two inspector replicas on the CPU, the synthetic producer, the sorter with its stand-in PLC, and Prometheus started
+by Docker Compose, and the line checked from the host as a user would see it. Grafana's server cannot be installed
+here: it stays out.
 
 The tests run in file order on one stack; the last one takes it down and checks that nothing is left.
 """
@@ -23,6 +24,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from inspector.contracts import Alert, FrameScore, header_value
 from inspector.kafka.local_broker import free_port
 from inspector.settings import KafkaSettings, ProducerSettings
+from inspector.sorter.line_file import ModbusConfig, load_line
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 from tests.compose.stack import (
@@ -36,6 +38,7 @@ from tests.compose.stack import (
     Container,
     HealthTicker,
     build_images,
+    container_log,
     containers,
     image_size_mb,
     podman,
@@ -47,23 +50,25 @@ from tests.compose.stack import (
 )
 from tests.deploy_expressions import (
     GRAFANA_SUBSTITUTES,
+    REPO_ROOT,
     dashboard_expressions,
     metric_names,
     read_yaml,
     substitute_grafana_variables,
     ui_series_names,
+    with_bool_comparisons,
 )
 from tests.deploy_expressions import RULES as RULES_FILE
-from tests.integration.test_observability import with_bool_comparisons
 from tests.integration.test_pipeline import _corrupt_frames
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-SERVICES = ["kafka", "kafka-init", "inspector", "producer", "prometheus"]
+SERVICES = ["kafka", "kafka-init", "inspector", "producer", "standin-plc", "sorter", "prometheus"]
 REPLICAS = 2
 FRAMES_PARTITIONS = 12  # docker-compose.yml's default
 APP_UID = 10001
 PRODUCER_CAMERA = "cam-1"
+LINE_FILE = REPO_ROOT / "deploy" / "sorter" / "line.compose.yaml"  # the sorter's, mounted by docker-compose.yml
 
 
 @dataclass
@@ -130,7 +135,8 @@ def stack() -> Iterator[Stack]:
         try:
             started = time.monotonic()
             compose("up", "--detach", "--no-build", "--pull", "never", "--scale", f"inspector={REPLICAS}", *SERVICES)
-            expected = {"kafka": 1, "kafka-init": 1, "inspector": REPLICAS, "producer": 1, "prometheus": 1}
+            expected = {"kafka": 1, "kafka-init": 1, "inspector": REPLICAS, "producer": 1, "standin-plc": 1,
+                        "sorter": 1, "prometheus": 1}
             wait_until("every service healthy", lambda: _healthy(expected), timeout_s=900)
             figures["up_to_healthy_s"] = round(time.monotonic() - started, 1)
             yield stack
@@ -150,7 +156,8 @@ def test_every_service_is_healthy() -> None:
 
 @pytest.mark.usefixtures("stack")
 def test_worker_containers_run_as_the_app_user() -> None:
-    for container in [*service_containers("inspector"), *service_containers("producer")]:
+    for container in [*service_containers("inspector"), *service_containers("producer"),
+                      *service_containers("standin-plc"), *service_containers("sorter")]:
         uids = process_uids(container)
         assert uids, container.name
         assert set(uids.values()) == {APP_UID}, (container.name, uids)
@@ -171,6 +178,24 @@ def test_alerts_arrive_on_the_host_port_and_parse(stack: Stack) -> None:
         consumer.close()
     assert {a.camera_id for a in alerts} == {PRODUCER_CAMERA}
     assert all(a.score > a.threshold for a in alerts)
+
+
+def test_an_ejection_reaches_the_standin_plc(stack: Stack) -> None:
+    """The synthetic camera's defects (5 % of its frames) become pulses on the coil of its lane."""
+    line = load_line(LINE_FILE)
+    camera = line.camera(PRODUCER_CAMERA)
+    assert camera is not None
+    actuator = line.lane(camera.lane).actuator
+    assert isinstance(actuator, ModbusConfig)
+    (plc,) = service_containers("standin-plc")
+    wait_until(f"'coil {actuator.coil} on' in the standin-plc log",
+               lambda: f"coil {actuator.coil} on" in container_log(plc), timeout_s=300)
+    pulses = f'sum(inspector_sorter_pulses_total{{job="sorter",lane="{camera.lane}"}}) > 0'
+    fired = f'sum(inspector_sorter_ejections_total{{job="sorter",lane="{camera.lane}",outcome="fired"}}) > 0'
+    wait_until(f"{pulses} and {fired} in Prometheus", lambda: stack.series(pulses) and stack.series(fired),
+               timeout_s=60)
+    assert stack.series('inspector_sorter_actuator_up{job="sorter"} == 1')
+    stack.figures["sorter_pulses"] = float(stack.series(pulses)[0]["value"][1])
 
 
 def _instances() -> dict[str, str]:

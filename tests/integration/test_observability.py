@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -27,23 +27,29 @@ from typing import TypeVar
 
 import pytest
 import yaml
+from kafka import KafkaProducer
 
 from inspector.kafka.kafka_python import create_topics
 from inspector.kafka.local_broker import free_port
+from inspector.sorter.standin_plc import StandinPlc
 from producers.base import Publisher, SourceFrame
 from producers.synthetic import ListSource, planned_stream
 from tests.deploy_expressions import (
     GRAFANA_SUBSTITUTES,
     RULES,
     RULES_DIR,
+    assert_sorter_expressions_have_data,
     dashboard_expressions,
-    metric_names,
+    reads_only,
     render_local_config,
+    sorter_series_names,
     substitute_grafana_variables,
     ui_series_names,
+    with_bool_comparisons,
 )
 
 from .conftest import producer_settings, stop_process
+from .sorter_process import SorterProcess, defect_alert, line_file
 from .test_pipeline import _corrupt_frames
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -79,23 +85,10 @@ ALERT_PROOFS = {
     "InspectorNotReady": "bool",  # a stopped worker exports nothing, so its inspector_ready goes stale
     "CameraDown": "live",  # the producer's second camera points at a port where nothing listens
     "CameraFrameRateLow": "bool",
+    # The sorter's: a worker exports none of its series; proven on a live sorter (assert_sorter_expressions_have_data).
+    "EjectionsLate": "sorter",
+    "ActuatorDown": "sorter",
 }
-
-# Strings and label matchers are copied as they are; a comparison outside them gets `bool`.
-_COMPARISON = re.compile(r'(?P<keep>"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|\{[^{}]*\})'
-                         r"|(?P<op>==|!=|>=|<=|>|<)(?P<bool>\s*bool\b)?")
-
-
-def with_bool_comparisons(expr: str) -> str:
-    """`a > 0.3` -> `a > bool 0.3`: the comparison keeps every series (value 0 or 1) instead of filtering."""
-
-    def replace(m: re.Match[str]) -> str:
-        if m.group("keep") or m.group("bool"):
-            return m.group(0)
-        return f"{m.group('op')} bool"
-
-    return _COMPARISON.sub(replace, expr)
-
 
 def rules() -> list[dict]:
     return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
@@ -163,9 +156,9 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     """Starts Prometheus on a free loopback port, scraping `target` with the local config and the rules."""
     started: list[Prometheus] = []
 
-    def start(target: str, producer_targets: tuple[str, ...] = ()) -> Prometheus:
+    def start(target: str, producer_targets: tuple[str, ...] = (), sorter_targets: tuple[str, ...] = ()) -> Prometheus:
         config = tmp_path / "prometheus.yml"
-        config.write_text(render_local_config(target, RULES_DIR, producer_targets))
+        config.write_text(render_local_config(target, RULES_DIR, producer_targets, sorter_targets))
         port = free_port()
         log_path = tmp_path / "prometheus.log"
         with log_path.open("wb") as log:
@@ -280,9 +273,11 @@ def _check_live_worker_and_producer(topics, worker, target, producer, producer_t
             failures.append(f"{kind}: {expr!r} -> {error or 'no data'}")
         values[expr] = [(series["metric"], float(series["value"][1])) for series in result]
 
-    # The operators' panels read the UI's metrics, not a worker's: tests/integration/test_ui.py reads them live.
+    # The operators' panels read the UI's metrics, not a worker's: tests/integration/test_ui.py reads them live; the
+    # Sorter row reads the sorter's, proven live by the sorter's own test.
+    elsewhere = ui_series_names() | sorter_series_names()
     dashboard = [substitute_grafana_variables(e, GRAFANA_SUBSTITUTES) for e in dashboard_expressions()
-                 if not metric_names(e) <= ui_series_names()]
+                 if not reads_only(e, elsewhere)]
     assert dashboard and all("$" not in e for e in dashboard)
     for expr in dashboard:
         check("dashboard", expr)
@@ -297,7 +292,8 @@ def _check_live_worker_and_producer(topics, worker, target, producer, producer_t
     # 4. Every alert rule in its bool form (ALERT_PROOFS), and as written where the stream meets it.
     alert_rules = {rule["alert"]: str(rule["expr"]) for rule in all_rules if "alert" in rule}
     assert set(alert_rules) == set(ALERT_PROOFS), "every alert rule needs a proof in ALERT_PROOFS"
-    for name, expr in alert_rules.items():
+    for name in [name for name, proof in ALERT_PROOFS.items() if proof != "sorter"]:
+        expr = alert_rules[name]
         bool_expr = with_bool_comparisons(expr)
         assert bool_expr != expr, f"{name}: no comparison found to make bool"
         check(f"alert {name} (bool)", bool_expr)
@@ -354,8 +350,30 @@ def _check_live_worker_and_producer(topics, worker, target, producer, producer_t
     assert [s["metric"] for s in absent] == [{"job": "inspector"}], absent
 
 
-def test_bool_comparisons_keep_matchers_and_strings():
-    assert with_bool_comparisons('up{job!="x"} == 0 or absent(up{a=~">"})') == \
-        'up{job!="x"} == bool 0 or absent(up{a=~">"})'
-    assert with_bool_comparisons("a > on () group_left () (2 * b) and c >= bool 1") == \
-        "a > bool on () group_left () (2 * b) and c >= bool 1"
+def test_the_sorter_row_and_rules_return_data_on_a_live_sorter(topics, start_prometheus, tmp_path: Path) -> None:
+    """The dashboard's Sorter row and the sorter's alert rules, proven on a real sorter that ejects a fruit every
+    100 ms through a stand-in PLC while Prometheus scrapes it (quantiles need pulses in their window)."""
+    with StandinPlc() as plc:
+        sorter = SorterProcess(topics, line_file(tmp_path / "line.yaml", plc.port), tmp_path / "sorter.log")
+        stop = threading.Event()
+
+        def feed() -> None:
+            producer = KafkaProducer(bootstrap_servers=topics.bootstrap, acks="all")
+            i = 0
+            while not stop.wait(0.1):
+                producer.send(topics.alerts, key=b"cam-1", value=defect_alert(f"live-{i}", time.time_ns()).to_json())
+                producer.flush()
+                i += 1
+            producer.close()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        try:
+            sorter.wait_ready()
+            prom = start_prometheus("", sorter_targets=(f"127.0.0.1:{sorter.port}",))
+            feeder.start()
+            assert_sorter_expressions_have_data(prom.url, sorter_series_names(), timeout_s=90)
+            assert plc.pulses(), sorter.log()
+        finally:
+            stop.set()
+            feeder.join(timeout=5)
+            stop_process(sorter.proc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -52,7 +53,8 @@ def test_compose_schema_validates_and_rejects() -> None:
 
 
 def test_every_service_has_an_image_or_a_build(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"kafka", "kafka-init", "inspector", "producer", "ui", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"kafka", "kafka-init", "inspector", "producer", "ui", "standin-plc", "sorter",
+                                        "prometheus", "grafana"}
     for name, service in compose["services"].items():
         build = service.get("build")
         if build:
@@ -168,11 +170,71 @@ def test_the_ui_is_published_on_loopback_and_reads_its_topics(compose: dict[str,
     assert load_settings(ui={"feedback_token": ""}).ui.feedback_token is None  # compose's unset token
 
 
+def test_every_topic_a_program_writes_or_reads_is_created(compose: dict[str, Any]) -> None:
+    """The broker creates no topic by itself (KAFKA_AUTO_CREATE_TOPICS_ENABLE false): a topic the settings name
+    and kafka-init does not create stops the program that uses it."""
+    from inspector.settings import KafkaSettings, SorterSettings
+
+    assert environment(compose["services"]["kafka"])["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    script = " ".join(compose["services"]["kafka-init"].get("command") or [])
+    created = set(re.findall(r"^\s*create (\S+) ", script, re.MULTILINE))
+    for settings in (KafkaSettings(), SorterSettings()):
+        for name, value in settings.model_dump().items():
+            if name.endswith("_topic") and value:
+                assert value in created, f"{type(settings).__name__}.{name} = {value!r} is not created"
+
+
+def _line_file_mount(service: dict[str, Any]) -> tuple[Path, str]:
+    command = service["command"]
+    in_container = command[command.index("--line") + 1]
+    (source,) = [host for host, target in bind_mounts(service).items() if target == in_container]
+    return source, in_container
+
+
+def test_the_sorter_ejects_through_the_standin_plc(compose: dict[str, Any]) -> None:
+    from inspector.settings import SorterSettings
+    from inspector.sorter.line_file import ModbusConfig, load_line
+
+    services = compose["services"]
+    plc, sorter = services["standin-plc"], services["sorter"]
+    assert plc["command"][:2] == ["inspector", "standin-plc"]
+    plc_port = int(plc["command"][plc["command"].index("--port") + 1])
+    assert plc["command"][plc["command"].index("--host") + 1] == "0.0.0.0"
+    assert f"{plc_port}" in " ".join(plc["healthcheck"]["test"])
+
+    assert sorter["command"][:2] == ["inspector", "sort"]
+    source, target = _line_file_mount(sorter)
+    assert source == (REPO_ROOT / "deploy" / "sorter" / "line.compose.yaml").resolve() and target.startswith("/etc/")
+    line = load_line(source)
+    # Every lane ejects through the stand-in PLC, and the producer's camera has a lane.
+    for lane in line.lanes:
+        assert isinstance(lane.actuator, ModbusConfig), lane.lane_id
+        assert (lane.actuator.host, lane.actuator.port) == ("standin-plc", plc_port), lane.lane_id
+    assert line.camera(environment(services["producer"])["INSPECTOR_PRODUCER__CAMERA_ID"]) is not None
+
+    env = environment(sorter)
+    assert env["INSPECTOR_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092" and env["INSPECTOR_SORTER__HOST"] == "0.0.0.0"
+    port = env["INSPECTOR_SORTER__PORT"]
+    assert port == str(SorterSettings().port) and port in [str(p) for p in sorter["expose"]]
+    assert all(key.startswith("INSPECTOR_") for key in env)
+    assert "/readyz" in " ".join(sorter["healthcheck"]["test"]) and f":{port}/" in " ".join(sorter["healthcheck"]["test"])
+    assert sorter["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    assert sorter["depends_on"]["standin-plc"]["condition"] == "service_healthy"
+    # Prometheus scrapes the sorter where it listens.
+    jobs = {job["job_name"]: job for job in read_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    assert jobs["sorter"]["static_configs"] == [{"targets": [f"sorter:{port}"]}]
+    for service in (plc, sorter):
+        assert service["user"].split(":")[0] not in {"0", "root"}
+        assert service["init"] is True
+
+
 def test_images_are_variables_that_default_to_the_official_ones(compose: dict[str, Any]) -> None:
     raw = read_yaml(COMPOSE)["services"]
     official = {"kafka": ("KAFKA_IMAGE", "apache/kafka:"), "kafka-init": ("KAFKA_IMAGE", "apache/kafka:"),
                 "prometheus": ("PROMETHEUS_IMAGE", "prom/prometheus:"), "grafana": ("GRAFANA_IMAGE", "grafana/grafana:"),
-                "inspector": ("INSPECTOR_IMAGE", "inspector:"), "producer": ("INSPECTOR_IMAGE", "inspector:")}
+                "inspector": ("INSPECTOR_IMAGE", "inspector:"), "producer": ("INSPECTOR_IMAGE", "inspector:"),
+                "ui": ("INSPECTOR_IMAGE", "inspector:"), "standin-plc": ("INSPECTOR_IMAGE", "inspector:"),
+                "sorter": ("INSPECTOR_IMAGE", "inspector:")}
     for name, (variable, default) in official.items():
         assert raw[name]["image"].startswith(f"${{{variable}:-{default}"), name
         assert compose["services"][name]["image"].split("/")[-1].startswith(default.split("/")[-1]), name
