@@ -60,9 +60,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from inspector.kafka.kafka_python import create_topics
 
-    s = _settings(args).kafka
+    settings = _settings(args)
+    s, sorter = settings.kafka, settings.sorter
     create_topics(s, {s.frames_topic: args.frames_partitions, s.alerts_topic: 1, s.scores_topic: 1,
-                      s.dlq_topic: 1, s.evidence_topic: 1, s.feedback_topic: 1})
+                      s.dlq_topic: 1, s.evidence_topic: 1, s.feedback_topic: 1, s.ejections_topic: 1,
+                      sorter.late_topic: 1, sorter.dlq_topic: 1})
     print(f"topics ready on {s.bootstrap_servers}")
     return 0
 
@@ -199,7 +201,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from inspector.demo import run_demo
 
-    return run_demo(_settings(args), frames=args.frames, fps=args.fps, defect_rate=args.defect_rate)
+    return run_demo(_settings(args), seconds=args.seconds, fps=args.fps, defect_rate=args.defect_rate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,11 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_synth)
 
-    sp = sub.add_parser("demo", help="local broker + synthetic camera + worker, then a summary")
+    sp = sub.add_parser("demo", help="local broker + a belt of bananas on two lanes + worker + sorter and stand-in PLC, "
+                        "then a summary of what left the belt")
     with_model(sp)
-    sp.add_argument("--frames", type=int, default=600)
-    sp.add_argument("--fps", type=float, default=30.0,
-                    help="camera rate; 30 leaves the default model headroom on 2 CPU cores (~50 frames/s)")
+    sp.add_argument("--seconds", type=float, default=20.0, help="how long the belt runs")
+    sp.add_argument("--fps", type=float, default=15.0,
+                    help="each lane's camera rate; two lanes at 15 leave the default model headroom on 2 CPU cores")
     sp.add_argument("--defect-rate", type=float, default=0.05)
     sp.set_defaults(func=cmd_demo)
     return p

@@ -286,3 +286,28 @@ class KafkaPythonResultProducer:
             self._producer.close(timeout=timeout_s)
         except KafkaError as exc:
             log.warning("producer close: %s", exc)
+
+
+class TopicTail:
+    """Reads topics from their beginning with no group (a subscriber that watches what the line produced: the
+    demo, the belt run); committed records only, as a read_committed sorter would see them."""
+
+    def __init__(self, settings: KafkaSettings, topics: list[str]) -> None:
+        try:
+            self._consumer = KafkaConsumer(*[t for t in topics if t], **client_config(settings),
+                                           client_id=f"{settings.client_id}-tail", group_id=None,
+                                           auto_offset_reset="earliest", enable_auto_commit=False,
+                                           isolation_level="read_committed")
+        except (KafkaError, OSError) as exc:
+            raise _unreachable(settings, exc) from None
+
+    def poll(self, timeout_s: float) -> list[tuple[str, bytes]]:
+        """(topic, value) of the records that arrived, waiting at most `timeout_s`."""
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as exc:
+            raise TransportError(f"reading {sorted(self._consumer.subscription() or ())} failed: {exc}") from None
+        return [(tp.topic, r.value or b"") for tp, records in batches.items() for r in records]
+
+    def close(self) -> None:
+        self._consumer.close()

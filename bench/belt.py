@@ -1,0 +1,116 @@
+"""The line's last metre, measured: belt cameras -> a real local Kafka broker -> one CPU worker (default model) ->
+`inspector sort` -> a stand-in PLC (a real Modbus TCP server) recording every coil change; each object's fate
+scored against the belt's ground truth (inspector/sorter/belt_run.py, the same path as `make demo`).
+
+Two lanes, a camera each (15 fps: 30 frames/s in all), about 4 bananas a second per lane, each seen in 2-5 frames,
+5 % defective; frames are rendered before the run (the figures measure the line, not the renderer); the ejector
+0.6 s downstream of the camera. Then the same at a higher frame rate (--fast-fps, per lane).
+
+    .venv/bin/python bench/belt.py                       # 60 s at 15 fps per lane, then 60 s at 22 fps per lane
+    .venv/bin/python bench/belt.py --seconds 20 --fast-fps 0
+
+Prints a table and writes JSON to bench/out/belt.json; see bench/RESULTS.md ("The line's last metre").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inspector.kafka.local_broker import LocalKafka
+from inspector.settings import load_settings
+from inspector.sorter.belt_run import BeltPlan, BeltRun, run_belt
+
+
+def histogram_quantile(metrics_text: str, name: str, quantile: float) -> float:
+    """Prometheus's histogram_quantile over a histogram's buckets (all label sets summed), from /metrics text."""
+    buckets: dict[float, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = buckets.get(float(bound), 0.0) + float(line.rsplit(" ", 1)[1])
+    if not buckets:
+        return float("nan")
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total == 0:
+        return float("nan")
+    rank, previous_bound, previous_count = quantile * total, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return previous_bound
+            share = (rank - previous_count) / max(buckets[bound] - previous_count, 1e-9)
+            return previous_bound + (bound - previous_bound) * share
+        previous_bound, previous_count = bound, buckets[bound]
+    return bounds[-1]
+
+
+def figures(run: BeltRun, plan: BeltPlan) -> dict[str, object]:
+    report, tally = run.report, run.tally
+    return {
+        "lanes": plan.lanes, "fps_per_lane": plan.fps, "objects_per_second_per_lane": plan.objects_per_second,
+        "seconds": round(run.seconds, 1), "frames_scored": tally.scores,
+        "frames_per_second": round(tally.scores / run.seconds, 1),
+        "capture_to_score_ms": {"p50": round(tally.latency_ms(0.5), 1), "p99": round(tally.latency_ms(0.99), 1)},
+        "frame_false_alarm_rate": round(tally.false_alerts / max(tally.good_frames, 1), 4),
+        "frame_detection_rate": round(tally.defect_frames_alerted / max(tally.defect_frames, 1), 4),
+        "objects": {"defective": report.n_defective, "good": report.n_good},
+        "ejection_recall": round(report.recall, 4),
+        "false_ejection_rate": round(report.false_ejection_rate, 4),
+        "late_defective": report.count("late", defective=True), "late_good": report.count("late", defective=False),
+        "not_ejected_defective": report.count("not_ejected", defective=True),
+        "ejected_off_time_defective": report.count("ejected_off_time", defective=True),
+        "spurious_pulses": report.spurious_pulses, "repeated_pulses": report.repeated_pulses,
+        "fire_error_ms": {"p50": round(report.fire_error_ms(0.5), 1), "p99": round(report.fire_error_ms(0.99), 1)},
+        "sorter_plc_timing_ms": {"p50": round(run.schedule_error_ms(0.5), 2),
+                                 "p99": round(run.schedule_error_ms(0.99), 2)},
+        "sorter_decision_ms": {
+            "p50": round(1000 * histogram_quantile(run.sorter_metrics, "inspector_sorter_decision_seconds", 0.5), 3),
+            "p99": round(1000 * histogram_quantile(run.sorter_metrics, "inspector_sorter_decision_seconds", 0.99), 3)},
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--fps", type=float, default=15.0, help="per lane")
+    p.add_argument("--fast-fps", type=float, default=22.0, help="per lane, the second run (0: none)")
+    p.add_argument("--objects-per-second", type=float, default=4.0, help="per lane")
+    p.add_argument("--defect-rate", type=float, default=0.05)
+    p.add_argument("--out", type=Path, default=Path("bench/out/belt.json"))
+    args = p.parse_args()
+    results = {"machine": platform.node(), "cpu_count": os.cpu_count(),
+               "date": time.strftime("%Y-%m-%d %H:%M"), "runs": []}
+    rates = [args.fps] + ([args.fast_fps] if args.fast_fps else [])
+    with LocalKafka() as broker:
+        for i, fps in enumerate(rates):
+            settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers,
+                                            "frames_topic": f"frames-{i}", "alerts_topic": f"alerts-{i}",
+                                            "scores_topic": f"scores-{i}", "group_id": f"inspector-{i}",
+                                            "ejections_topic": f"ejections-{i}"},
+                                     sorter={"late_topic": f"late-{i}", "group_id": f"sorter-{i}"},
+                                     model={"device": "cpu"})
+            plan = BeltPlan(duration_s=args.seconds, fps=fps, objects_per_second=args.objects_per_second,
+                            defect_rate=args.defect_rate)
+            with tempfile.TemporaryDirectory(prefix="belt-") as tmp:
+                run = run_belt(settings, plan, Path(tmp), progress=lambda text: print(text, flush=True))
+                for line in [*run.summary_lines(), run.timing_line()]:
+                    print(line)
+            results["runs"].append(figures(run, plan))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
