@@ -1,7 +1,7 @@
 """Fitting the feature reconstructor: backbone features (with JPEG and mirror copies), the two bottlenecks, the
 references that weigh its local and global terms, per-location normalisation and the global term's rank chosen
-by synthetic defects, and cross-fitted calibration for small sets. `inspector.training.train.train_and_calibrate`
-calls `fit_feature_model`."""
+and the map's offset measured by synthetic defects, and cross-fitted calibration for small sets.
+`inspector.training.train.train_and_calibrate` calls `fit_feature_model`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ from inspector.decode.preprocess import to_tensor
 from inspector.model.backbone import load_pretrained
 from inspector.model.networks import FeatureReconstructor, FeatureReconstructorConfig
 from inspector.model.runtime import fuse_conv_bn
-from inspector.model.scoring import ScoringConfig, combined_scores, feature_maps, image_scores, normalise_per_location
+from inspector.model.scoring import (
+    ScoringConfig,
+    combined_scores,
+    feature_maps,
+    image_scores,
+    normalise_per_location,
+    register,
+)
 from inspector.model.threshold import CalibrationStats, calibrate, pixel_sample
 from inspector.training.anomaly_synth import AnomalySynthConfig, synthesize_anomalies
 from inspector.training.quality_metrics import auroc
@@ -56,7 +63,8 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
     if (config.cross_fit_folds > 1 and 0 < len(cal_idx) < config.cross_fit_below
             and len(images) >= 2 * config.cross_fit_folds):
         features = backbone_features(images, model_config, config, device)
-        good, synth = cross_fitted_terms(images, model_config, config, raw, device, features, ranks,
+        synthetic, synth_masks = synthetic_copies(images, config.seed)
+        good, synth = cross_fitted_terms(images, synthetic, model_config, config, raw, device, features, ranks,
                                          progress=progress)
         model, history = train_feature_model(images, model_config, config, device, features=features,
                                              progress=progress)
@@ -67,10 +75,12 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
         fit = images[train_idx][:: max(1, len(train_idx) // 200)]  # the spread of up to 200 training images' errors
         fit_pixel_statistics(model, _feature_terms(model, fit, raw, device, ranks).maps)
         good = _feature_terms(model, images[cal_idx], raw, device, ranks)
-        synth = _feature_terms(model, synthetic_copies(images[cal_idx], config.seed), raw, device, ranks)
+        synthetic, synth_masks = synthetic_copies(images[cal_idx], config.seed)
+        synth = _feature_terms(model, synthetic, raw, device, ranks)
     chosen, pixel_choice = choose_pixel_normalise(model, good.maps, synth.maps, scoring)
     scoring = replace(scoring, pixel_normalise=scoring.pixel_normalise and chosen)
     maps, synth_maps = (_scoring_maps(model, t.maps, scoring) for t in (good, synth))
+    scoring = replace(scoring, map_offset=measure_map_offset(maps, synth_maps, synth_masks))
     local, synth_local = (image_scores(m, scoring).double().numpy() for m in (maps, synth_maps))
     rank, rank_choice = choose_global_rank(scoring, local, good.glob, synth_local, synth.glob)
     truncate_global_basis(model, rank)
@@ -78,8 +88,8 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
     scoring = with_references(scoring, local, glob)
     if not good.out_of_fold:
         return FeatureFit(model, history, scoring, None, pixel_choice, rank_choice)
-    calibration = calibrate(combined_scores(scoring, local, glob), pixel_sample(maps.numpy()),
-                            config.target_false_alarm)
+    calibration = calibrate(combined_scores(scoring, local, glob),
+                            pixel_sample(register(maps, scoring.map_offset).numpy()), config.target_false_alarm)
     return FeatureFit(model, history, scoring, calibration, pixel_choice, rank_choice)
 
 
@@ -235,11 +245,35 @@ def pooled_errors(model: FeatureReconstructor, pooled: torch.Tensor, rank: int) 
 
 
 def _scoring_maps(model: FeatureReconstructor, raw_maps: np.ndarray, scoring: ScoringConfig) -> torch.Tensor:
-    """Raw region-error maps (N, S, S) as the scoring config scores them (normalised per location or not)."""
+    """Raw region-error maps (N, S, S) as the scoring config scores them (normalised per location or not), not
+    yet registered."""
     maps = torch.from_numpy(raw_maps)
     if scoring.pixel_normalise:
         maps = normalise_per_location(maps, model.pixel_mean.cpu(), model.pixel_std.cpu())
     return maps
+
+
+def measure_map_offset(good_maps: torch.Tensor, synth_maps: torch.Tensor, masks: np.ndarray,
+                       min_pairs: int = 5) -> tuple[float, float]:
+    """(dx, dy) by which maps' content lies right of and below the defects that caused it: the median, over
+    images, of the centroid of what one synthetic defect adds to an image's map (its upper half: what a
+    threshold keeps) minus the centroid of the defect's mask. (N, S, S) maps of the images and of their
+    synthetic copies, unregistered, and the copies' (N, S, S) masks; (0, 0) with fewer than `min_pairs` usable."""
+    added = (synth_maps - good_maps).clamp_min(0).double().numpy()  # (N, S, S): the defect's own response
+    ys, xs = np.mgrid[: added.shape[1], : added.shape[2]]
+    offsets = []
+    for response, mask in zip(added, masks):
+        peak = response.max()
+        if peak <= 0 or not mask.any():
+            continue
+        w = response * (response > 0.5 * peak)
+        offsets.append(((w * xs).sum() / w.sum() - xs[mask].mean(), (w * ys).sum() / w.sum() - ys[mask].mean()))
+    if len(offsets) < min_pairs:
+        log.warning("map offset not measured: %d usable synthetic defects of %d", len(offsets), len(masks))
+        return 0.0, 0.0
+    dx, dy = np.median(np.array(offsets), axis=0)
+    log.info("map offset (%.2f, %.2f) px from %d synthetic defects", dx, dy, len(offsets))
+    return round(float(dx), 2), round(float(dy), 2)
 
 
 def choose_global_rank(scoring: ScoringConfig, local: np.ndarray, glob: dict[int, np.ndarray],
@@ -274,13 +308,12 @@ def with_references(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray)
     return replace(scoring, local_reference=reference(local), global_reference=reference(glob))
 
 
-def cross_fitted_terms(images: np.ndarray, model_config: FeatureReconstructorConfig, config: TrainConfig,
-                       scoring: ScoringConfig, device: torch.device, features: BackboneFeatures, ranks: list[int], *,
-                       progress: bool = True) -> tuple[FeatureTerms, FeatureTerms]:
-    """Out-of-fold terms of every image and of its synthetic-anomaly copy: each fold scored by a model fitted to
-    the others' `features` (the backbone runs once for all folds)."""
+def cross_fitted_terms(images: np.ndarray, synthetic: np.ndarray, model_config: FeatureReconstructorConfig,
+                       config: TrainConfig, scoring: ScoringConfig, device: torch.device, features: BackboneFeatures,
+                       ranks: list[int], *, progress: bool = True) -> tuple[FeatureTerms, FeatureTerms]:
+    """Out-of-fold terms of every image and of its synthetic-anomaly copy (`synthetic`, in the same order): each
+    fold scored by a model fitted to the others' `features` (the backbone runs once for all folds)."""
     folds = np.array_split(np.random.default_rng(config.seed).permutation(len(images)), config.cross_fit_folds)
-    synthetic = synthetic_copies(images, config.seed)
     terms: list[FeatureTerms] = []
     for _ in range(2):  # the good images, then their synthetic copies
         maps = np.zeros((len(images), *images.shape[1:3]), np.float32)
@@ -298,18 +331,20 @@ def cross_fitted_terms(images: np.ndarray, model_config: FeatureReconstructorCon
     return terms[0], terms[1]
 
 
-def synthetic_copies(images: np.ndarray, seed: int) -> np.ndarray:
+def synthetic_copies(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, S, S, 3) uint8 -> each image with one small synthetic defect (a blob of another image's recoloured
-    texture, a flat colour or noise), to choose between scoring variants without real defects."""
+    texture, a flat colour or noise), and the (N, S, S) bool masks of the defects: to choose between scoring
+    variants and to measure the map's offset without real defects."""
     config = AnomalySynthConfig(probability=1.0, min_opacity=0.3, max_opacity=0.9, shape_share=1.0,
                                 shape_max_area=0.01)
     g = torch.Generator().manual_seed(seed + 1)
-    out = []
+    out, masks = [], []
     for i in range(0, len(images), 32):
         clean = to_tensor(images[i : i + 32], "cpu", channels_last=False)  # (B, 3, S, S)
-        anomalous, _ = synthesize_anomalies(clean, config, g)
+        anomalous, mask = synthesize_anomalies(clean, config, g)
         out.append((anomalous * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
+        masks.append(mask[:, 0].numpy() > 0.5)
+    return np.concatenate(out), np.concatenate(masks)
 
 
 def choose_pixel_normalise(model: FeatureReconstructor, good_maps: np.ndarray, synth_maps: np.ndarray,
