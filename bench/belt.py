@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inspector.kafka.local_broker import LocalKafka
@@ -57,7 +59,7 @@ def histogram_quantile(metrics_text: str, name: str, quantile: float) -> float:
 def figures(run: BeltRun, plan: BeltPlan) -> dict[str, object]:
     report, tally = run.report, run.tally
     return {
-        "lanes": plan.lanes, "fps_per_lane": plan.fps, "objects_per_second_per_lane": plan.objects_per_second,
+        "geometry": plan.geometry, "lanes": plan.lanes, "fps_per_lane": plan.fps, "objects_per_second_per_lane": plan.objects_per_second,
         "seconds": round(run.seconds, 1), "frames_scored": tally.scores,
         "frames_per_second": round(tally.scores / run.seconds, 1),
         "capture_to_score_ms": {"p50": round(tally.latency_ms(0.5), 1), "p99": round(tally.latency_ms(0.99), 1)},
@@ -86,6 +88,8 @@ def main() -> int:
     p.add_argument("--fast-fps", type=float, default=22.0, help="per lane, the second run (0: none)")
     p.add_argument("--objects-per-second", type=float, default=4.0, help="per lane")
     p.add_argument("--defect-rate", type=float, default=0.05)
+    p.add_argument("--geometry", action="append", default=[], metavar="KEY=VALUE",
+                   help="a line-file geometry option over the belt's (e.g. min_alerts=2), repeatable")
     p.add_argument("--out", type=Path, default=Path("bench/out/belt.json"))
     args = p.parse_args()
     results = {"machine": platform.node(), "cpu_count": os.cpu_count(),
@@ -99,8 +103,9 @@ def main() -> int:
                                             "ejections_topic": f"ejections-{i}"},
                                      sorter={"late_topic": f"late-{i}", "group_id": f"sorter-{i}"},
                                      model={"device": "cpu"})
+            geometry = {key: yaml.safe_load(value) for key, value in (g.split("=", 1) for g in args.geometry)}
             plan = BeltPlan(duration_s=args.seconds, fps=fps, objects_per_second=args.objects_per_second,
-                            defect_rate=args.defect_rate)
+                            defect_rate=args.defect_rate, geometry=geometry)
             with tempfile.TemporaryDirectory(prefix="belt-") as tmp:
                 run = run_belt(settings, plan, Path(tmp), progress=lambda text: print(text, flush=True))
                 for line in [*run.summary_lines(), run.timing_line()]:

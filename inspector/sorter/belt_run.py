@@ -32,7 +32,7 @@ from inspector.synthetic.belt import BeltObject, read_truth
 # banana fits the frame while it travels its share of the belt at 4 a second; the ejector 0.6 s downstream.
 BELT_GEOMETRY = {"belt_speed_m_s": 0.256, "direction": "+x", "metres_per_pixel": 0.001, "frame_width_px": 256,
                  "frame_height_px": 256, "ejector_distance_m": 0.1536, "actuation_latency_ms": 15.0,
-                 "pulse_ms": 60.0, "object_length_m": 0.03, "min_alerts": 1}
+                 "pulse_ms": 60.0, "object_length_m": 0.04, "min_alerts": 1}
 
 
 @dataclass(frozen=True)
