@@ -240,7 +240,7 @@ def sorter_expressions(sorter_names: set[str], dashboard: Path = DASHBOARD, rule
     return found
 
 
-def _instant_query(prometheus_url: str, expr: str) -> tuple[list[dict[str, Any]], str]:
+def instant_query(prometheus_url: str, expr: str) -> tuple[list[dict[str, Any]], str]:
     """(result series, error text or "") of an instant query."""
     url = f"{prometheus_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
     try:
@@ -268,7 +268,7 @@ def assert_sorter_expressions_have_data(prometheus_url: str, sorter_names: set[s
     while True:
         failures = []
         for label, expr in expressions.items():
-            result, error = _instant_query(prometheus_url, expr)
+            result, error = instant_query(prometheus_url, expr)
             nan = [s["metric"] for s in result if math.isnan(float(s["value"][1]))]
             if error or not result or nan:
                 failures.append(f"{label} -> {error or ('NaN for ' + str(nan) if nan else 'no data')}")

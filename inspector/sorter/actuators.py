@@ -8,6 +8,8 @@ background, with backoff, while `up` is False.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +47,30 @@ class Actuator(Protocol):
     def pulse_on(self, command: EjectCommand) -> None: ...
     def pulse_off(self, command: EjectCommand) -> None: ...
     def close(self) -> None: ...
+
+
+class Reachability:
+    """Whether an adapter's ejector is reachable; each change is logged once, not every reconnect attempt."""
+
+    def __init__(self, lane: str, describe: Callable[[], str], reconnect_min_s: float, reconnect_max_s: float) -> None:
+        self.lane = lane
+        self.up = False
+        self._describe = describe
+        self._waits = (reconnect_min_s, reconnect_max_s)
+        self._lock = threading.Lock()
+        self._reported: bool | None = None  # the state last logged
+
+    def mark(self, up: bool, reason: str = "") -> None:
+        with self._lock:
+            self.up = up
+            if self._reported is up:
+                return
+            self._reported = up
+        if up:
+            log.info("lane %s: ejector up (%s)", self.lane, self._describe())
+        else:
+            log.warning("lane %s: ejector down (%s): %s; reconnecting in the background (waits %g s doubling to %g s)",
+                        self.lane, self._describe(), reason, *self._waits)
 
 
 class LogActuator:

@@ -16,7 +16,7 @@ from pymodbus.exceptions import ModbusException
 
 from inspector.errors import ActuatorError
 from inspector.settings import SorterSettings
-from inspector.sorter.actuators import EjectCommand
+from inspector.sorter.actuators import EjectCommand, Reachability
 from inspector.sorter.line_file import ModbusConfig
 
 log = logging.getLogger(__name__)
@@ -36,16 +36,14 @@ class ModbusCoilActuator:
         self._client = ModbusTcpClient(config.host, port=config.port, timeout=config.timeout_s, retries=0,
                                        name=f"sorter-{lane}")
         self._io = threading.Lock()  # one request on the connection at a time (lane thread, keeper thread)
-        self._state = threading.Lock()
-        self._up = False
-        self._reported: bool | None = None  # the state last logged, so each change is logged once
+        self._reach = Reachability(lane, self.describe, self._reconnect_min_s, self._reconnect_max_s)
         self._wake = threading.Event()  # a command failed, or close() was called
         self._closing = threading.Event()
         self._keeper: threading.Thread | None = None
 
     @property
     def up(self) -> bool:
-        return self._up
+        return self._reach.up
 
     def describe(self) -> str:
         c = self.config
@@ -69,7 +67,7 @@ class ModbusCoilActuator:
             self._keeper.join(2 * self.config.timeout_s + 1.0)  # a connect and its first write, each bounded
         with self._io:
             self._client.close()
-        self._up = False
+        self._reach.up = False
 
     def _write(self, value: bool, command: EjectCommand) -> None:
         """Write the coil; ActuatorError at once while disconnected, and on any failure (the adapter then goes down)."""
@@ -77,7 +75,7 @@ class ModbusCoilActuator:
         try:
             with self._io:
                 # Without a socket the client would connect here, blocking the lane; the keeper thread does that.
-                if not self._up or self._client.socket is None:
+                if not self._reach.up or self._client.socket is None:
                     raise ActuatorError(f"{what}: PLC {self.config.host}:{self.config.port} is not connected "
                                         "(reconnecting in the background)")
                 response = self._client.write_coil(self.config.coil, value, device_id=self.config.unit)
@@ -92,18 +90,18 @@ class ModbusCoilActuator:
     def _keep_connected(self) -> None:
         delay = self._reconnect_min_s
         while not self._closing.is_set():
-            if self._up:
+            if self._reach.up:
                 self._wake.wait(_PROBE_S)
                 self._wake.clear()
-                if self._up and not self._closing.is_set() and self._closed_by_plc():
+                if self._reach.up and not self._closing.is_set() and self._closed_by_plc():
                     self._went_down("the PLC closed the connection")
                 delay = self._reconnect_min_s  # a lost connection is retried at once, then with backoff
                 continue
             failure = self._connect()
             if failure is None:
-                self._mark(True)
+                self._reach.mark(True)
                 continue
-            self._mark(False, failure)
+            self._reach.mark(False, failure)
             self._closing.wait(delay)
             delay = min(delay * 2, self._reconnect_max_s)
 
@@ -143,18 +141,5 @@ class ModbusCoilActuator:
     def _went_down(self, reason: str) -> None:
         with self._io:
             self._client.close()
-        self._mark(False, reason)
+        self._reach.mark(False, reason)
         self._wake.set()
-
-    def _mark(self, up: bool, reason: str = "") -> None:
-        """Set the state; log it only when it differs from the state last logged."""
-        with self._state:
-            self._up = up
-            if self._reported is up:
-                return
-            self._reported = up
-        if up:
-            log.info("lane %s: ejector up (%s)", self.lane, self.describe())
-        else:
-            log.warning("lane %s: ejector down (%s): %s; reconnecting in the background (waits %g s doubling to %g s)",
-                        self.lane, self.describe(), reason, self._reconnect_min_s, self._reconnect_max_s)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 import uuid
 from typing import Any
@@ -27,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from inspector.errors import ActuatorError
 from inspector.settings import SorterSettings
-from inspector.sorter.actuators import EjectCommand
+from inspector.sorter.actuators import EjectCommand, Reachability
 from inspector.sorter.line_file import MqttConfig
 
 log = logging.getLogger(__name__)
@@ -50,9 +49,6 @@ class MqttCommandActuator:
     def __init__(self, lane: str, config: MqttConfig, settings: SorterSettings) -> None:
         self.lane = lane
         self.config = config
-        self._state = threading.Lock()
-        self._up = False
-        self._reported: bool | None = None  # the state last logged, so each change is logged once
         # A unique client id: two sorters (or a restarted one) under one id would keep disconnecting each other.
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"inspector-sorter-{lane}-{uuid.uuid4().hex[:8]}")
         if config.username is not None:
@@ -61,6 +57,7 @@ class MqttCommandActuator:
         self._reconnect_min_s = max(1, math.ceil(settings.reconnect_min_s))
         self._reconnect_max_s = max(self._reconnect_min_s, math.ceil(settings.reconnect_max_s))
         self._client.reconnect_delay_set(self._reconnect_min_s, self._reconnect_max_s)
+        self._reach = Reachability(lane, self.describe, self._reconnect_min_s, self._reconnect_max_s)
         self._client.connect_timeout = _CONNECT_TIMEOUT_S
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
@@ -71,7 +68,7 @@ class MqttCommandActuator:
 
     @property
     def up(self) -> bool:
-        return self._up
+        return self._reach.up
 
     def describe(self) -> str:
         c = self.config
@@ -84,13 +81,13 @@ class MqttCommandActuator:
         try:
             self._client.connect_async(self.config.host, self.config.port, keepalive=_KEEPALIVE_S)
         except ValueError as exc:  # paho checks host and port here; the line file has checked the port already
-            self._mark(False, str(exc))
+            self._reach.mark(False, str(exc))
             return
         self._client.loop_start()
 
     def pulse_on(self, command: EjectCommand) -> None:
         what = f"lane {self.lane}: eject command (camera {command.camera_id}) to {self.config.topic}"
-        if not self._up or not self._client.is_connected():
+        if not self._reach.up or not self._client.is_connected():
             raise ActuatorError(f"{what}: broker {self.config.host}:{self.config.port} is not connected "
                                 "(reconnecting in the background)")
         try:
@@ -98,18 +95,18 @@ class MqttCommandActuator:
         except ValueError as exc:  # a topic with wildcards, or a payload too large
             raise ActuatorError(f"{what}: {exc}") from None
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._mark(False, mqtt.error_string(info.rc))
+            self._reach.mark(False, mqtt.error_string(info.rc))
             raise ActuatorError(f"{what}: {mqtt.error_string(info.rc)}")
         if self.config.qos == 0:
             return
         try:
             info.wait_for_publish(ACK_TIMEOUT_S)
         except (RuntimeError, ValueError) as exc:  # the connection was lost meanwhile, or paho's queue is full
-            self._mark(False, str(exc))
+            self._reach.mark(False, str(exc))
             raise ActuatorError(f"{what}: {exc}") from None
         if not info.is_published():
             # Down until the broker acknowledges anything again (paho reconnects if the link is dead).
-            self._mark(False, f"no acknowledgement within {ACK_TIMEOUT_S * 1000:.0f} ms")
+            self._reach.mark(False, f"no acknowledgement within {ACK_TIMEOUT_S * 1000:.0f} ms")
             raise ActuatorError(f"{what}: the broker did not acknowledge within {ACK_TIMEOUT_S * 1000:.0f} ms")
 
     def pulse_off(self, command: EjectCommand) -> None:
@@ -122,40 +119,27 @@ class MqttCommandActuator:
         self._closing = True
         self._client.disconnect()  # also ends paho's wait between reconnect tries (within a second)
         self._client.loop_stop()
-        self._up = False
+        self._reach.up = False
 
     def _on_connect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.ConnectFlags, reason_code: ReasonCode,
                     _properties: Properties | None) -> None:
         if reason_code.is_failure:
-            self._mark(False, f"the broker refused the connection: {reason_code}")
+            self._reach.mark(False, f"the broker refused the connection: {reason_code}")
         else:
-            self._mark(True)
+            self._reach.mark(True)
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
-        self._mark(False, "cannot connect")
+        self._reach.mark(False, "cannot connect")
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: mqtt.DisconnectFlags,
                        reason_code: ReasonCode, _properties: Properties | None) -> None:
         if self._closing:
-            self._up = False
+            self._reach.up = False
             return
-        self._mark(False, f"disconnected: {reason_code}")
+        self._reach.mark(False, f"disconnected: {reason_code}")
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, _mid: int, _reason_code: ReasonCode,
                     _properties: Properties) -> None:
         # An acknowledgement (even a late one) shows the link works again after a timed-out command.
         if self.config.qos > 0 and self._client.is_connected():
-            self._mark(True)
-
-    def _mark(self, up: bool, reason: str = "") -> None:
-        """Set the state; log it only when it differs from the state last logged."""
-        with self._state:
-            self._up = up
-            if self._reported is up:
-                return
-            self._reported = up
-        if up:
-            log.info("lane %s: ejector up (%s)", self.lane, self.describe())
-        else:
-            log.warning("lane %s: ejector down (%s): %s; reconnecting in the background (waits %d s doubling to %d s)",
-                        self.lane, self.describe(), reason, self._reconnect_min_s, self._reconnect_max_s)
+            self._reach.mark(True)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +49,7 @@ from tests.deploy_expressions import (
     GRAFANA_SUBSTITUTES,
     REPO_ROOT,
     dashboard_expressions,
+    instant_query,
     metric_names,
     read_yaml,
     substitute_grafana_variables,
@@ -80,17 +78,7 @@ class Stack:
 
     def query(self, expr: str) -> tuple[list[dict[str, Any]], str]:
         """Prometheus's answer to an instant query: (series, error text or "")."""
-        url = f"{self.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as reply:
-                body = json.load(reply)
-        except urllib.error.HTTPError as exc:  # a PromQL error comes as JSON with 400/422
-            body = json.loads(exc.read() or b"{}")
-        except OSError as exc:
-            return [], str(exc)
-        if body.get("status") != "success":
-            return [], f"{body.get('errorType')}: {body.get('error')}"
-        return body["data"]["result"], ""
+        return instant_query(self.prometheus_url, expr)
 
     def series(self, expr: str) -> list[dict[str, Any]]:
         return self.query(expr)[0]
