@@ -29,17 +29,22 @@ GEOMETRY = {"belt_speed_m_s": 1.0, "metres_per_pixel": 0.001, "ejector_distance_
 class SorterProcess:
     """`inspector sort` in a child process, with its own topics for outcomes, late alerts and dead letters."""
 
-    def __init__(self, topics: Topics, line_file: Path, log_path: Path) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.ejections, self.late, self.dlq = f"ejections-{tag}", f"late-{tag}", f"alerts-dlq-{tag}"
-        self.group = f"sorter-{tag}"
-        create_topics(topics.kafka_settings(), {self.ejections: 1, self.late: 1, self.dlq: 1})
+    def __init__(self, topics: Topics, line_file: Path, log_path: Path, like: SorterProcess | None = None,
+                 **env_extra: str) -> None:
+        """`like`: a sorter before this one, whose topics and group this one takes over (a restart)."""
+        if like is not None:
+            self.ejections, self.late, self.dlq, self.group = like.ejections, like.late, like.dlq, like.group
+        else:
+            tag = uuid.uuid4().hex[:6]
+            self.ejections, self.late, self.dlq = f"ejections-{tag}", f"late-{tag}", f"alerts-dlq-{tag}"
+            self.group = f"sorter-{tag}"
+            create_topics(topics.kafka_settings(), {self.ejections: 1, self.late: 1, self.dlq: 1})
         self.port = free_port()
         self.log_path = log_path
         env = {**os.environ, **topics.env(), "INSPECTOR_KAFKA__EJECTIONS_TOPIC": self.ejections,
                "INSPECTOR_SORTER__LATE_TOPIC": self.late, "INSPECTOR_SORTER__DLQ_TOPIC": self.dlq,
                "INSPECTOR_SORTER__GROUP_ID": self.group, "INSPECTOR_SORTER__PORT": str(self.port),
-               "INSPECTOR_SORTER__RECONNECT_MAX_S": "1"}
+               "INSPECTOR_SORTER__RECONNECT_MAX_S": "1", **env_extra}
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "sort", "--line", str(line_file)],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)

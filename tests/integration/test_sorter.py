@@ -141,3 +141,34 @@ def test_a_belt_run_ejects_each_defective_object_once_near_its_arrival(topics: T
     defective = [r for r in report.results if r.object.defective]
     assert sum(r.ejected for r in defective) >= 0.8 * len(defective), note
     assert report.false_ejection_rate <= 0.1, note
+
+
+def test_a_sorter_killed_while_a_fruit_is_on_its_way_fires_it_after_its_restart(topics: Topics, plc: StandinPlc,
+                                                                                reader, tmp_path: Path) -> None:
+    """The alert's offset is committed only once its ejection is final: a SIGKILLed sorter's successor reads it
+    again and fires it on time. The fruit is 15 s from the ejector here: the group waits out the dead sorter's
+    session (6 s, the broker's minimum) before the successor gets the partition."""
+    path = line_file(tmp_path / "line.yaml", plc.port, ejector_distance_m=15.0)
+    session = {"INSPECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000"}
+    first = SorterProcess(topics, path, tmp_path / "sorter-1.log", **session)
+    outcomes = reader(first.ejections)
+    try:
+        first.wait_ready()
+        captured = time.time_ns()
+        send_alerts(topics.bootstrap, topics.alerts, [defect_alert("onway0", captured).to_json()])
+        deadline = time.monotonic() + 20
+        while first.metric("inspector_sorter_alerts_total", lane="lane-1") != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first.proc.kill()
+        first.proc.wait(timeout=10)
+    finally:
+        stop_process(first.proc)
+    second = SorterProcess(topics, path, tmp_path / "sorter-2.log", like=first, **session)
+    try:
+        second.wait_ready()
+        outcomes.until(lambda rs: len(rs) >= 1, timeout_s=30)
+        assert [(v["frame_id"], v["outcome"]) for v in outcomes.json_values()] == [("onway0", "fired")], second.log()
+        (pulse,) = plc.pulses(COIL)
+        assert abs(pulse.on_ns - (captured + 15_000 * MS - 20 * MS)) < 25 * MS
+    finally:
+        stop_process(second.proc)
