@@ -60,8 +60,8 @@ def figures(run: BeltRun, plan: BeltPlan) -> dict[str, object]:
     report, tally = run.report, run.tally
     return {
         "geometry": plan.geometry, "lanes": plan.lanes, "fps_per_lane": plan.fps, "objects_per_second_per_lane": plan.objects_per_second,
-        "seconds": round(run.seconds, 1), "frames_scored": tally.scores,
-        "frames_per_second": round(tally.scores / run.seconds, 1),
+        "seconds": round(tally.seconds, 1), "frames_scored": tally.scores,
+        "frames_per_second": round(tally.scores / tally.seconds, 1),
         "capture_to_score_ms": {"p50": round(tally.latency_ms(0.5), 1), "p99": round(tally.latency_ms(0.99), 1)},
         "frame_false_alarm_rate": round(tally.false_alerts / max(tally.good_frames, 1), 4),
         "frame_detection_rate": round(tally.defect_frames_alerted / max(tally.defect_frames, 1), 4),

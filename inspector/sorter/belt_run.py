@@ -67,6 +67,8 @@ class FrameTally:
     good_frames: int = 0
     dead_letters: int = 0
     latencies_s: list[float] = field(default_factory=list)  # capture -> score record received
+    first_captured_ns: int | None = None  # the belt's first frame ...
+    last_scored_ns: int | None = None  # ... and the last score received: the span the line ran
     late_object_ids: set[str] = field(default_factory=set)
     fired: list[tuple[str, int]] = field(default_factory=list)  # (lane, planned fire ns) of each pulse sent
     frame_ids: set[str] = field(default_factory=set)
@@ -86,6 +88,9 @@ class FrameTally:
             self.defect_frames += defective
             self.good_frames += not defective
             self.latencies_s.append((now_ns - message["captured_ns"]) / 1e9)
+            first = self.first_captured_ns
+            self.first_captured_ns = message["captured_ns"] if first is None else min(first, message["captured_ns"])
+            self.last_scored_ns = now_ns
         elif topic == k.alerts_topic and message["frame_id"] not in self.alert_ids:
             self.alert_ids.add(message["frame_id"])
             self.alerts += 1
@@ -95,6 +100,13 @@ class FrameTally:
             self.late_object_ids.add(message["object_id"])
         elif topic == k.ejections_topic and message.get("outcome") == "fired":
             self.fired.append((message["lane"], message["fire_ns"]))
+
+    @property
+    def seconds(self) -> float:
+        """From the first frame's capture to the last score received (the frames rendered before are not in it)."""
+        if self.first_captured_ns is None or self.last_scored_ns is None:
+            return float("nan")
+        return (self.last_scored_ns - self.first_captured_ns) / 1e9
 
     def latency_ms(self, quantile: float) -> float:
         return float(np.percentile(self.latencies_s, 100 * quantile) * 1000) if self.latencies_s else float("nan")
@@ -106,7 +118,6 @@ class BeltRun:
     tally: FrameTally
     objects: list[BeltObject]
     line: Line
-    seconds: float
     sorter_log: Path
     worker_log: Path
     schedule_errors_ns: list[int]  # per pulse: when the PLC saw the coil go on minus the sorter's planned fire time
@@ -120,7 +131,7 @@ class BeltRun:
         t = self.tally
         good_rate = t.false_alerts / t.good_frames if t.good_frames else float("nan")
         return [
-            f"frames scored {t.scores} in {self.seconds:.0f} s ({t.scores / self.seconds:.1f} frames/s), "
+            f"frames scored {t.scores} in {t.seconds:.1f} s ({t.scores / t.seconds:.1f} frames/s), "
             f"dead-lettered {t.dead_letters}; capture -> score p50 {t.latency_ms(0.5):.0f} ms, "
             f"p99 {t.latency_ms(0.99):.0f} ms",
             f"frames of defective bananas {t.defect_frames}, alerted {t.defect_frames_alerted}; false alarms "
@@ -221,7 +232,6 @@ def run_belt(settings: Settings, plan: BeltPlan, work_dir: Path,
                      f"{plan.objects_per_second:g}", "--defect-rate", f"{plan.defect_rate:g}", "--seed",
                      str(plan.seed + int(camera.rsplit("-", 1)[1])), "--truth-out", str(work_dir / f"{camera}.jsonl")],
                     env, work_dir / f"{camera}.log"))
-            t0 = time.monotonic()
             while any(c.poll() is None for c in cameras):
                 time.sleep(1.0)
                 for process, name in ((worker, "worker"), (sorter, "sorter")):
@@ -230,7 +240,6 @@ def run_belt(settings: Settings, plan: BeltPlan, work_dir: Path,
                                              f"{work_dir / (name + '.log')}")
                 with tally.lock:
                     say(f"  scored {tally.scores:5d}  alerts {tally.alerts:4d}  pulses {len(plc.pulses()):4d}")
-            seconds = time.monotonic() - t0
             failed = [c.args for c in cameras if c.returncode != 0]
             if failed:
                 raise TransportError(f"a belt camera failed: {failed}; see its log in {work_dir}")
@@ -246,7 +255,7 @@ def run_belt(settings: Settings, plan: BeltPlan, work_dir: Path,
                 follower.join(timeout=5)
         pulses = {lane.lane_id: [p.on_ns for p in plc.pulses(coil=i)] for i, lane in enumerate(line.lanes)}
     report = score_ejections(objects, pulses, line, tally.late_object_ids)
-    return BeltRun(report, tally, objects, line, seconds, work_dir / "sorter.log", work_dir / "worker.log",
+    return BeltRun(report, tally, objects, line, work_dir / "sorter.log", work_dir / "worker.log",
                    _schedule_errors(pulses, tally.fired), sorter_metrics)
 
 
