@@ -69,17 +69,28 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_config(args: argparse.Namespace, paths: list[Path]):  # untyped: local imports keep `--help` fast
-    from inspector.model.networks import AutoencoderConfig, FeatureReconstructorConfig, RepairAutoencoderConfig
-    from inspector.training.train import default_input_size
+def _train_config(args: argparse.Namespace):  # untyped: local imports keep `--help` fast
+    """TrainConfig from the flags given; a flag left out keeps TrainConfig's default (the one home of them)."""
+    from inspector.training.config import TrainConfig
 
-    size = args.size or default_input_size(paths, args.mode)
+    flags = {"mode": args.mode, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+             "loss": args.loss, "denoise": args.denoise or None, "target_false_alarm": args.target_far,
+             "seed": args.seed}
+    return TrainConfig(**{name: value for name, value in flags.items() if value is not None})
+
+
+def _model_config(args: argparse.Namespace, mode: str, paths: list[Path]):  # untyped: as above
+    from inspector.model.registry import family_for_mode
+    from inspector.training.pipeline import default_input_size
+
+    fields: dict[str, object] = {"image_size": args.size or default_input_size(paths, mode)}
+    if mode != "features":  # the image autoencoders' shape flags
+        if args.widths:
+            fields["widths"] = tuple(int(w) for w in args.widths.split(","))
+        if args.latent_channels is not None:
+            fields["latent_channels"] = args.latent_channels
     try:
-        if args.mode == "features":
-            return FeatureReconstructorConfig(image_size=size)
-        widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else AutoencoderConfig.widths
-        config_type = RepairAutoencoderConfig if args.mode == "repair" else AutoencoderConfig
-        return config_type(image_size=size, widths=widths, latent_channels=args.latent_channels)
+        return family_for_mode(mode).config(**fields)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -87,19 +98,18 @@ def _model_config(args: argparse.Namespace, paths: list[Path]):  # untyped: loca
 def cmd_train(args: argparse.Namespace) -> int:
     from inspector.decode.preprocess import list_images, load_images
     from inspector.model.runtime import pick_device
-    from inspector.training.train import TrainConfig, train_and_calibrate
+    from inspector.training.pipeline import train_and_calibrate
 
     settings = _settings(args)
     device = pick_device(settings.model.device)
     paths = list_images(Path(args.data)) + [p for d in args.extra_good for p in list_images(Path(d))]
-    if args.denoise and args.mode != "plain":
+    train_cfg = _train_config(args)
+    if train_cfg.denoise and train_cfg.mode != "plain":
         raise ConfigError("--denoise trains the plain autoencoder: add --mode plain")
-    cfg = _model_config(args, paths)
+    cfg = _model_config(args, train_cfg.mode, paths)
     images = load_images(paths, cfg.image_size)
-    train_cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            loss=args.loss, denoise=args.denoise, target_false_alarm=args.target_far, seed=args.seed)
     out = Path(args.out)
-    print(f"training a {args.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) "
+    print(f"training a {train_cfg.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) "
           f"-> {out}")
     artifact = train_and_calibrate(images, paths, out, cfg, train_cfg, device, model_id=args.model_id,
                                    model_version=args.model_version)
@@ -114,7 +124,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from inspector.decode.preprocess import list_images, load_images
     from inspector.model import artifact as artifact_io
     from inspector.model.runtime import pick_device
-    from inspector.training.train import calibrate_artifact
+    from inspector.training.calibration import calibrate_artifact, with_confirmed_false_alarms
 
     settings = _settings(args)
     device = pick_device(settings.model.device)
@@ -123,7 +133,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     size = artifact.config.image_size
     good = load_images(list_images(Path(args.good)), size)
     if args.feedback:
-        good = _with_false_alarms(settings, good, Path(args.feedback_frames) if args.feedback_frames else None)
+        good = with_confirmed_false_alarms(settings, good,
+                                           Path(args.feedback_frames) if args.feedback_frames else None)
     defects = load_images(list_images(Path(args.defects)), size) if args.defects else None
     artifact = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects)
     out = Path(args.out) if args.out else path
@@ -135,31 +146,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{out}: threshold {cal.threshold:.6f} ({cal.method}, target false-alarm {cal.target_false_alarm:.2%})"
           f"{warn}")
     return 0
-
-
-def _with_false_alarms(settings: Settings, good, frames_out: Path | None):  # (N, S, S, 3) uint8 -> the same, more
-    """The held-out good images plus the frames operators confirmed as false alarms (good frames the model
-    flagged), fetched from the frames topic while it retains them."""
-    import numpy as np
-
-    from inspector.decode.jpeg import decode_jpeg
-    from inspector.errors import BadFrame
-    from inspector.ui.feedback import fetch_false_alarms
-
-    found = fetch_false_alarms(settings.kafka, settings.limits)
-    images = []
-    for frame_id, jpeg in sorted(found.jpegs.items()):
-        try:
-            images.append(decode_jpeg(jpeg, size=good.shape[1], max_bytes=settings.limits.max_frame_bytes,
-                                      max_pixels=settings.limits.max_pixels)[0])
-        except BadFrame as exc:
-            print(f"warning: false alarm {frame_id!r} does not decode ({exc}): left out")
-    print(f"feedback: {len(images)} confirmed false alarm(s) from {settings.kafka.feedback_topic} join the "
-          f"{len(good)} good images" + (f"; {len(found.missing)} no longer retained" if found.missing else ""))
-    if frames_out is not None:
-        print(f"feedback: wrote {len(found.save(frames_out))} false-alarm frames to {frames_out} "
-              "(for `inspector train --extra-good`)")
-    return np.concatenate([good, np.stack(images)]) if images else good
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -255,20 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="more good images, e.g. the false alarms of `calibrate --feedback --feedback-frames DIR` "
                          "(repeatable)")
     sp.add_argument("--out", required=True, help="model file to write (.safetensors)")
-    sp.add_argument("--mode", default="features", choices=["features", "repair", "plain"],
+    # Flags left out keep TrainConfig's and the model config's defaults (inspector/training/config.py).
+    sp.add_argument("--mode", choices=["features", "repair", "plain"],
                     help="features: reconstruct pretrained features (default); repair: DRAEM-style autoencoder "
                          "and head, from scratch; plain: the plain autoencoder (--denoise for the denoising one)")
     sp.add_argument("--size", type=int, default=None,
                     help="model input side in pixels (default: chosen from the images' size and the mode)")
     sp.add_argument("--widths", default=None, help="channels per stage, e.g. 16,32,64,64")
-    sp.add_argument("--latent-channels", type=int, default=16)
-    sp.add_argument("--epochs", type=int, default=40, help="epochs of the repair and plain modes")
-    sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--lr", type=float, default=2e-3)
-    sp.add_argument("--loss", default="l2+ssim", choices=["l2", "l1", "ssim", "l2+ssim", "l1+ssim"])
+    sp.add_argument("--latent-channels", type=int)
+    sp.add_argument("--epochs", type=int, help="epochs of the repair and plain modes")
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--lr", type=float)
+    sp.add_argument("--loss", choices=["l2", "l1", "ssim", "l2+ssim", "l1+ssim"])
     sp.add_argument("--denoise", action="store_true", help="denoising autoencoder: noisy input, clean target")
-    sp.add_argument("--target-far", type=float, default=0.01, help="target false-alarm rate on good images")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--target-far", type=float, help="target false-alarm rate on good images")
+    sp.add_argument("--seed", type=int)
     sp.add_argument("--model-id", default="banana-ae")
     sp.add_argument("--model-version", default=None)
     sp.set_defaults(func=cmd_train)

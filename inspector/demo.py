@@ -20,10 +20,11 @@ def _ensure_model(settings: Settings) -> None:
         return
     print(f"no model at {path}: training a small one on synthetic good bananas (a few minutes on 2 cores)")
     from inspector.decode.preprocess import list_images, load_images
-    from inspector.model.networks import FeatureReconstructorConfig
+    from inspector.model.feature_reconstructor import FeatureReconstructorConfig
     from inspector.model.runtime import pick_device
     from inspector.synthetic.bananas import write_dataset
-    from inspector.training.train import TrainConfig, train_and_calibrate
+    from inspector.training.config import TrainConfig
+    from inspector.training.pipeline import train_and_calibrate
 
     with tempfile.TemporaryDirectory(prefix="bananas-") as tmp:
         write_dataset(Path(tmp), n_train=400, n_test_good=0, n_test_per_defect=0, size=256, seed=1)

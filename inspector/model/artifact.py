@@ -19,7 +19,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from inspector.errors import ModelFileError
-from inspector.model.networks import ARCHITECTURES, Autoencoder, FeatureReconstructor, NullModel, RepairAutoencoder
+from inspector.model.family import AnomalyModel, ModelConfig
+from inspector.model.registry import FAMILIES
 from inspector.model.scoring import ScoringConfig
 from inspector.model.threshold import CalibrationStats
 
@@ -31,9 +32,9 @@ _META_KEY = "inspector"
 
 @dataclass(frozen=True)
 class ModelArtifact:
-    """A trained autoencoder and everything needed to score with it."""
+    """A trained model of good images (any family) and everything needed to score with it."""
 
-    model: Autoencoder | RepairAutoencoder | FeatureReconstructor | NullModel
+    model: AnomalyModel
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     calibration: CalibrationStats | None = None
     model_id: str = "banana-ae"
@@ -42,7 +43,8 @@ class ModelArtifact:
     checksum: str = ""
 
     @property
-    def config(self):  # the model's own config dataclass; every one has image_size
+    def config(self) -> ModelConfig:
+        """The model's own config dataclass (its family's); every one has image_size."""
         return self.model.config
 
     @property
@@ -135,9 +137,9 @@ def load(path: Path, device: torch.device | str = "cpu") -> ModelArtifact:
     try:
         arch = dict(header["architecture"])
         name = arch.pop("name", None)
-        if name not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {name!r} (this build knows {sorted(ARCHITECTURES)})")
-        model = ARCHITECTURES[name](arch)
+        if name not in FAMILIES:
+            raise ValueError(f"unknown architecture {name!r} (this build knows {sorted(FAMILIES)})")
+        model = FAMILIES[name].build(arch)
         model.load_state_dict(tensors, strict=True)
         scoring = ScoringConfig.from_dict(header["scoring"])
         calibration = CalibrationStats.from_dict(header["calibration"]) if header.get("calibration") else None

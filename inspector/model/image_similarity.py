@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Concatenate, ParamSpec
+from typing import Concatenate, Literal, ParamSpec
 
 import torch
 import torch.nn.functional as F
@@ -100,15 +100,25 @@ def abs_error_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @_float32
-def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """1 - SSIM per pixel in [0, 2] (Gaussian window, sigma 1.5), mean over channels: (B, C, H, W) x2 -> (B, H, W)."""
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7,
+             kernel: Literal["gaussian", "uniform"] = "gaussian") -> torch.Tensor:
+    """1 - SSIM per pixel in [0, 2], mean over channels: (B, C, H, W) x2 -> (B, H, W).
+
+    The local statistics are weighed by a Gaussian window (sigma 1.5, reflect-padded; the error map) or a uniform
+    one over the pixels inside the image (the image autoencoders' training loss, as they were trained)."""
     if window < 1:
         raise ValueError(f"ssim_map needs a window of at least 1 pixel; got window={window}")
+    if kernel not in ("gaussian", "uniform"):
+        raise ValueError(f"ssim_map's kernel is 'gaussian' or 'uniform'; got {kernel!r}")
     c = x.shape[1]
     # Moments about each image's mean, not 0: E[x^2] - E[x]^2 then cancels far less of float32's precision.
     shift = (x + y).mean(dim=(2, 3), keepdim=True) / 2  # (B, C, 1, 1)
     x, y = x - shift, y - shift
-    stats = _gaussian_blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window, SSIM_SIGMA)  # (B, 5C, H, W)
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (B, 5C, H, W)
+    if kernel == "gaussian":
+        stats = _gaussian_blur(moments, window, SSIM_SIGMA)
+    else:
+        stats = F.avg_pool2d(moments, window, 1, window // 2, count_include_pad=False)
     mu_x, mu_y, ex2, ey2, exy = stats.split(c, dim=1)
     var_x, var_y, cov = ex2 - mu_x.square(), ey2 - mu_y.square(), exy - mu_x * mu_y
     mu_x, mu_y = mu_x + shift, mu_y + shift

@@ -7,7 +7,7 @@ import copy
 import logging
 import time
 from contextlib import nullcontext
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -16,8 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from inspector.decode.preprocess import to_tensor
 from inspector.errors import ConfigError
 from inspector.model.artifact import ModelArtifact
-from inspector.model.networks import NullModel
-from inspector.model.scoring import score_batch
+from inspector.model.family import AnomalyModel, score_batch
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +81,13 @@ class ModelRunner:
     def size(self) -> int:
         return self.artifact.config.image_size
 
-    def _prepare(self, artifact: ModelArtifact) -> torch.nn.Module:
-        model: torch.nn.Module = fuse_conv_bn(artifact.model.to(self.device).eval())
+    def _prepare(self, artifact: ModelArtifact) -> AnomalyModel:
+        model = fuse_conv_bn(artifact.model.to(self.device).eval())
         # channels_last: the convolutions' fast layout on CUDA (tensor cores) and on CPU (oneDNN), ~2x here.
         model = model.to(memory_format=torch.channels_last)
         if self.compile:
-            # On a module torch.compile returns its OptimizedModule wrapper, which its signature types as a callable.
-            model = cast(torch.nn.Module, torch.compile(model, mode="max-autotune" if self.device.type == "cuda"
-                                                        else "default"))
+            # In place, not torch.compile's wrapper: the family's own `score` then calls the compiled forward.
+            model.compile(mode="max-autotune" if self.device.type == "cuda" else "default")
         return model
 
     def batch_shapes(self, max_batch: int) -> tuple[int, ...]:
@@ -106,7 +104,7 @@ class ModelRunner:
         self.warm_up(self._warm_sizes, model=model, scoring_artifact=artifact)
         self.artifact, self._model = artifact, model
 
-    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32), *, model: torch.nn.Module | None = None,
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32), *, model: AnomalyModel | None = None,
                 scoring_artifact: ModelArtifact | None = None) -> float:
         """Run a few batches so kernels are chosen (and compiled) before the first real frame; seconds taken."""
         t0 = time.perf_counter()
@@ -131,12 +129,8 @@ class ModelRunner:
         """Like `score`, for a batch already on the device: (B, 3, S, S) float in [0, 1]."""
         return self._score(x, self._model, self.artifact)
 
-    def _score(self, images: np.ndarray | torch.Tensor, model: torch.nn.Module,
+    def _score(self, images: np.ndarray | torch.Tensor, model: AnomalyModel,
                artifact: ModelArtifact) -> tuple[np.ndarray, torch.Tensor]:
-        if isinstance(artifact.model, NullModel):
-            # Benchmarks: no model, no maps; what is left is transport, decode and the hot loop itself.
-            n, size = len(images), artifact.config.image_size
-            return np.zeros(n, np.float32), torch.zeros((n, 1, 1), device=self.device).expand(n, size, size)
         x = images if isinstance(images, torch.Tensor) else to_tensor(images, self.device)
         n = x.shape[0]
         if self.pad:  # see __init__: a handful of shapes, all warmed up
@@ -148,3 +142,14 @@ class ModelRunner:
         with autocast:
             scores, maps = score_batch(model, x, artifact.scoring)
         return scores[:n].cpu().numpy(), maps[:n]
+
+
+def score_images(runner: ModelRunner, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N,), maps (N, S, S)) on the host for (N, S, S, 3) uint8 RGB images, in batches, with the serving
+    code path: what training, calibration and evaluation score with."""
+    scores, maps = [], []
+    for i in range(0, len(images), batch_size):
+        batch_scores, batch_maps = runner.score(images[i : i + batch_size])
+        scores.append(batch_scores)
+        maps.append(batch_maps.cpu().numpy())
+    return np.concatenate(scores), np.concatenate(maps)

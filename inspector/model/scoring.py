@@ -1,23 +1,22 @@
-"""Reconstruction error -> per-pixel anomaly map -> image score -> defect box.
+"""How a model's output becomes a map, a score and a defect box: the scoring config and the helpers every family
+shares (image error maps, smoothing, registration, the image score, the defect box).
 
-The same functions serve training (validation), calibration, evaluation and the worker, so a score means
-the same thing everywhere.
+Each family's own `score` (in its module) builds on these; the same functions serve training, calibration,
+evaluation and the worker, so a score means the same thing everywhere.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Literal, TypeVar
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from inspector.contracts import Box
 from inspector.model.image_similarity import ERROR_MAPS, combined_error_map
-from inspector.model.networks import FeatureReconstruction, FeatureReconstructor, RepairAutoencoder
 
 
 @dataclass(frozen=True)
@@ -60,9 +59,6 @@ class ScoringConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> "ScoringConfig":
         return cls(**{"global_weight": 1.0, **data})  # type: ignore[arg-type]  # files before the weight: 1
-
-
-_Terms = TypeVar("_Terms", torch.Tensor, np.ndarray)
 
 
 @functools.lru_cache(maxsize=16)
@@ -126,28 +122,6 @@ def error_maps(x: torch.Tensor, recon: torch.Tensor, config: ScoringConfig) -> t
     return smooth(combined_error_map(x.float(), recon.float(), tuple(config.error.split("+"))), config.smoothing_sigma)
 
 
-def feature_maps(model: FeatureReconstructor, out: FeatureReconstruction, size: int,
-                 config: ScoringConfig) -> torch.Tensor:
-    """Per-region feature reconstruction error, upsampled to the model input, smoothed and (when the model
-    has the statistics and the config asks) normalised per location -> (B, S, S), >= 0, not yet registered to
-    the image (`register` with `config.map_offset`)."""
-    err = (out.local.float() - out.local_recon.float()).square().mean(dim=1, keepdim=True)  # (B, 1, h, w)
-    maps = smooth(F.interpolate(err, size=(size, size), mode="bilinear", align_corners=False)[:, 0],
-                  config.smoothing_sigma)
-    if config.pixel_normalise:
-        maps = normalise_per_location(maps, model.pixel_mean, model.pixel_std)
-    return maps
-
-
-def normalise_per_location(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) error maps -> their excess over good images' level, in units of the spread there; maps as they
-    are while the statistics are not fitted (zero spread)."""
-    scale = std.float().mean()
-    if float(scale) <= 0:
-        return maps
-    return ((maps - mean.float()) / (std.float() + 0.1 * scale)).clamp_min(0)
-
-
 def image_scores(maps: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
     """(B, H, W) -> (B,) one anomaly score per image."""
     flat = maps.flatten(1)  # (B, H*W)
@@ -157,43 +131,6 @@ def image_scores(maps: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
         return flat.mean(dim=1)
     k = max(1, int(round(flat.shape[1] * config.topk_fraction)))
     return flat.topk(k, dim=1).values.mean(dim=1)
-
-
-@torch.inference_mode()
-def score_batch(model: torch.nn.Module, x: torch.Tensor, config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score a preprocessed batch (B, C, H, W) in [0, 1] -> (scores (B,), maps (B, H, W)), float32."""
-    if isinstance(model, FeatureReconstructor):
-        local, pooled_err, maps = feature_terms(model, x, config)
-        if not config.local_reference:
-            return local.float(), maps.float()
-        return combined_scores(config, local, pooled_err).float(), maps.float()
-    recon = model(x)
-    if isinstance(model, RepairAutoencoder):
-        maps = smooth(torch.sigmoid(model.segment(x, recon).float())[:, 0], config.smoothing_sigma)
-    else:
-        maps = error_maps(x, recon, config)
-    return image_scores(maps, config).float(), maps.float()
-
-
-def combined_scores(config: ScoringConfig, local: _Terms, glob: _Terms) -> _Terms:
-    """A feature reconstructor's image scores from its two terms (tensors, or arrays at training time): each
-    divided by its reference, the global one weighted, summed."""
-    scores = local / config.local_reference
-    if config.global_reference:
-        scores = scores + config.global_weight * glob / config.global_reference
-    return scores
-
-
-def feature_terms(model: FeatureReconstructor, x: torch.Tensor,
-                  config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass of a feature reconstructor -> (local scores (B,), global errors (B,), maps (B, S, S) registered to
-    the image), before the references that `score_batch` divides them by."""
-    out = model(x)
-    maps = feature_maps(model, out, x.shape[-1], config)
-    pooled_err = (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)  # (B,)
-    # Scored before registration: moving the map must not move the score, and the edge the move replicates would
-    # (on paper, good images' top pixels lie along the bottom and right edges).
-    return image_scores(maps, config), pooled_err, register(maps, config.map_offset)
 
 
 def defect_box(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tuple[int, int]) -> Box | None:

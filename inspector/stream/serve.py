@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from inspector.kafka.transport import client_types
 from inspector.model import artifact as artifact_io
-from inspector.model.networks import NullModel
+from inspector.model.null import NullModel
 from inspector.model.runtime import ModelRunner, pick_device
 from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval
 from inspector.settings import Settings

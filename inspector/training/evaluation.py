@@ -21,10 +21,9 @@ import numpy as np
 from inspector.decode.preprocess import IMAGE_SUFFIXES, list_images, load_images
 from inspector.errors import ConfigError
 from inspector.model import artifact as artifact_io
-from inspector.model.runtime import ModelRunner, pick_device
+from inspector.model.runtime import ModelRunner, pick_device, score_images
 from inspector.model.threshold import defects_flagged
 from inspector.training.quality_metrics import auroc, average_precision, rates_at, roc_curve
-from inspector.training.train import score_images
 
 
 def _test_sets(root: Path) -> dict[str, list[Path]]:

@@ -1,13 +1,13 @@
 """Fitting the feature reconstructor: backbone features (with JPEG and mirror copies), the two bottlenecks, the
 references that weigh its local and global terms, per-location normalisation and the global term's rank chosen
 and the map's offset measured by synthetic defects, and cross-fitted calibration for small sets.
-`inspector.training.train.train_and_calibrate` calls `fit_feature_model`."""
+`inspector.training.pipeline.train_and_calibrate` calls `fit_feature_model`."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,22 +16,19 @@ from tqdm import tqdm
 
 from inspector.decode.preprocess import to_tensor
 from inspector.model.backbone import load_pretrained
-from inspector.model.networks import FeatureReconstructor, FeatureReconstructorConfig
-from inspector.model.runtime import fuse_conv_bn
-from inspector.model.scoring import (
-    ScoringConfig,
+from inspector.model.feature_reconstructor import (
+    FeatureReconstructor,
+    FeatureReconstructorConfig,
     combined_scores,
     feature_maps,
-    image_scores,
     normalise_per_location,
-    register,
 )
+from inspector.model.runtime import fuse_conv_bn
+from inspector.model.scoring import ScoringConfig, image_scores, register
 from inspector.model.threshold import CalibrationStats, calibrate, pixel_sample
 from inspector.training.anomaly_synth import AnomalySynthConfig, synthesize_anomalies
+from inspector.training.config import TrainConfig
 from inspector.training.quality_metrics import auroc
-
-if TYPE_CHECKING:
-    from inspector.training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 

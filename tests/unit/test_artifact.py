@@ -7,7 +7,7 @@ import torch
 from inspector.errors import ModelFileError
 from inspector.model import artifact as artifact_io
 from inspector.model.artifact import ModelArtifact
-from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 from inspector.model.threshold import calibrate
 
 CFG = AutoencoderConfig(image_size=32, widths=(8, 16), latent_channels=4)

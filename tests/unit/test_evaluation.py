@@ -10,7 +10,7 @@ import torch
 
 from inspector.model import artifact as artifact_io
 from inspector.model.artifact import ModelArtifact
-from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 from inspector.model.threshold import calibrate
 from inspector.training import evaluation
 from inspector.training.evaluation import evaluate_folder

@@ -10,7 +10,7 @@ import torch
 from inspector.decode.jpeg import decode_jpeg
 from inspector.decode.preprocess import DeviceJpegDecoder, decode_jpegs_on_device, to_tensor
 from inspector.model.artifact import ModelArtifact
-from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 from inspector.model.runtime import ModelRunner
 
 pytestmark = pytest.mark.gpu

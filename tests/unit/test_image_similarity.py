@@ -206,6 +206,31 @@ def test_ssim_map_matches_a_direct_2d_gaussian_ssim():
     assert torch.allclose(ssim_map(x, y).double(), (1 - s).mean(dim=1), atol=3e-5)
 
 
+def test_uniform_window_ssim_is_the_training_loss_of_the_image_autoencoders():
+    """The uniform window (the pixels inside the image only) reproduces the loss the autoencoders were trained with,
+    in float32 to rounding: 1 - mean SSIM, and its gradient."""
+    x, y = _texture(2, 20, 28, seed=7), _texture(2, 20, 28, seed=8)
+
+    def mean(t):  # the 7x7 mean over the pixels inside the image
+        return F.avg_pool2d(t, 7, 1, 3, count_include_pad=False)
+
+    def trained_loss(a, b):
+        ma, mb = mean(a), mean(b)
+        va, vb, cov = mean(a * a) - ma**2, mean(b * b) - mb**2, mean(a * b) - ma * mb
+        s = ((2 * ma * mb + SSIM_C1) * (2 * cov + SSIM_C2)) / ((ma**2 + mb**2 + SSIM_C1) * (va + vb + SSIM_C2))
+        return 1 - s.mean()
+
+    x_old, x_new = x.clone().requires_grad_(), x.clone().requires_grad_()
+    old, new = trained_loss(x_old, y), ssim_map(x_new, y, kernel="uniform").mean()
+    old.backward()
+    new.backward()
+    assert float(new) == pytest.approx(float(old), abs=1e-6)
+    assert torch.allclose(x_new.grad, x_old.grad, atol=1e-8)
+    assert not torch.allclose(ssim_map(x, y, kernel="uniform"), ssim_map(x, y), atol=1e-3)  # two windows
+    with pytest.raises(ValueError, match="kernel"):
+        ssim_map(x, y, kernel="box")  # type: ignore[arg-type]
+
+
 def test_msgms_map_matches_riads_conv2d_formulation():
     x, y = _texture(2, 24, 40, seed=11), _texture(2, 24, 40, seed=12)  # sizes divisible by 8: no ceil_mode edge
     gx = torch.tensor([[1.0, 0.0, -1.0]] * 3) / 3

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from inspector.decode.preprocess import to_tensor
-from inspector.model.networks import AutoencoderConfig, FeatureReconstructor, NullModel
-from inspector.model.scoring import ScoringConfig, register, score_batch
+from inspector.model.autoencoder import AutoencoderConfig
+from inspector.model.family import score_batch
+from inspector.model.feature_reconstructor import FeatureReconstructor
+from inspector.model.null import NullModel
+from inspector.model.scoring import ScoringConfig, register
 from inspector.synthetic.bananas import render_scene
 from inspector.training.features import measure_map_offset
 

@@ -9,17 +9,15 @@ import torch
 from inspector.errors import ModelFileError
 from inspector.model import artifact as artifact_io
 from inspector.model.artifact import ModelArtifact
-from inspector.model.networks import (
-    FeatureReconstructor,
-    FeatureReconstructorConfig,
-    RepairAutoencoder,
-    RepairAutoencoderConfig,
-)
+from inspector.model.feature_reconstructor import FeatureReconstructor, FeatureReconstructorConfig
+from inspector.model.repair import RepairAutoencoder, RepairAutoencoderConfig
 from inspector.model.runtime import ModelRunner
 from inspector.model.scoring import ScoringConfig
 from inspector.training.anomaly_synth import AnomalySynthConfig
+from inspector.training.config import TrainConfig
 from inspector.training.features import choose_global_rank
-from inspector.training.train import TrainConfig, repair_loss, train_and_calibrate
+from inspector.training.image_autoencoders import repair_loss
+from inspector.training.pipeline import train_and_calibrate
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
@@ -96,7 +94,7 @@ def test_repair_model_round_trips(tmp_path: Path) -> None:
 def test_unknown_error_map_and_future_format_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown error map"):
         ScoringConfig(error="l2+psnr")
-    from inspector.model.networks import Autoencoder, AutoencoderConfig
+    from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 
     path = tmp_path / "m.safetensors"
     artifact_io.save(ModelArtifact(Autoencoder(AutoencoderConfig(image_size=32, widths=(8, 16)))), path)

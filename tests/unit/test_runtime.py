@@ -5,9 +5,9 @@ import torch
 
 from inspector.decode.preprocess import to_tensor
 from inspector.model.artifact import ModelArtifact
-from inspector.model.networks import Autoencoder, AutoencoderConfig
+from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
+from inspector.model.family import score_batch
 from inspector.model.runtime import ModelRunner, fuse_conv_bn
-from inspector.model.scoring import score_batch
 
 
 def _trained_looking_model() -> Autoencoder:

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from inspector.contracts import Box
-from inspector.model.networks import Autoencoder, AutoencoderConfig, NullModel
-from inspector.model.scoring import ScoringConfig, defect_box, error_maps, image_scores, score_batch
+from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
+from inspector.model.family import score_batch
+from inspector.model.null import NullModel
+from inspector.model.scoring import ScoringConfig, defect_box, error_maps, image_scores
 from inspector.model.threshold import defects_flagged, is_defect
 
 

@@ -6,10 +6,12 @@ import torch
 
 from inspector.decode.preprocess import list_images, load_images, to_tensor
 from inspector.model import artifact as artifact_io
-from inspector.model.networks import AutoencoderConfig
+from inspector.model.autoencoder import AutoencoderConfig
+from inspector.training.config import TrainConfig
 from inspector.training.evaluation import denoise_folder, evaluate_folder
+from inspector.training.image_autoencoders import train_model
 from inspector.training.noise import NOISE_KINDS, corrupt
-from inspector.training.train import TrainConfig, train_and_calibrate, train_model
+from inspector.training.pipeline import train_and_calibrate
 
 TINY = AutoencoderConfig(image_size=32, widths=(8, 16), latent_channels=8)
 

@@ -1,0 +1,55 @@
+"""Setting a model's threshold: from held-out good images (conformal) or labelled defects, and the frames
+operators confirmed as false alarms added to the good images (`inspector calibrate --feedback`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inspector.decode.jpeg import decode_jpeg
+from inspector.errors import BadFrame
+from inspector.model.artifact import ModelArtifact
+from inspector.model.runtime import ModelRunner, score_images
+from inspector.model.threshold import CalibrationStats, calibrate, pixel_sample
+from inspector.settings import Settings
+
+
+def calibrate_artifact(
+    artifact: ModelArtifact,
+    good_images: np.ndarray,
+    target_false_alarm: float,
+    device: torch.device,
+    *,
+    defect_images: np.ndarray | None = None,
+) -> ModelArtifact:
+    """Set the threshold from held-out good images (conformal), or F1-optimal when defects are given."""
+    runner = ModelRunner(artifact, device)
+    good_scores, good_maps = score_images(runner, good_images)
+    defect_scores = score_images(runner, defect_images)[0] if defect_images is not None else None
+    stats: CalibrationStats = calibrate(good_scores, pixel_sample(good_maps), target_false_alarm,
+                                        defect_scores=defect_scores)
+    return artifact.with_calibration(stats)
+
+
+def with_confirmed_false_alarms(settings: Settings, good: np.ndarray, frames_out: Path | None) -> np.ndarray:
+    """(N, S, S, 3) uint8 held-out good images plus the frames operators confirmed as false alarms (good frames
+    the model flagged), fetched from the frames topic while it retains them; with `frames_out`, those frames are
+    also written there (for `inspector train --extra-good`)."""
+    from inspector.ui.feedback import fetch_false_alarms  # here: the Kafka client only when feedback is asked for
+
+    found = fetch_false_alarms(settings.kafka, settings.limits)
+    images = []
+    for frame_id, jpeg in sorted(found.jpegs.items()):
+        try:
+            images.append(decode_jpeg(jpeg, size=good.shape[1], max_bytes=settings.limits.max_frame_bytes,
+                                      max_pixels=settings.limits.max_pixels)[0])
+        except BadFrame as exc:
+            print(f"warning: false alarm {frame_id!r} does not decode ({exc}): left out")
+    print(f"feedback: {len(images)} confirmed false alarm(s) from {settings.kafka.feedback_topic} join the "
+          f"{len(good)} good images" + (f"; {len(found.missing)} no longer retained" if found.missing else ""))
+    if frames_out is not None:
+        print(f"feedback: wrote {len(found.save(frames_out))} false-alarm frames to {frames_out} "
+              "(for `inspector train --extra-good`)")
+    return np.concatenate([good, np.stack(images)]) if images else good

@@ -1,0 +1,37 @@
+"""`TrainConfig`: how `inspector train` trains and calibrates; the CLI's defaults are its fields' defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from inspector.model.registry import TrainingMode
+from inspector.training.noise import NOISE_KINDS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training and calibration settings; written into the model file's `training` section."""
+
+    # "features": reconstruct pretrained features (the default; see models/README.md for the measurements),
+    # "repair": DRAEM-style, from scratch; "plain": the plain (or, with denoise, denoising) autoencoder.
+    mode: TrainingMode = "features"
+    feature_steps: int = 1000  # optimiser steps of the feature reconstructor, each on feature_batch regions
+    feature_batch: int = 2048
+    # Feature mode: ranks of the global term tried; the one that ranks synthetic defects highest is kept.
+    global_ranks: tuple[int, ...] = (8, 16, 32)
+    # Feature mode: when fewer good images than this would be held out, every good image is scored by a model
+    # that did not see it (cross_fit_folds folds) and the final model trains on all of them.
+    cross_fit_below: int = 50
+    cross_fit_folds: int = 5
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 2e-3
+    loss: Literal["l2", "l1", "ssim", "l2+ssim", "l1+ssim"] = "l2+ssim"
+    ssim_weight: float = 0.5
+    denoise: bool = False  # noisy input -> clean target
+    noise_kinds: tuple[str, ...] = NOISE_KINDS
+    augment: bool = True  # flips and 90-degree turns only: exact, and never hide a brown spot
+    calibration_fraction: float = 0.2  # held out of training; the threshold is set on these
+    target_false_alarm: float = 0.01
+    seed: int = 0

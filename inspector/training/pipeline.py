@@ -1,0 +1,126 @@
+"""The `inspector train` pipeline: hold out a calibration split (or cross-fit), train the family the model config
+names, calibrate, save; and the facts it records (data fingerprint) and the input size it chooses."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inspector.model import artifact as artifact_io
+from inspector.model.artifact import ModelArtifact
+from inspector.model.autoencoder import AutoencoderConfig
+from inspector.model.family import AnomalyModel
+from inspector.model.feature_reconstructor import FeatureReconstructorConfig
+from inspector.model.registry import family_for_mode
+from inspector.model.repair import RepairAutoencoderConfig
+from inspector.model.scoring import ScoringConfig
+from inspector.model.threshold import CalibrationStats
+from inspector.training.calibration import calibrate_artifact
+from inspector.training.config import TrainConfig
+from inspector.training.features import fit_feature_model
+from inspector.training.image_autoencoders import train_model
+
+
+def data_fingerprint(paths: list[Path]) -> str:
+    """SHA-256 over file names and contents: which images a model was trained on."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def default_input_size(paths: list[Path], mode: str) -> int:
+    """The model input side for these images: 256 px (128 for the from-scratch modes), 320 when the photos are
+    large enough that small defects would shrink below the features' reach at 256."""
+    if mode != "features":
+        return 128
+    import cv2
+
+    sides = []
+    for p in paths[:: max(1, len(paths) // 16)]:
+        image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            sides.append(max(image.shape[:2]))
+    long_side = float(np.median(sides)) if sides else 0.0
+    return 320 if long_side >= 448 else 256
+
+
+def split_for_calibration(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out calibration indices), a fixed random split."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_cal = int(round(n * fraction)) if n > 1 else 0
+    return np.sort(order[n_cal:]), np.sort(order[:n_cal])
+
+
+def train_and_calibrate(
+    images: np.ndarray,
+    paths: list[Path],
+    out: Path,
+    model_config: AutoencoderConfig | RepairAutoencoderConfig | FeatureReconstructorConfig,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    scoring: ScoringConfig | None = None,
+    model_id: str = "banana-ae",
+    model_version: str | None = None,
+    progress: bool = True,
+) -> ModelArtifact:
+    """The `inspector train` pipeline: hold out a calibration split (or cross-fit), train, calibrate, save.
+
+    `model_config` picks the family; the scoring, unless given, is the one `config.mode` was measured with."""
+    t0 = time.time()
+    train_idx, cal_idx = split_for_calibration(len(images), config.calibration_fraction, config.seed)
+    if len(cal_idx) == 0:
+        cal_idx = train_idx  # a handful of images: calibrate on what we have, and say so below
+    scoring = scoring or family_for_mode(config.mode).scoring
+    model: AnomalyModel
+    calibration: CalibrationStats | None = None
+    calibration_scores = "held out"
+    pixel_choice: dict[str, float] = {}  # synthetic-defect AUROC of the two map variants, feature mode
+    rank_choice: dict[str, float] = {}  # ... and of each global rank tried
+    if isinstance(model_config, FeatureReconstructorConfig):
+        fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, progress=progress)
+        model, history, scoring, calibration = fit.model, fit.history, fit.scoring, fit.calibration
+        pixel_choice, rank_choice = fit.pixel_choice, fit.rank_choice
+        if fit.cross_fitted:
+            train_idx = cal_idx = np.arange(len(images))
+            calibration_scores = f"out of fold ({config.cross_fit_folds} folds)"
+    else:
+        model, history = train_model(images[train_idx], model_config, config, device,
+                                     checkpoint=out.with_suffix(".ckpt"), progress=progress)
+    artifact = ModelArtifact(
+        model=model.cpu(),
+        scoring=scoring,
+        model_id=model_id,
+        model_version=model_version or time.strftime("%Y%m%d-%H%M%S"),
+        training={
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+            "n_images": int(len(images)),
+            "n_train": int(len(train_idx)),
+            "n_calibration": int(len(cal_idx)),
+            "calibration_held_out": bool(len(cal_idx) and not np.array_equal(cal_idx, train_idx))
+            or calibration is not None,
+            "calibration_scores": calibration_scores,
+            "pixel_normalise_auroc": pixel_choice,
+            "global_rank_auroc": rank_choice,
+            "data_fingerprint": data_fingerprint(paths) if paths else "",
+            "final_loss": history[-1] if history else None,
+            "seconds": round(time.time() - t0, 1),
+            "device": device.type,
+        },
+    )
+    if calibration is None:
+        artifact = calibrate_artifact(artifact, images[cal_idx], config.target_false_alarm, device)
+    else:
+        artifact = artifact.with_calibration(calibration)
+    saved = artifact_io.save(artifact, out)
+    checkpoint = out.with_suffix(".ckpt")
+    if checkpoint.exists():
+        checkpoint.unlink()  # the model file is complete: a rerun starts afresh
+    return saved
