@@ -225,7 +225,7 @@ def test_uniform_window_ssim_is_the_training_loss_of_the_image_autoencoders():
     old.backward()
     new.backward()
     assert float(new) == pytest.approx(float(old), abs=1e-6)
-    assert torch.allclose(x_new.grad, x_old.grad, atol=1e-8)
+    assert torch.allclose(x_new.grad, x_old.grad, atol=1e-6)  # gradients of about 1e-2: float32 rounding
     assert not torch.allclose(ssim_map(x, y, kernel="uniform"), ssim_map(x, y), atol=1e-3)  # two windows
     with pytest.raises(ValueError, match="kernel"):
         ssim_map(x, y, kernel="box")  # type: ignore[arg-type]
