@@ -1,1 +1,1 @@
-"""The model: pure torch networks, the self-describing model file, scoring, the threshold, the runner."""
+"""Model families (pure torch, each scoring itself), their registry, the model file, scoring, threshold, runner."""
