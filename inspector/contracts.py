@@ -3,7 +3,7 @@
 frames        key = camera id, value = JPEG bytes, headers = FrameMeta (below)
 defect-alerts key = camera id, value = Alert as JSON
 defect-evidence key = frame id, value = the alert's annotated JPEG, headers = schema-version, frame-id, camera-id,
-              content-type, evidence-map (the quantised map, PNG) and evidence-map-scale (inspector.stream.evidence)
+              content-type, evidence-map (the quantised map, PNG) and evidence-map-scale (inspector.evidence)
 alert-feedback key = frame id, value = Feedback as JSON (an operator's verdict on an alert)
 frame-scores  key = camera id, value = FrameScore as compact JSON (one per scored frame)
 ejections     key = frame id, value = EjectionRecord as JSON (what the sorter did with each alert)
@@ -195,6 +195,11 @@ class Feedback(_Strict):
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
+
+
+def format_origin(topic: str, partition: int, offset: int) -> str:
+    """Where a record is: "<topic>/<partition>/<offset>" (alerts, feedback and dead letters carry it)."""
+    return f"{topic}/{partition}/{offset}"
 
 
 def parse_origin(origin: str) -> tuple[str, int, int]:

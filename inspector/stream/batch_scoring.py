@@ -17,13 +17,13 @@ import numpy as np
 
 from inspector.contracts import Box
 from inspector.decode.preprocess import DeviceJpegDecoder
+from inspector.evidence import Evidence, render
 from inspector.kafka.transport import ConsumedRecord
 from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner
 from inspector.model.scoring import defect_box
 from inspector.model.threshold import is_defect
 from inspector.settings import Settings
-from inspector.stream.evidence import Evidence, render
 from inspector.stream.frame_decode import Decoded, decode_record
 from inspector.stream.metrics import WorkerMetrics
 

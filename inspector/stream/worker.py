@@ -19,17 +19,18 @@ from collections import deque
 
 from kafka import TopicPartition
 
+from inspector import evidence
+from inspector.camera_labels import CameraLabels
 from inspector.contracts import H_CAMERA_ID, Alert, EvidenceRef, FrameScore, dead_letter, header_value
 from inspector.kafka.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, next_offsets
 from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner
 from inspector.settings import Settings
-from inspector.stream import evidence
 from inspector.stream.batch_scoring import Batch, BatchScorer, Scored
 from inspector.stream.batcher import MicroBatcher
 from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
 from inspector.stream.frame_decode import Decoded
-from inspector.stream.metrics import CameraLabels, WorkerMetrics
+from inspector.stream.metrics import WorkerMetrics
 from inspector.stream.model_reload import ModelFileWatch
 
 log = logging.getLogger(__name__)
