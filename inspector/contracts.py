@@ -171,6 +171,18 @@ class Alert(_Strict):
     evidence: EvidenceRef | None = None  # None when evidence is turned off (kafka.evidence_topic = "")
     object_id: str | None = None  # ground truth passed through from the frame (belt sources)
 
+    @classmethod
+    def for_frame(cls, meta: FrameMeta, *, score: float, threshold: float, box: Box | None, model_id: str,
+                  model_version: str, scored_ns: int, published_ns: int, origin: str,
+                  evidence: EvidenceRef | None) -> Alert:
+        """The alert of one frame over its threshold; the frame's fields come from its headers."""
+        return cls(
+            frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence, captured_ns=meta.captured_ns,
+            scored_ns=scored_ns, published_ns=published_ns, deadline_ns=meta.deadline_ns, score=score,
+            threshold=threshold, model_id=model_id, model_version=model_version, box=box, label=meta.label,
+            origin=origin, evidence=evidence, object_id=meta.object_id,
+        )
+
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
@@ -225,6 +237,16 @@ class FrameScore(_Strict):
     model_version: str
     label: str | None = None
     object_id: str | None = None
+
+    @classmethod
+    def for_frame(cls, meta: FrameMeta, *, score: float, threshold: float, alert: bool, scored_ns: int,
+                  model_version: str) -> FrameScore:
+        """The score record of one scored frame; the frame's fields come from its headers."""
+        return cls(
+            frame_id=meta.frame_id, camera_id=meta.camera_id, seq=meta.sequence, score=score, thr=threshold,
+            alert=alert, captured_ns=meta.captured_ns, scored_ns=scored_ns, model_version=model_version,
+            label=meta.label, object_id=meta.object_id,
+        )
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
