@@ -29,6 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 
 from inspector.contracts import Alert, FrameMeta, FrameScore
 from inspector.decode.jpeg import decode_jpeg
+from inspector.http_endpoint import wait_until_ready
 from inspector.kafka.kafka_python import create_topics
 from inspector.kafka.local_broker import LocalKafka, free_port
 from inspector.model import artifact as artifact_io
@@ -36,7 +37,6 @@ from inspector.model.runtime import ModelRunner, pick_device
 from inspector.paths import DEFAULT_MODEL
 from inspector.process import freeze_long_lived_objects
 from inspector.settings import KafkaSettings
-from inspector.stream.http_endpoint import wait_until_ready
 from inspector.synthetic.bananas import render_scene
 
 LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}

@@ -38,8 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from decode_pool import DecodePool
+
 from inspector.decode.jpeg import decode_jpeg
-from inspector.decode.pool import DecodePool
 from inspector.decode.preprocess import decode_jpegs_on_device, to_tensor
 from inspector.model import artifact as artifact_io
 from inspector.model.artifact import ModelArtifact

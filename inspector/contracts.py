@@ -3,7 +3,7 @@
 frames        key = camera id, value = JPEG bytes, headers = FrameMeta (below)
 defect-alerts key = camera id, value = Alert as JSON
 defect-evidence key = frame id, value = the alert's annotated JPEG, headers = schema-version, frame-id, camera-id,
-              content-type, evidence-map (the quantised map, PNG) and evidence-map-scale (inspector.stream.evidence)
+              content-type, evidence-map (the quantised map, PNG) and evidence-map-scale (inspector.evidence)
 alert-feedback key = frame id, value = Feedback as JSON (an operator's verdict on an alert)
 frame-scores  key = camera id, value = FrameScore as compact JSON (one per scored frame)
 ejections     key = frame id, value = EjectionRecord as JSON (what the sorter did with each alert)
@@ -171,6 +171,18 @@ class Alert(_Strict):
     evidence: EvidenceRef | None = None  # None when evidence is turned off (kafka.evidence_topic = "")
     object_id: str | None = None  # ground truth passed through from the frame (belt sources)
 
+    @classmethod
+    def for_frame(cls, meta: FrameMeta, *, score: float, threshold: float, box: Box | None, model_id: str,
+                  model_version: str, scored_ns: int, published_ns: int, origin: str,
+                  evidence: EvidenceRef | None) -> Alert:
+        """The alert of one frame over its threshold; the frame's fields come from its headers."""
+        return cls(
+            frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence, captured_ns=meta.captured_ns,
+            scored_ns=scored_ns, published_ns=published_ns, deadline_ns=meta.deadline_ns, score=score,
+            threshold=threshold, model_id=model_id, model_version=model_version, box=box, label=meta.label,
+            origin=origin, evidence=evidence, object_id=meta.object_id,
+        )
+
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
 
@@ -197,6 +209,11 @@ class Feedback(_Strict):
         return self.model_dump_json(exclude_none=True).encode()
 
 
+def format_origin(topic: str, partition: int, offset: int) -> str:
+    """Where a record is: "<topic>/<partition>/<offset>" (alerts, feedback and dead letters carry it)."""
+    return f"{topic}/{partition}/{offset}"
+
+
 def parse_origin(origin: str) -> tuple[str, int, int]:
     """"<topic>/<partition>/<offset>" -> (topic, partition, offset); ValueError when it is not one."""
     topic, partition, offset = origin.rsplit("/", 2)
@@ -220,6 +237,16 @@ class FrameScore(_Strict):
     model_version: str
     label: str | None = None
     object_id: str | None = None
+
+    @classmethod
+    def for_frame(cls, meta: FrameMeta, *, score: float, threshold: float, alert: bool, scored_ns: int,
+                  model_version: str) -> FrameScore:
+        """The score record of one scored frame; the frame's fields come from its headers."""
+        return cls(
+            frame_id=meta.frame_id, camera_id=meta.camera_id, seq=meta.sequence, score=score, thr=threshold,
+            alert=alert, captured_ns=meta.captured_ns, scored_ns=scored_ns, model_version=model_version,
+            label=meta.label, object_id=meta.object_id,
+        )
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from inspector.errors import InspectorError
+from inspector.http_endpoint import HttpEndpoint
 from inspector.settings import Settings
-from inspector.stream.http_endpoint import HttpEndpoint
 from producers.base import FrameSource, Publisher, PublishStats
 from producers.cameras import CameraConfig, open_source
 from producers.live import LiveSource

@@ -155,9 +155,10 @@ def with_bool_comparisons(expr: str) -> str:
 
 
 def worker_series_names() -> set[str]:
-    """Every series name the worker and the UI expose, built from inspector.stream.metrics (counters with _total,
-    histograms with _bucket/_sum/_count)."""
-    from inspector.stream.metrics import build_metrics, build_ui_metrics
+    """Every series name the worker and the UI expose, built from inspector.stream.metrics and inspector.ui.metrics
+    (counters with _total, histograms with _bucket/_sum/_count)."""
+    from inspector.stream.metrics import build_metrics
+    from inspector.ui.metrics import build_ui_metrics
 
     return _series_names(build_metrics, build_ui_metrics)
 
@@ -171,7 +172,7 @@ def producer_series_names() -> set[str]:
 
 def ui_series_names() -> set[str]:
     """The series of `inspector ui` alone (the operators' verdicts), which a worker does not export."""
-    from inspector.stream.metrics import build_ui_metrics
+    from inspector.ui.metrics import build_ui_metrics
 
     return _series_names(build_ui_metrics)
 

@@ -2,7 +2,7 @@
 
 Frames are validated before OpenCV sees them: size limit, JPEG magic, and the dimensions declared in the
 JPEG header (a decompression bomb declares huge dimensions in a few hundred bytes). No torch here, so
-the decode processes of `inspector.decode.pool` need none of it.
+the decode processes of `bench/decode_pool.py` need none of it.
 """
 
 from __future__ import annotations

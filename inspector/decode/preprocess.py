@@ -69,7 +69,7 @@ def nvjpeg_decode(datas: list[bytes], device: torch.device) -> list[torch.Tensor
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    raw = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    raw = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
     return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
 
 

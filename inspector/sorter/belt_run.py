@@ -19,13 +19,13 @@ import numpy as np
 import yaml
 
 from inspector.errors import TransportError
+from inspector.http_endpoint import wait_until_ready
 from inspector.kafka.kafka_python import TopicTail, create_topics
 from inspector.kafka.local_broker import free_port
 from inspector.settings import Settings, child_environment
 from inspector.sorter.belt_report import BeltReport, score_ejections
 from inspector.sorter.line_file import Line, parse_line
 from inspector.sorter.standin_plc import StandinPlc
-from inspector.stream.http_endpoint import wait_until_ready
 from inspector.synthetic.belt import BeltObject, read_truth
 
 # The belt of the demo and the benchmark: 256-px frames, 1 mm a pixel, 0.256 m/s (a pixel every 3.9 ms), so that a

@@ -9,13 +9,13 @@ import signal
 from prometheus_client import CollectorRegistry
 
 from inspector.errors import ConfigError
+from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka.transport import client_types
 from inspector.settings import Settings
 from inspector.sorter.actuators import Actuator, build_actuator
 from inspector.sorter.line_file import load_line
 from inspector.sorter.metrics import build_sorter_metrics
 from inspector.sorter.service import Sorter
-from inspector.stream.http_endpoint import HttpEndpoint
 
 log = logging.getLogger("inspector.sorter")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from inspector.contracts import Alert, EjectionRecord, Headers, dead_letter
+from inspector.contracts import Alert, EjectionRecord, Headers, dead_letter, format_origin
 from inspector.errors import BadFrame, TransportError
 from inspector.kafka.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, offsets_of
 from inspector.settings import Settings
@@ -205,7 +205,7 @@ class Sorter:
         detail = f"{'.'.join(str(p) for p in first['loc']) or 'value'}: {first['msg']}"
         log.warning("unreadable alert at %s/%d/%d (%s): sent to %s", record.topic, record.partition, record.offset,
                     detail, self.settings.sorter.dlq_topic)
-        origin = f"{record.topic}/{record.partition}/{record.offset}"
+        origin = format_origin(record.topic, record.partition, record.offset)
         key, value, headers = dead_letter(record.key, record.value, record.headers, origin,
                                           BadFrame("malformed_alert", detail), 1024 * 1024)
         final = Final(partition, record.offset)

@@ -4,6 +4,7 @@ validated, when the batch is decoded on the GPU). No torch here, like `inspector
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,29 +14,48 @@ from inspector.errors import BadFrame
 from inspector.kafka.transport import ConsumedRecord
 
 
-@dataclass
-class Decoded:
-    """One consumed record after validation and decode: either an image or the reason it is bad."""
+@dataclass(slots=True)
+class DecodedFrame:
+    """A record whose headers parsed and whose JPEG bytes passed validation: on its way to be scored."""
 
     record: ConsumedRecord
-    meta: FrameMeta | None = None
-    image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size (None: decoded on the GPU)
-    frame_hw: tuple[int, int] = (0, 0)
-    error: BadFrame | None = None
+    meta: FrameMeta
+    frame_hw: tuple[int, int]  # the frame's own (height, width)
+    image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size; None: the batch decodes on the GPU
 
 
-def decode_record(record: ConsumedRecord, size: int, max_bytes: int, max_pixels: int, decode: bool = True) -> Decoded:
-    """Headers, then bytes: any problem becomes a BadFrame with a DLQ reason, never an exception.
+class Rejected(NamedTuple):
+    """A record that cannot be scored, and why: it goes to the dead-letter topic."""
+
+    record: ConsumedRecord
+    error: BadFrame
+
+
+def decode_record(record: ConsumedRecord, size: int, max_bytes: int, max_pixels: int,
+                  decode: bool = True) -> DecodedFrame | Rejected:
+    """Headers, then bytes: any problem becomes a Rejected with a DLQ reason, never an exception.
 
     With decode=False the bytes are only validated (the batch is then decoded on the GPU)."""
     try:
         meta = FrameMeta.from_headers(record.headers)
         data = record.value or b""
         if not decode:
-            return Decoded(record, meta, None, validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels))
-        image, hw = decode_jpeg(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
-        return Decoded(record, meta, image, hw)
+            return DecodedFrame(record, meta, validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels))
+        image, frame_hw = decode_jpeg(data, size=size, max_bytes=max_bytes, max_pixels=max_pixels)
+        return DecodedFrame(record, meta, frame_hw, image)
     except BadFrame as bad:
-        return Decoded(record, error=bad)
+        return Rejected(record, bad)
     except Exception as exc:  # a frame must never take the worker down
-        return Decoded(record, error=BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
+        return Rejected(record, BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
+
+
+def split_decoded(decoded: list[DecodedFrame | Rejected]) -> tuple[list[DecodedFrame], list[Rejected]]:
+    """A batch's frames to score and its rejects, each in record order."""
+    frames: list[DecodedFrame] = []
+    rejected: list[Rejected] = []
+    for outcome in decoded:
+        if isinstance(outcome, Rejected):
+            rejected.append(outcome)
+        else:
+            frames.append(outcome)
+    return frames, rejected

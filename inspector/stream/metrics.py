@@ -1,7 +1,7 @@
 """Every Prometheus metric of the worker, built into a registry that is passed in.
 
 Names follow namespace_subsystem_name_unit; counters end in _total, times are in seconds. Label values come
-from small fixed sets: camera ids are capped (`CameraLabels`), frame ids never become labels.
+from small fixed sets: camera ids are capped (`inspector.camera_labels`), frame ids never become labels.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from inspector.contracts import DLQ_REASONS, FEEDBACK_VERDICTS
+from inspector.contracts import DLQ_REASONS
 
 if TYPE_CHECKING:  # the artifact module imports torch; the metrics need only its fields
     from inspector.model.artifact import ModelArtifact
@@ -106,41 +106,3 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
     for reason in DLQ_REASONS:
         metrics.frames_dead_lettered.labels(reason)
     return metrics
-
-
-class CameraLabels:
-    """Caps the distinct camera label values: a flood of made-up camera ids must not explode the series.
-
-    A camera's counters start at 0 with its first good frame (`WorkerMetrics.start_camera`); a camera seen
-    only on dead-lettered frames gets no alert or scored series, so per-camera ratios have no 0/0."""
-
-    def __init__(self, limit: int, metrics: WorkerMetrics) -> None:
-        self.limit = limit
-        self.metrics = metrics
-        self._seen: set[str] = set()
-        self._started: set[str] = set()
-
-    def __call__(self, camera_id: str, *, start: bool = True) -> str:
-        label = camera_id if camera_id in self._seen or len(self._seen) < self.limit else "other"
-        self._seen.add(label)
-        if start and label not in self._started:
-            self._started.add(label)
-            self.metrics.start_camera(label)
-        return label
-
-
-@dataclass(frozen=True)
-class UiMetrics:
-    """The metrics of `inspector ui`: the operators' verdicts, for the dashboard's confirmed precision."""
-
-    feedback: Counter
-
-    def start_camera(self, camera: str) -> None:
-        for verdict in FEEDBACK_VERDICTS:
-            self.feedback.labels(verdict, camera)
-
-
-def build_ui_metrics(registry: CollectorRegistry) -> UiMetrics:
-    """Create the UI's metrics in `registry`."""
-    return UiMetrics(feedback=Counter("feedback", "Operator verdicts on alerts, written to the feedback topic.",
-                                      ("verdict", "camera"), namespace=NAMESPACE, registry=registry))

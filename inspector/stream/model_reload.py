@@ -21,8 +21,8 @@ class ModelFileWatch:
 
     def __init__(self, settings: ModelSettings, metrics: WorkerMetrics, serving: Callable[[], ModelArtifact],
                  install: Callable[[ModelArtifact], None]) -> None:
-        self.s = settings
-        self.m = metrics
+        self.settings = settings
+        self.metrics = metrics
         self._serving = serving  # the artifact in service
         self._install = install  # warms a new artifact up and swaps it in; ModelFileError refuses it
         self._mtime = self._file_mtime()
@@ -30,28 +30,28 @@ class ModelFileWatch:
 
     def _file_mtime(self) -> float:
         try:
-            return self.s.path.stat().st_mtime
+            return self.settings.path.stat().st_mtime
         except OSError:
             return 0.0
 
     def poll(self) -> bool:
         """Reload if the file changed since the last look; True when a new model now serves."""
-        if self.s.reload_poll_s <= 0 or time.monotonic() < self._next_check:
+        if self.settings.reload_poll_s <= 0 or time.monotonic() < self._next_check:
             return False
-        self._next_check = time.monotonic() + self.s.reload_poll_s
+        self._next_check = time.monotonic() + self.settings.reload_poll_s
         mtime = self._file_mtime()
         if mtime in (self._mtime, 0.0):
             return False
         self._mtime = mtime
         try:
-            new = artifact_io.load(self.s.path)
+            new = artifact_io.load(self.settings.path)
             new.threshold  # noqa: B018 - an uncalibrated model must not serve
             self._install(new)
         except ModelFileError as exc:
-            self.m.model_reloads.labels("rejected").inc()
+            self.metrics.model_reloads.labels("rejected").inc()
             old = self._serving()
             log.error("model reload refused, still serving %s:%s: %s", old.model_id, old.model_version, exc)
             return False
-        self.m.model_reloads.labels("ok").inc()
+        self.metrics.model_reloads.labels("ok").inc()
         log.info("model reloaded: now serving %s:%s", new.model_id, new.model_version)
         return True

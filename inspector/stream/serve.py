@@ -11,13 +11,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka.transport import client_types
 from inspector.model import artifact as artifact_io
 from inspector.model.null import NullModel
 from inspector.model.runtime import ModelRunner, pick_device
 from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval
 from inspector.settings import Settings
-from inspector.stream.http_endpoint import HttpEndpoint
 from inspector.stream.metrics import build_metrics
 from inspector.stream.worker import Worker
 

@@ -19,17 +19,26 @@ from collections import deque
 
 from kafka import TopicPartition
 
-from inspector.contracts import H_CAMERA_ID, Alert, EvidenceRef, FrameScore, dead_letter, header_value
+from inspector import evidence
+from inspector.camera_labels import CameraLabels
+from inspector.contracts import (
+    H_CAMERA_ID,
+    Alert,
+    EvidenceRef,
+    FrameScore,
+    dead_letter,
+    format_origin,
+    header_value,
+)
 from inspector.kafka.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, next_offsets
 from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner
 from inspector.settings import Settings
-from inspector.stream import evidence
-from inspector.stream.batch_scoring import Batch, BatchScorer, Scored
+from inspector.stream.batch_scoring import Batch, BatchScorer, ScoredBatch, ScoredFrame
 from inspector.stream.batcher import MicroBatcher
 from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
-from inspector.stream.frame_decode import Decoded
-from inspector.stream.metrics import CameraLabels, WorkerMetrics
+from inspector.stream.frame_decode import Rejected
+from inspector.stream.metrics import WorkerMetrics
 from inspector.stream.model_reload import ModelFileWatch
 
 log = logging.getLogger(__name__)
@@ -40,11 +49,11 @@ class Worker:
 
     def __init__(self, settings: Settings, runner: ModelRunner, consumer: FrameConsumer,
                  producer: ResultProducer, metrics: WorkerMetrics) -> None:
-        self.s = settings
+        self.settings = settings
         self.runner = runner
         self.consumer = consumer
         self.producer = producer
-        self.m = metrics
+        self.metrics = metrics
         self.cameras = CameraLabels(settings.limits.max_cameras, metrics)
         self.scorer = BatchScorer(settings, runner, metrics)  # decode and score, in threads of its own
         # The batch size, and whether the next batches are scored while one is published, follow how long the
@@ -90,7 +99,7 @@ class Worker:
                 if self._in_flight and (len(self._in_flight) > depth or not records or self._in_flight[0].is_scored()):
                     self._finish(self._in_flight.popleft())
                 if self._model_file.poll():
-                    self.m.show_model(self.runner.artifact, self.s.model)
+                    self.metrics.show_model(self.runner.artifact, self.settings.model)
                 self._update_lag()
             while self._in_flight:
                 self._finish(self._in_flight.popleft())
@@ -98,7 +107,7 @@ class Worker:
             # After a failure nothing more may be published: consumer.close() calls _on_revoked.
             self._in_flight.clear()
             self._batcher.take()
-            self.m.ready.set(0)
+            self.metrics.ready.set(0)
             self.scorer.shutdown()
 
     # ---- 1. poll and batch ------------------------------------------------------------------------
@@ -109,7 +118,7 @@ class Worker:
         While batches are in flight we only take what is already fetched, so that they are not delayed.
         """
         t0 = time.perf_counter()
-        max_size, max_wait_s = self._batch_size.max_size, self.s.batch.max_wait_ms / 1000
+        max_size, max_wait_s = self._batch_size.max_size, self.settings.batch.max_wait_ms / 1000
         self._batcher = batcher = MicroBatcher[ConsumedRecord](max_size, max_wait_s)
         if self._in_flight:
             for record in self.consumer.poll(0, batcher.room()):
@@ -125,7 +134,7 @@ class Worker:
                     batcher.add(record, time.monotonic())
         records = batcher.take()
         if records:
-            self.m.stage_seconds.labels("poll").observe(time.perf_counter() - t0)
+            self.metrics.stage_seconds.labels("poll").observe(time.perf_counter() - t0)
         return records
 
     # ---- 2..3. decode and score run in self.scorer; 4..7. publish, acknowledge then commit, metrics ------
@@ -135,69 +144,60 @@ class Worker:
         size to how long that took, and record its metrics."""
         t0 = time.perf_counter()
         scored = self.scorer.scored(batch)
-        assert scored is not None  # only a dropped batch is not scored, and a dropped batch is not finished
         t_scored = time.perf_counter()
-        for d in scored.decoded:
-            camera = d.meta.camera_id if d.meta else header_value(d.record.headers, H_CAMERA_ID)
-            self.m.frames_consumed.labels(self.cameras(camera or "unknown", start=d.error is None)).inc()
         pending = self._publish(scored)
         acked_ns, t_acked = self._acknowledge_then_commit(batch.records, pending)
         t_committed = time.perf_counter()
         self._batch_size.observe(len(batch.records), t_committed - t0)
         self._record_metrics(scored, acked_ns)
-        self.m.stage_seconds.labels("publish").observe(t_acked - t_scored)
-        self.m.stage_seconds.labels("commit").observe(t_committed - t_acked)
+        self.metrics.stage_seconds.labels("publish").observe(t_acked - t_scored)
+        self.metrics.stage_seconds.labels("commit").observe(t_committed - t_acked)
 
-    def _publish(self, scored: Scored) -> list[Pending]:
+    def _publish(self, scored: ScoredBatch) -> list[Pending]:
         """4. Send the batch's alerts, scores and dead letters, then the alerts' evidence (drawn meanwhile in a
         thread of its own); the sends are asynchronous, nothing is acknowledged yet."""
         self.producer.begin()
         pending: list[Pending] = []
-        artifact, kafka = scored.artifact, self.s.kafka
-        for i, d in enumerate(scored.good):
-            meta = d.meta
-            assert meta is not None
-            score, threshold, alert = float(scored.scores[i]), scored.thresholds[i], i in scored.alerts
-            if alert:
-                message = Alert(
-                    frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence,
-                    captured_ns=meta.captured_ns, scored_ns=scored.scored_ns, published_ns=time.time_ns(),
-                    deadline_ns=meta.deadline_ns, score=score, threshold=threshold,
-                    model_id=artifact.model_id, model_version=artifact.model_version, box=scored.alerts[i],
-                    label=meta.label, object_id=meta.object_id,
-                    origin=f"{d.record.topic}/{d.record.partition}/{d.record.offset}",
-                    evidence=EvidenceRef(topic=kafka.evidence_topic, key=meta.frame_id) if i in scored.evidence
-                    else None,
-                )
-                pending.append(self.producer.send(kafka.alerts_topic, meta.camera_id, message.to_json(), [],
-                                                  f"alert for frame {meta.frame_id}"))
-            if kafka.scores_topic:
-                record = FrameScore(
-                    frame_id=meta.frame_id, camera_id=meta.camera_id, seq=meta.sequence, score=score,
-                    thr=threshold, alert=alert, captured_ns=meta.captured_ns, scored_ns=scored.scored_ns,
-                    model_version=artifact.model_version, label=meta.label, object_id=meta.object_id,
-                )
-                pending.append(self.producer.send(kafka.scores_topic, meta.camera_id, record.to_json(), [],
-                                                  f"score for frame {meta.frame_id}"))
-        pending.extend(self._dead_letter(d) for d in scored.bad)
+        for frame in scored.frames:
+            self._publish_verdict(frame, scored, pending)
+        pending.extend(self._dead_letter(rejected) for rejected in scored.rejected)
         pending.extend(self._publish_evidence(scored))
         return pending
 
-    def _publish_evidence(self, scored: Scored) -> list[Pending]:
+    def _publish_verdict(self, frame: ScoredFrame, scored: ScoredBatch, pending: list[Pending]) -> None:
+        """4a. A frame's alert, if it is one, and its score record."""
+        kafka, meta, artifact = self.settings.kafka, frame.meta, scored.artifact
+        if frame.alert:
+            record = frame.record
+            alert = Alert.for_frame(
+                meta, score=frame.score, threshold=frame.threshold, box=frame.box, model_id=artifact.model_id,
+                model_version=artifact.model_version, scored_ns=scored.scored_ns, published_ns=time.time_ns(),
+                origin=format_origin(record.topic, record.partition, record.offset),
+                evidence=None if frame.evidence is None else EvidenceRef(topic=kafka.evidence_topic, key=meta.frame_id))
+            pending.append(self.producer.send(kafka.alerts_topic, meta.camera_id, alert.to_json(), [],
+                                              f"alert for frame {meta.frame_id}"))
+        if kafka.scores_topic:
+            score = FrameScore.for_frame(meta, score=frame.score, threshold=frame.threshold, alert=frame.alert,
+                                         scored_ns=scored.scored_ns, model_version=artifact.model_version)
+            pending.append(self.producer.send(kafka.scores_topic, meta.camera_id, score.to_json(), [],
+                                              f"score for frame {meta.frame_id}"))
+
+    def _publish_evidence(self, scored: ScoredBatch) -> list[Pending]:
         """4b. After every alert of the batch is on its way: their evidence, as it is drawn. One that cannot be
         drawn is logged and counted; its alert has gone out already."""
         pending: list[Pending] = []
-        for i, rendering in scored.evidence.items():
-            meta = scored.good[i].meta
-            assert meta is not None
+        for frame in scored.frames:
+            if frame.evidence is None:
+                continue
+            meta = frame.meta
             try:
-                drawn = rendering.result()
+                drawn = frame.evidence.result()
             except Exception as exc:  # evidence must never take the worker down
                 log.warning("no evidence for frame %s: %s: %s", meta.frame_id, type(exc).__name__, exc)
-                self.m.evidence_failed.inc()
+                self.metrics.evidence_failed.inc()
                 continue
             key, value, headers = evidence.to_record(drawn, meta.frame_id, meta.camera_id)
-            pending.append(self.producer.send(self.s.kafka.evidence_topic, key, value, headers,
+            pending.append(self.producer.send(self.settings.kafka.evidence_topic, key, value, headers,
                                               f"evidence for frame {meta.frame_id}"))
         return pending
 
@@ -217,19 +217,23 @@ class Worker:
             self.consumer.commit(offsets)
         return acked
 
-    def _record_metrics(self, scored: Scored, acked_ns: int) -> None:
+    def _record_metrics(self, scored: ScoredBatch, acked_ns: int) -> None:
         """7. Per-frame metrics, after the fact: they must never delay an alert."""
-        for i, d in enumerate(scored.good):
-            meta = d.meta
-            assert meta is not None
+        metrics = self.metrics
+        for frame in scored.frames:
+            meta = frame.meta
             camera = self.cameras(meta.camera_id)
-            self.m.frames_scored.labels(camera).inc()
-            self.m.score.labels(camera).observe(float(scored.scores[i]))
-            self.m.end_to_end_seconds.labels(camera).observe(max(0.0, (acked_ns - meta.captured_ns) / 1e9))
+            metrics.frames_consumed.labels(camera).inc()
+            metrics.frames_scored.labels(camera).inc()
+            metrics.score.labels(camera).observe(frame.score)
+            metrics.end_to_end_seconds.labels(camera).observe(max(0.0, (acked_ns - meta.captured_ns) / 1e9))
             if meta.deadline_ns is not None and acked_ns > meta.deadline_ns:
-                self.m.deadline_missed.labels(camera).inc()
-            if i in scored.alerts:
-                self.m.alerts.labels(camera).inc()
+                metrics.deadline_missed.labels(camera).inc()
+            if frame.alert:
+                metrics.alerts.labels(camera).inc()
+        for rejected in scored.rejected:  # a rejected frame's camera gets no scored or alert series
+            camera = header_value(rejected.record.headers, H_CAMERA_ID) or "unknown"
+            metrics.frames_consumed.labels(self.cameras(camera, start=False)).inc()
 
     def _install_model(self, new: ModelArtifact) -> None:
         """Hot reload, between two batches: the batches in flight finish with the model that scored them, then
@@ -238,15 +242,14 @@ class Worker:
             self._finish(self._in_flight.popleft())
         self.scorer.load(new)
 
-    def _dead_letter(self, d: Decoded) -> Pending:
-        record, error = d.record, d.error
-        assert error is not None
-        origin = f"{record.topic}/{record.partition}/{record.offset}"
+    def _dead_letter(self, rejected: Rejected) -> Pending:
+        record, error = rejected
+        origin = format_origin(record.topic, record.partition, record.offset)
         key, value, headers = dead_letter(record.key, record.value, record.headers, origin, error,
-                                          self.s.limits.max_frame_bytes)
+                                          self.settings.limits.max_frame_bytes)
         log.warning("dead-lettered %s: %s", origin, error)
-        self.m.frames_dead_lettered.labels(error.reason).inc()
-        return self.producer.send(self.s.kafka.dlq_topic, key, value, headers, f"dead letter {origin}")
+        self.metrics.frames_dead_lettered.labels(error.reason).inc()
+        return self.producer.send(self.settings.kafka.dlq_topic, key, value, headers, f"dead letter {origin}")
 
     # ---- group membership -------------------------------------------------------------------------
 
@@ -260,15 +263,15 @@ class Worker:
         self._rewind.note_dropped(dropped)
         self._in_flight.clear()
         self._assigned = False
-        self.m.ready.set(0)
+        self.metrics.ready.set(0)
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         # A new owner starts from the committed offset, but kafka-python keeps a kept partition's position
         # across the rebalance: it would read on after the dropped batch, and the next commit would skip it.
         self._rewind.apply(self.consumer.assignment(), self.consumer.seek)
         self._assigned = True
-        self.m.assigned_partitions.set(len(self.consumer.assignment()))
-        self.m.ready.set(1 if self.ready() else 0)
+        self.metrics.assigned_partitions.set(len(self.consumer.assignment()))
+        self.metrics.ready.set(1 if self.ready() else 0)
         log.info("assigned %d partition(s): %s", len(assigned), sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     # ---- housekeeping -----------------------------------------------------------------------------
@@ -278,8 +281,8 @@ class Worker:
         if now < self._next_lag_update:
             return
         self._next_lag_update = now + 1.0
-        self.m.consumer_lag.clear()
+        self.metrics.consumer_lag.clear()
         for tp, lag in self.consumer.lag().items():
-            self.m.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
-        self.m.assigned_partitions.set(len(self.consumer.assignment()))
-        self.m.ready.set(1 if self.ready() else 0)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+        self.metrics.assigned_partitions.set(len(self.consumer.assignment()))
+        self.metrics.ready.set(1 if self.ready() else 0)

@@ -25,13 +25,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from inspector.contracts import FEEDBACK_VERDICTS, Alert, EjectionRecord, Feedback, FrameScore
+from inspector.camera_labels import CameraLabels
+from inspector.contracts import FEEDBACK_VERDICTS, Alert, EjectionRecord, Feedback, FrameScore, format_origin
 from inspector.errors import BadFrame, ConfigError, TransportError
+from inspector.evidence import from_record
 from inspector.settings import Settings
-from inspector.stream.evidence import from_record
-from inspector.stream.metrics import UiMetrics, build_ui_metrics
 from inspector.ui.feed import FeedbackWriter, Record, TopicFeed
 from inspector.ui.feedback import FrameFetcher
+from inspector.ui.metrics import UiMetrics, build_ui_metrics
 from inspector.ui.state import WallState, ejection_detail
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ class UiServer:
     """The page's state and the clients pushed to; records arrive from the feed thread via the event loop."""
 
     def __init__(self, settings: Settings, metrics: UiMetrics) -> None:
-        self.s = settings
-        self.m = metrics
+        self.settings = settings
+        self.metrics = metrics
+        self.cameras = CameraLabels(settings.limits.max_cameras, metrics)  # the metrics' camera labels, capped
         self.state = WallState(settings.ui.max_alerts, settings.ui.history_minutes, settings.limits.max_cameras)
         self.clients: set[asyncio.Queue[str]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -70,26 +72,26 @@ class UiServer:
         self.loop.call_soon_threadsafe(self.on_record, record)
 
     def on_record(self, record: Record) -> None:
-        k = self.s.kafka
+        kafka = self.settings.kafka
         try:
-            if record.topic == k.alerts_topic:
+            if record.topic == kafka.alerts_topic:
                 view = self.state.add_alert(Alert.model_validate_json(record.value or b""))
                 if view:
-                    self.m.start_camera(view.alert.camera_id)
+                    self.cameras(view.alert.camera_id)  # its verdict series start at 0
                     self.push("alert", view.to_json())
-            elif record.topic == k.evidence_topic:
-                ev = from_record(record.value, record.headers)
-                view = self.state.add_evidence((record.key or b"").decode("utf-8", errors="replace"), ev.jpeg)
+            elif record.topic == kafka.evidence_topic:
+                evidence = from_record(record.value, record.headers)
+                view = self.state.add_evidence((record.key or b"").decode("utf-8", errors="replace"), evidence.jpeg)
                 if view:
                     self.push("alert", view.to_json())
-            elif record.topic == k.scores_topic:
+            elif record.topic == kafka.scores_topic:
                 self.state.add_score(FrameScore.model_validate_json(record.value or b""))
-            elif record.topic == k.feedback_topic:
+            elif record.topic == kafka.feedback_topic:
                 verdict = Feedback.model_validate_json(record.value or b"")
                 view = self.state.add_verdict(verdict.frame_id, verdict.verdict)
                 if view:
                     self.push("alert", view.to_json())
-            elif record.topic == k.ejections_topic:
+            elif record.topic == kafka.ejections_topic:
                 view = self.state.add_ejection(EjectionRecord.model_validate_json(record.value or b""))
                 if view:
                     self.push("alert", view.to_json())
@@ -100,7 +102,7 @@ class UiServer:
         """A record that is not what its topic promises: one line, a warning for the first of each topic (a topic
         full of them would flood the log at every restart's rewind), and the page goes on."""
         self.skipped += 1
-        where, detail = f"{record.topic}/{record.partition}/{record.offset}", str(exc).replace("\n", " ")[:300]
+        where, detail = format_origin(record.topic, record.partition, record.offset), str(exc).replace("\n", " ")[:300]
         if record.topic in self._skipped_topics:
             log.debug("skipped a malformed record %s: %s", where, detail)
         else:
@@ -109,9 +111,9 @@ class UiServer:
 
     def push(self, event: str, data: object) -> None:
         message = f"event: {event}\ndata: {json.dumps(data)}\n\n"
-        for q in list(self.clients):
-            if q.qsize() < 1000:  # a stalled browser loses events rather than the server its memory
-                q.put_nowait(message)
+        for client in list(self.clients):
+            if client.qsize() < 1000:  # a stalled browser loses events rather than the server its memory
+                client.put_nowait(message)
 
     async def push_counts(self) -> None:
         while True:
@@ -121,10 +123,10 @@ class UiServer:
     # ---- feedback ----
 
     def token_required(self) -> bool:
-        return self.s.ui.feedback_token is not None
+        return self.settings.ui.feedback_token is not None
 
     def token_ok(self, given: str | None) -> bool:
-        token = self.s.ui.feedback_token
+        token = self.settings.ui.feedback_token
         if token is None:
             return True
         return given is not None and hmac.compare_digest(given.encode(), token.get_secret_value().encode())
@@ -166,26 +168,27 @@ async def alert_page(request: web.Request) -> web.Response:
     view = ui.state.alerts.get(frame_id)
     if view is None:
         raise web.HTTPNotFound(text="no such alert among the recent ones")
-    a, q = view.alert, quote(frame_id, safe="")
-    box = f"{a.box.x0},{a.box.y0} – {a.box.x1},{a.box.y1} ({a.box.area_fraction:.2%})" if a.box else "none"
-    rows = [("camera", a.camera_id), ("frame", a.frame_id), ("score", f"{a.score:.6f}"),
-            ("threshold", f"{a.threshold:.6f}"), ("model", f"{a.model_id}:{a.model_version}"),
-            ("captured", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.captured_ns / 1e9)) + " UTC"),
-            ("capture to alert", f"{max(0, a.published_ns - a.captured_ns) / 1e6:.1f} ms"), ("box", box),
-            ("frame origin", a.origin or "unknown"), ("verdict", view.verdict or "none yet")]
-    if ui.s.kafka.ejections_topic:
+    alert, quoted_id = view.alert, quote(frame_id, safe="")
+    box = alert.box
+    box_text = f"{box.x0},{box.y0} – {box.x1},{box.y1} ({box.area_fraction:.2%})" if box else "none"
+    rows = [("camera", alert.camera_id), ("frame", alert.frame_id), ("score", f"{alert.score:.6f}"),
+            ("threshold", f"{alert.threshold:.6f}"), ("model", f"{alert.model_id}:{alert.model_version}"),
+            ("captured", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(alert.captured_ns / 1e9)) + " UTC"),
+            ("capture to alert", f"{max(0, alert.published_ns - alert.captured_ns) / 1e6:.1f} ms"), ("box", box_text),
+            ("frame origin", alert.origin or "unknown"), ("verdict", view.verdict or "none yet")]
+    if ui.settings.kafka.ejections_topic:
         rows.append(("ejection", ejection_detail(view.ejection) if view.ejection else "none yet"))
-    table = "".join(f"<tr><th>{_escape(k)}</th><td>{_escape(v)}</td></tr>" for k, v in rows)
-    body = f"""<header><h1>Alert on camera <span class="camera">{_escape(a.camera_id)}</span></h1>
+    table = "".join(f"<tr><th>{_escape(name)}</th><td>{_escape(value)}</td></tr>" for name, value in rows)
+    body = f"""<header><h1>Alert on camera <span class="camera">{_escape(alert.camera_id)}</span></h1>
 <a href="/">back to the wall</a><label>Operator <input id="operator" maxlength="64"></label></header>
-<div class="alert-page" data-frame-id="{_escape(a.frame_id)}">
-<figure><img alt="evidence" src="/evidence/{q}.jpg"><figcaption>heat map and box</figcaption></figure>
-<figure><img alt="original frame" src="/frame/{q}.jpg"><figcaption>the original frame</figcaption></figure>
+<div class="alert-page" data-frame-id="{_escape(alert.frame_id)}">
+<figure><img alt="evidence" src="/evidence/{quoted_id}.jpg"><figcaption>heat map and box</figcaption></figure>
+<figure><img alt="original frame" src="/frame/{quoted_id}.jpg"><figcaption>the original frame</figcaption></figure>
 <table class="details">{table}</table>
-<div class="feedback"><button class="false-alarm" data-frame-id="{_escape(a.frame_id)}">false alarm</button>
-<button class="confirmed" data-frame-id="{_escape(a.frame_id)}">confirmed defect</button>
+<div class="feedback"><button class="false-alarm" data-frame-id="{_escape(alert.frame_id)}">false alarm</button>
+<button class="confirmed" data-frame-id="{_escape(alert.frame_id)}">confirmed defect</button>
 <span class="feedback-result"></span></div></div>"""
-    return _page(f"Alert {a.frame_id}", body, ui)
+    return _page(f"Alert {alert.frame_id}", body, ui)
 
 
 def _jpeg(data: bytes) -> web.Response:
@@ -253,17 +256,17 @@ async def post_feedback(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such alert among the recent ones")
     if view.verdict == verdict:  # a double click, or a resend after a lost answer: already recorded
         return web.json_response({"recorded": False, "verdict": verdict})
-    a = view.alert
-    feedback = Feedback(frame_id=a.frame_id, camera_id=a.camera_id, verdict=verdict,
-                        operator=operator, at_ns=time.time_ns(), origin=a.origin, score=a.score,
-                        threshold=a.threshold, model_version=a.model_version)
+    alert = view.alert
+    feedback = Feedback(frame_id=alert.frame_id, camera_id=alert.camera_id, verdict=verdict,
+                        operator=operator, at_ns=time.time_ns(), origin=alert.origin, score=alert.score,
+                        threshold=alert.threshold, model_version=alert.model_version)
     assert ui.writer is not None
     try:
         await asyncio.get_running_loop().run_in_executor(None, ui.writer.write, feedback)
     except TransportError as exc:
         raise web.HTTPServiceUnavailable(text=f"feedback not recorded: {exc}") from None
     view.verdict = verdict
-    ui.m.feedback.labels(verdict, a.camera_id).inc()
+    ui.metrics.feedback.labels(verdict, ui.cameras(alert.camera_id)).inc()
     ui.push("alert", view.to_json())
     return web.json_response({"recorded": True, "verdict": verdict})
 

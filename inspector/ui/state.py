@@ -9,9 +9,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from inspector.camera_labels import CameraLabels
 from inspector.contracts import Alert, EjectionRecord, FrameScore
 
-OTHER_CAMERAS = "other"  # the label of cameras past the cap, as in the worker's metrics
 # The words an operator reads for each sorter outcome (inspector.contracts.EjectionRecord says what each means).
 _EJECTION_WORDS = {"fired": "ejected", "merged": "merged", "duplicate": "duplicate", "late": "late",
                    "failed": "failed", "unconfirmed": "not confirmed", "unknown_camera": "no lane"}
@@ -51,12 +51,13 @@ class AlertView:
 
     def to_json(self) -> dict[str, object]:
         """For the browser, which renders every string as text (they come from Kafka: untrusted)."""
-        a = self.alert
+        alert = self.alert
         return {
-            "frame_id": a.frame_id, "camera_id": a.camera_id, "score": a.score, "threshold": a.threshold,
-            "captured_ms": a.captured_ns // 1_000_000, "latency_ms": round(max(0, a.published_ns - a.captured_ns) / 1e6, 1),
-            "model": f"{a.model_id}:{a.model_version}", "box": a.box.model_dump() if a.box else None,
-            "evidence": self.evidence_jpeg is not None, "origin": a.origin is not None, "verdict": self.verdict,
+            "frame_id": alert.frame_id, "camera_id": alert.camera_id, "score": alert.score,
+            "threshold": alert.threshold, "captured_ms": alert.captured_ns // 1_000_000,
+            "latency_ms": round(max(0, alert.published_ns - alert.captured_ns) / 1e6, 1),
+            "model": f"{alert.model_id}:{alert.model_version}", "box": alert.box.model_dump() if alert.box else None,
+            "evidence": self.evidence_jpeg is not None, "origin": alert.origin is not None, "verdict": self.verdict,
             "ejection": None if self.ejection is None else {
                 "outcome": self.ejection.outcome, "label": ejection_label(self.ejection),
                 "ejected": self.ejection.object_ejected},
@@ -72,7 +73,7 @@ class _Minute:
 @dataclass
 class WallState:
     """The last `max_alerts` alerts by frame id, evidence, verdicts and ejections waiting for their alert, and counts
-    per camera and minute."""
+    per camera and minute (the first `max_cameras` cameras by name, the rest together, as in the worker's metrics)."""
 
     max_alerts: int
     window_minutes: float
@@ -83,6 +84,10 @@ class WallState:
     _early_ejections: OrderedDict[str, EjectionRecord] = field(default_factory=OrderedDict)
     _minutes: dict[str, dict[int, _Minute]] = field(default_factory=dict)  # camera -> minute since epoch -> counts
     _scores_seen: bool = False
+    _cameras: CameraLabels = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._cameras = CameraLabels(self.max_cameras)
 
     def add_alert(self, alert: Alert) -> AlertView | None:
         """A new alert (None for one already shown: a record read again after a rebalance)."""
@@ -144,9 +149,8 @@ class WallState:
         self._count(score.camera_id, score.captured_ns, frames=1, alerts=int(score.alert))
 
     def _count(self, camera: str, captured_ns: int, *, frames: int, alerts: int) -> None:
-        if camera not in self._minutes and len(self._minutes) >= self.max_cameras:
-            camera = OTHER_CAMERAS
-        minute = self._minutes.setdefault(camera, {}).setdefault(captured_ns // 60_000_000_000, _Minute())
+        label = self._cameras(camera)
+        minute = self._minutes.setdefault(label, {}).setdefault(captured_ns // 60_000_000_000, _Minute())
         minute.frames += frames
         minute.alerts += alerts
 
@@ -158,15 +162,16 @@ class WallState:
         out: dict[str, dict[str, int]] = {}
         for camera in list(self._minutes):
             minutes = self._minutes[camera]
-            for m in [m for m in minutes if m < first]:
-                del minutes[m]
+            for old in [minute for minute in minutes if minute < first]:
+                del minutes[old]
             if not minutes:
                 del self._minutes[camera]
                 continue
-            kept = [c for m, c in minutes.items() if m <= now_minute]
-            out[camera] = {"frames": sum(c.frames for c in kept), "alerts": sum(c.alerts for c in kept)}
+            kept = [counts for minute, counts in minutes.items() if minute <= now_minute]
+            out[camera] = {"frames": sum(counts.frames for counts in kept),
+                           "alerts": sum(counts.alerts for counts in kept)}
         return out
 
     def recent(self, camera: str | None = None) -> list[AlertView]:
         """The alerts kept, oldest first, of one camera or all."""
-        return [v for v in self.alerts.values() if camera is None or v.alert.camera_id == camera]
+        return [view for view in self.alerts.values() if camera is None or view.alert.camera_id == camera]

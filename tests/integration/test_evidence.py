@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from inspector import evidence
 from inspector.contracts import Alert, parse_origin
-from inspector.stream import evidence
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from inspector import evidence
 from inspector.contracts import Alert, EjectionRecord, EvidenceRef, Feedback
 from inspector.kafka.local_broker import free_port
-from inspector.stream import evidence
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 

@@ -3,8 +3,8 @@
 import cv2
 import numpy as np
 
+from bench.decode_pool import DecodePool
 from inspector.decode.jpeg import decode_jpeg
-from inspector.decode.pool import DecodePool
 from inspector.errors import BadFrame
 
 LIMITS = {"max_bytes": 1 << 20, "max_pixels": 1 << 22}

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from inspector import evidence
 from inspector.contracts import Box
 from inspector.errors import BadFrame
-from inspector.stream import evidence
 
 
 def _frame(h: int, w: int, seed: int = 0) -> bytes:

@@ -7,10 +7,11 @@ import numpy as np
 import pydantic
 import pytest
 
+from inspector.camera_labels import OTHER_CAMERAS
 from inspector.contracts import Alert, Feedback, FrameScore, parse_origin
 from inspector.model.threshold import calibrate, realised_false_alarm
 from inspector.ui.feedback import FalseAlarms, latest_verdicts
-from inspector.ui.state import OTHER_CAMERAS, WallState
+from inspector.ui.state import WallState
 
 
 def _feedback(frame_id: str, verdict: str, at_ns: int) -> Feedback:

@@ -1,6 +1,7 @@
 from prometheus_client import CollectorRegistry
 
-from inspector.stream.metrics import CameraLabels, build_metrics
+from inspector.camera_labels import CameraLabels
+from inspector.stream.metrics import build_metrics
 
 
 def test_metrics_start_at_zero_and_camera_labels_are_capped():

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from inspector.contracts import EJECTION_OUTCOMES, Alert, EjectionRecord
 from inspector.settings import KafkaSettings, Settings
-from inspector.stream.metrics import build_ui_metrics
 from inspector.ui.app import STATE, UiServer, alert_page
+from inspector.ui.metrics import build_ui_metrics
 from inspector.ui.state import WallState, ejection_detail, ejection_label
 
 ARRIVAL_NS = 1_700_000_000_123_456_789  # 2023-11-14 22:13:20.123 UTC

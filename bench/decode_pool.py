@@ -6,6 +6,8 @@ each. A batch's JPEG bytes are copied once into a shared input buffer and the de
 256 px) are written into a shared output buffer, so what crosses a pipe is a few offsets per process and a
 short outcome per frame. (multiprocessing.Pool pickled the bytes through its pipes and helper threads:
 5-9 ms per batch on top of the decode.) Started with spawn, so a caller holding CUDA is never forked.
+
+bench/scoring.py measures it against decode threads and nvJPEG; the worker decodes in threads.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The worker's HTTP endpoint: /metrics for Prometheus, /healthz (liveness) and /readyz (readiness)."""
+"""A process's HTTP endpoint (worker, sorter, producers): /metrics for Prometheus, /healthz (liveness) and /readyz
+(readiness)."""
 
 from __future__ import annotations
 
