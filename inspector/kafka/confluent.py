@@ -126,18 +126,19 @@ def _poll(consumer: ck.Consumer, timeout_s: float, max_records: int) -> list[Fra
     except ck.KafkaException as exc:
         raise _transport_error("poll", exc) from None
     records = []
-    for m in messages:
-        err = m.error()
-        if err is not None:
-            if err.fatal():
-                raise TransportError(f"poll failed: {err.name()}: {err.str()}")
-            log.warning("consumer: %s", err.str())  # e.g. a partition's leader moved: librdkafka retries
+    for message in messages:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise TransportError(f"poll failed: {error.name()}: {error.str()}")
+            log.warning("consumer: %s", error.str())  # e.g. a partition's leader moved: librdkafka retries
             continue
-        topic, partition, offset = m.topic(), m.partition(), m.offset()
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None  # set on a consumed message
         # librdkafka hands a consumed record's headers as a list of (str, bytes) pairs.
-        headers = cast(Headers, list(m.headers() or []))
-        records.append(FrameRecord(topic, partition, offset, m.key(), m.value(), headers, m.timestamp()[1]))
+        headers = cast(Headers, list(message.headers() or []))
+        records.append(FrameRecord(topic, partition, offset, message.key(), message.value(), headers,
+                                   message.timestamp()[1]))
     return records
 
 
