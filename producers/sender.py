@@ -1,4 +1,5 @@
-"""The producer's one Kafka client and the bounded buffer in front of it.
+"""The producer's one Kafka client (a `FrameProducer` of `inspector.kafka`, on the library `kafka.transport`
+chooses) and the bounded buffer in front of it.
 
 Publishers hand frames to `FrameSender.submit`: frames wait in a `SendBuffer` whose bytes, together with those
 sent but not yet acknowledged, stay within a byte budget. Past it, a live camera's oldest waiting frames are
@@ -14,12 +15,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from functools import partial
 
 from inspector.errors import TransportError
-from inspector.kafka.kafka_python import client_config
+from inspector.kafka.transport import frame_producer
 from inspector.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ class SendBuffer:
 
 
 class FrameSender:
-    """A KafkaProducer shared by every camera of the process, fed from a SendBuffer by its own thread."""
+    """A Kafka producer shared by every camera of the process, fed from a SendBuffer by its own thread."""
 
     def __init__(self, kafka: KafkaSettings, *, budget_bytes: int, client_id: str,
                  on_buffer_change: Callable[[int], None] | None = None) -> None:
@@ -119,18 +118,7 @@ class FrameSender:
         self.buffer = SendBuffer(budget_bytes, in_flight_cap=max(budget_bytes // 4, 1))
         self._on_buffer_change = on_buffer_change
         self._last_ack = 0.0
-        try:
-            self._producer = KafkaProducer(
-                **client_config(kafka),
-                client_id=client_id,
-                acks="all",
-                enable_idempotence=True,  # retries after a broker hiccup do not duplicate frames
-                linger_ms=kafka.linger_ms,
-                max_request_size=16 * 1024 * 1024,
-                delivery_timeout_ms=int(kafka.delivery_timeout_s * 1000),
-            )
-        except (KafkaError, OSError) as exc:
-            raise TransportError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}") from None
+        self._producer = frame_producer(kafka, client_id=client_id)  # idempotent: retries duplicate no frame
         self._thread = threading.Thread(target=self._send_loop, name="kafka-sender", daemon=True)
         self._thread.start()
 
@@ -151,15 +139,9 @@ class FrameSender:
     def _send_loop(self) -> None:
         topic = self.kafka.frames_topic
         while (frame := self.buffer.take()) is not None:
-            try:
-                future = self._producer.send(topic, key=frame.key, value=frame.value, headers=frame.headers)
-            except KafkaError as exc:  # no metadata within max_block_ms: the broker has been away since start-up
-                self._settled(frame, exc)
-                continue
-            future.add_callback(lambda _meta, f=frame: self._settled(f, None))
-            future.add_errback(lambda exc, f=frame: self._settled(f, exc))
+            self._producer.send(topic, frame.key, frame.value, frame.headers, on_done=partial(self._settled, frame))
 
-    def _settled(self, frame: OutgoingFrame, error: Exception | None) -> None:
+    def _settled(self, frame: OutgoingFrame, error: TransportError | None) -> None:
         self.buffer.settled(frame)
         self._report()
         if error is None:
@@ -174,13 +156,10 @@ class FrameSender:
         deadline = time.monotonic() + timeout_s
         if not self.buffer.wait_empty(deadline):
             raise TransportError(f"{self.buffer.held_bytes} bytes of frames not delivered within {timeout_s:.0f}s")
-        try:
-            self._producer.flush(timeout=max(deadline - time.monotonic(), 1))
-        except KafkaError as exc:
-            raise TransportError(f"flush failed: {exc}") from None
+        self._producer.flush(max(deadline - time.monotonic(), 1))
 
     def close(self) -> None:
         """Stop after handing over what is queued, then close the client (waiting up to 10 s for acks)."""
         self.buffer.close()
         self._thread.join(timeout=self.kafka.delivery_timeout_s + 5)
-        self._producer.close(timeout=10)
+        self._producer.close(10)

@@ -3,8 +3,8 @@
 kafka-python parses every record in Python, and on a GPU that caps one worker near 3,400 frames/s of 20 KB
 JPEGs (bench/RESULTS.md). librdkafka fetches and parses in C threads. Select it with
 `INSPECTOR_KAFKA__TRANSPORT=confluent`; kafka-python stays the default. Records, partitions and offsets
-cross this boundary as the types the hot loop already knows (`FrameRecord`, kafka-python's `TopicPartition`),
-and every librdkafka error leaves as `TransportError` or `ConfigError`.
+cross this boundary as the project's types (`FrameRecord`, `transport.Partition`), and every librdkafka error
+leaves as `TransportError` or `ConfigError`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from kafka import TopicPartition
-
 from inspector.contracts import Headers
 from inspector.errors import ConfigError, TransportError
-from inspector.kafka.transport import Offsets, Pending, check_acknowledged
+from inspector.kafka.transport import ConsumedRecord, Offsets, Partition, Pending, check_acknowledged
 from inspector.settings import KafkaSettings
 
 try:
@@ -82,6 +81,71 @@ def _transport_error(what: str, exc: Exception) -> TransportError:
     return TransportError(f"{what} failed: {name}: {text}")
 
 
+def _consumer(settings: KafkaSettings, config: dict[str, object]) -> ck.Consumer:
+    """A Consumer on our connection settings plus `config`, which has reached the broker once (so that an
+    unreachable one fails at start, in one line)."""
+    _require()
+    try:
+        consumer = ck.Consumer({**librdkafka_config(settings), **config})
+        consumer.list_topics(timeout=settings.request_timeout_ms / 1000)
+    except ck.KafkaException as exc:
+        raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                             f"{_transport_error('connect', exc)}") from None
+    return consumer
+
+
+def _producer(settings: KafkaSettings, config: dict[str, object]) -> ck.Producer:
+    """An acks=all, idempotent Producer on our connection settings plus `config`, which has reached the broker once."""
+    _require()
+    try:
+        producer = ck.Producer({
+            **librdkafka_config(settings),
+            "acks": "all",
+            "enable.idempotence": True,  # broker de-duplicates retries: no doubles from our own resends
+            "linger.ms": settings.linger_ms,
+            "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
+            **config,
+        })
+        producer.list_topics(timeout=settings.request_timeout_ms / 1000)
+    except ck.KafkaException as exc:
+        raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                             f"{_transport_error('connect', exc)}") from None
+    return producer
+
+
+def _poll(consumer: ck.Consumer, timeout_s: float, max_records: int) -> list[FrameRecord]:
+    """Up to `max_records` records, waiting at most `timeout_s` for the first (partition order kept)."""
+    # consume(n, timeout) waits until it has n messages or the timeout passes; kafka-python's poll returns as
+    # soon as there are any. The caller decides how long to wait, so: block for the first message only, then
+    # take what is already fetched.
+    try:
+        first = consumer.poll(max(0.0, timeout_s))
+        messages = [] if first is None else [first]
+        if first is not None and max_records > 1:
+            messages += consumer.consume(num_messages=max_records - 1, timeout=0)
+    except ck.KafkaException as exc:
+        raise _transport_error("poll", exc) from None
+    records = []
+    for message in messages:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise TransportError(f"poll failed: {error.name()}: {error.str()}")
+            log.warning("consumer: %s", error.str())  # e.g. a partition's leader moved: librdkafka retries
+            continue
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None  # set on a consumed message
+        # librdkafka hands a consumed record's headers as a list of (str, bytes) pairs.
+        headers = cast(Headers, list(message.headers() or []))
+        records.append(FrameRecord(topic, partition, offset, message.key(), message.value(), headers,
+                                   message.timestamp()[1]))
+    return records
+
+
+def _partitions(topic_partitions: Iterable[ck.TopicPartition]) -> list[Partition]:
+    return [Partition(tp.topic, tp.partition) for tp in topic_partitions]
+
+
 @dataclass(slots=True)
 class FrameRecord:
     """One consumed record: a `transport.ConsumedRecord`, as kafka-python's ConsumerRecord is."""
@@ -99,14 +163,12 @@ class ConfluentFrameConsumer:
     """The frames topic, consumed in a group with manual commits (librdkafka)."""
 
     def __init__(self, settings: KafkaSettings, *, max_poll_records: int, topic: str | None = None) -> None:
-        _require()
         self.settings = settings
         self.topic = topic or settings.frames_topic  # the sorter reads the alerts topic with the same consumer
         self._max_records = max_poll_records
-        self._assigning: set[TopicPartition] | None = None  # during on_assign: the partitions being assigned
-        self._seeks: dict[TopicPartition, int] = {}
-        config = {
-            **librdkafka_config(settings),
+        self._assigning: set[Partition] | None = None  # during on_assign: the partitions being assigned
+        self._seeks: Offsets = {}
+        self._consumer = _consumer(settings, {
             "client.id": settings.client_id,
             "group.id": settings.group_id,
             "enable.auto.commit": False,  # offsets are committed only after results are acknowledged
@@ -119,66 +181,36 @@ class ConfluentFrameConsumer:
             "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
             "fetch.wait.max.ms": settings.fetch_wait_ms(),
             "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
-        }
-        try:
-            self._consumer = ck.Consumer(config)
-            self._consumer.list_topics(timeout=settings.request_timeout_ms / 1000)  # fail at start, in one line
-        except ck.KafkaException as exc:
-            raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
-                                 f"{_transport_error('connect', exc)}") from None
+        })
 
-    def subscribe(self, on_revoked: Callable[[list[TopicPartition]], None],
-                  on_assigned: Callable[[list[TopicPartition]], None]) -> None:
-        def assign(_consumer: object, partitions: list) -> None:
-            tps = [TopicPartition(p.topic, p.partition) for p in partitions]
-            self._assigning, self._seeks = set(tps), {}
+    def subscribe(self, on_revoked: Callable[[list[Partition]], None],
+                  on_assigned: Callable[[list[Partition]], None]) -> None:
+        def assign(_consumer: object, partitions: list[ck.TopicPartition]) -> None:
+            assigned = _partitions(partitions)
+            self._assigning, self._seeks = set(assigned), {}
             try:
-                on_assigned(tps)
+                on_assigned(assigned)
             finally:
                 self._assigning = None
             for p in partitions:  # seeks asked for inside the callback become the starting offsets
-                p.offset = self._seeks.get(TopicPartition(p.topic, p.partition), p.offset)
+                p.offset = self._seeks.get(Partition(p.topic, p.partition), p.offset)
             self._consumer.assign(partitions)
 
-        def revoke(_consumer: object, partitions: list) -> None:
-            on_revoked([TopicPartition(p.topic, p.partition) for p in partitions])
+        def revoke(_consumer: object, partitions: list[ck.TopicPartition]) -> None:
+            on_revoked(_partitions(partitions))
             self._consumer.unassign()
 
         self._consumer.subscribe([self.topic], on_assign=assign, on_revoke=revoke)
 
     def poll(self, timeout_s: float, max_records: int) -> list[FrameRecord]:
         """Up to `max_records` records, waiting at most `timeout_s` (partition order kept)."""
-        # consume(n, timeout) waits until it has n messages or the timeout passes; kafka-python's poll returns as
-        # soon as there are any. The micro-batcher decides how long a batch waits, so: block for the first
-        # message only, then take what is already fetched.
-        try:
-            first = self._consumer.poll(max(0.0, timeout_s))
-            messages = [] if first is None else [first]
-            room = min(max_records, self._max_records) - len(messages)
-            if first is not None and room > 0:
-                messages += self._consumer.consume(num_messages=room, timeout=0)
-        except ck.KafkaException as exc:
-            raise _transport_error("poll", exc) from None
-        records = []
-        for m in messages:
-            err = m.error()
-            if err is not None:
-                if err.fatal():
-                    raise TransportError(f"poll failed: {err.name()}: {err.str()}")
-                log.warning("consumer: %s", err.str())  # e.g. a partition's leader moved: librdkafka retries
-                continue
-            topic, partition, offset = m.topic(), m.partition(), m.offset()
-            assert topic is not None and partition is not None and offset is not None  # set on a consumed message
-            # librdkafka hands a consumed record's headers as a list of (str, bytes) pairs.
-            headers = cast(Headers, list(m.headers() or []))
-            records.append(FrameRecord(topic, partition, offset, m.key(), m.value(), headers, m.timestamp()[1]))
-        return records
+        return _poll(self._consumer, timeout_s, min(max_records, self._max_records))
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit; False when the group has moved on. TransportError for anything not retriable in time."""
         if not offsets:
             return True
-        tps = [ck.TopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+        tps = [ck.TopicPartition(partition.topic, partition.partition, offset) for partition, offset in offsets.items()]
         deadline, warned = time.monotonic() + self.settings.delivery_timeout_s, False
         while True:
             try:
@@ -197,32 +229,32 @@ class ConfluentFrameConsumer:
                     warned = True
                 time.sleep(0.5)
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Read `tp` from `offset` next; inside the assignment callback it becomes the starting offset."""
+    def seek(self, partition: Partition, offset: int) -> None:
+        """Read `partition` from `offset` next; inside the assignment callback it becomes the starting offset."""
         if self._assigning is not None:
-            self._seeks[tp] = offset
+            self._seeks[partition] = offset
             return
         try:
-            self._consumer.seek(ck.TopicPartition(tp.topic, tp.partition, offset))
+            self._consumer.seek(ck.TopicPartition(partition.topic, partition.partition, offset))
         except ck.KafkaException as exc:
-            raise _transport_error(f"seek {tp.topic}/{tp.partition}", exc) from None
+            raise _transport_error(f"seek {partition.topic}/{partition.partition}", exc) from None
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
 
-    def assignment(self) -> set[TopicPartition]:
+    def assignment(self) -> set[Partition]:
         if self._assigning is not None:
             return set(self._assigning)
-        return {TopicPartition(p.topic, p.partition) for p in self._consumer.assignment()}
+        return set(_partitions(self._consumer.assignment()))
 
-    def lag(self) -> dict[TopicPartition, int]:
+    def lag(self) -> dict[Partition, int]:
         """Messages between this consumer's position and the end of each assigned partition (known ones)."""
-        lags: dict[TopicPartition, int] = {}
+        lags: dict[Partition, int] = {}
         try:
             for p in self._consumer.position(self._consumer.assignment()):
                 _, high = self._consumer.get_watermark_offsets(p, cached=True)
                 if p.offset >= 0 and high >= 0:
-                    lags[TopicPartition(p.topic, p.partition)] = max(0, high - p.offset)
+                    lags[Partition(p.topic, p.partition)] = max(0, high - p.offset)
         except ck.KafkaException:
             pass
         return lags
@@ -254,30 +286,20 @@ class ConfluentResultProducer:
     """Alerts, scores and dead letters: acks=all, idempotent, optionally transactional (librdkafka)."""
 
     def __init__(self, settings: KafkaSettings, *, max_request_bytes: int) -> None:
-        _require()
         self.settings = settings
         self.transactional = settings.exactly_once
         self._timeout_s = settings.request_timeout_ms / 1000
-        config = {
-            **librdkafka_config(settings),
-            "client.id": f"{settings.client_id}-results",
-            "acks": "all",
-            "enable.idempotence": True,  # broker de-duplicates retries: no doubles from our own resends
-            "linger.ms": settings.linger_ms,
-            "message.max.bytes": max_request_bytes,
-            "delivery.timeout.ms": int(settings.delivery_timeout_s * 1000),
-        }
+        config: dict[str, object] = {"client.id": f"{settings.client_id}-results", "message.max.bytes": max_request_bytes}
         if self.transactional:
             config["transactional.id"] = settings.transactional_id or (
                 f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
-        try:
-            self._producer = ck.Producer(config)
-            self._producer.list_topics(timeout=self._timeout_s)
-            if self.transactional:
+        self._producer = _producer(settings, config)
+        if self.transactional:
+            try:
                 self._producer.init_transactions(self._timeout_s)
-        except ck.KafkaException as exc:
-            raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
-                                 f"{_transport_error('connect', exc)}") from None
+            except ck.KafkaException as exc:
+                raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                                     f"{_transport_error('connect', exc)}") from None
         self._healthy = True
 
     def connected(self) -> bool:
@@ -309,7 +331,7 @@ class ConfluentResultProducer:
 
     def commit_with_offsets(self, offsets: Offsets, group_metadata: object) -> None:
         """Exactly-once: the consumed offsets become part of the transaction, then it commits."""
-        tps = [ck.TopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+        tps = [ck.TopicPartition(partition.topic, partition.partition, offset) for partition, offset in offsets.items()]
         self._wrap(lambda: self._producer.send_offsets_to_transaction(tps, group_metadata, self._timeout_s),
                    "send offsets")
         self._wrap(lambda: self._producer.commit_transaction(self._timeout_s), "commit transaction")
@@ -331,3 +353,143 @@ class ConfluentResultProducer:
         remaining = self._producer.flush(timeout_s)
         if remaining:
             log.warning("producer close: %d records not delivered", remaining)
+
+
+class ConfluentFrameProducer:
+    """The producers' frames topic writer (`transport.FrameProducer`); a thread of its own serves librdkafka's
+    delivery reports, which arrive only while someone polls."""
+
+    def __init__(self, settings: KafkaSettings, *, client_id: str) -> None:
+        self._producer = _producer(settings, {"client.id": client_id, "message.max.bytes": 16 * 1024 * 1024})
+        self._closing = threading.Event()
+        self._reports = threading.Thread(target=self._serve_reports, name="kafka-delivery-reports", daemon=True)
+        self._reports.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closing.is_set():
+            self._producer.poll(0.1)
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+             on_done: Callable[[TransportError | None], None]) -> None:
+        def report(err: ck.KafkaError | None, _msg: object) -> None:
+            on_done(None if err is None else TransportError(f"{err.name()}: {err.str()}"))
+
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=_librdkafka_headers(headers),
+                                       on_delivery=report)
+                return
+            except BufferError:  # the local queue is full: the report thread makes room
+                time.sleep(0.05)
+            except ck.KafkaException as exc:
+                on_done(_transport_error(f"send to {topic}", exc))
+                return
+
+    def flush(self, timeout_s: float) -> None:
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            raise TransportError(f"flush failed: {remaining} records not delivered within {timeout_s:.0f}s")
+
+    def close(self, timeout_s: float) -> None:
+        remaining = self._producer.flush(timeout_s)
+        self._closing.set()
+        self._reports.join(timeout=5)
+        if remaining:
+            log.warning("producer close: %d records not delivered", remaining)
+
+
+class ConfluentHistoryFeed:
+    """Topics followed in a group, each newly assigned partition rewound `history_s` (`transport.HistoryFeed`)."""
+
+    def __init__(self, settings: KafkaSettings, *, topics: Sequence[str], group_id: str, history_s: float,
+                 client_id: str) -> None:
+        self._history_ms = int(history_s * 1000)
+        self._timeout_s = settings.request_timeout_ms / 1000
+        self._consumer = _consumer(settings, {
+            "client.id": client_id, "group.id": group_id, "enable.auto.commit": True,
+            "auto.offset.reset": "latest", "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
+        })
+        self._consumer.subscribe(list(topics), on_assign=self._rewind)
+
+    def _rewind(self, _consumer: object, partitions: list[ck.TopicPartition]) -> None:
+        """Start the assigned partitions at the first record of the history window (librdkafka lets the
+        assignment callback choose the starting offsets)."""
+        since_ms = int(time.time() * 1000) - self._history_ms
+        try:
+            found = self._consumer.offsets_for_times(
+                [ck.TopicPartition(p.topic, p.partition, since_ms) for p in partitions], timeout=self._timeout_s)
+            for p, at in zip(partitions, found, strict=True):
+                # No record since then: the partition's end.
+                p.offset = at.offset if at.offset >= 0 else self._consumer.get_watermark_offsets(
+                    p, timeout=self._timeout_s)[1]
+        except ck.KafkaException as exc:
+            log.warning("could not find where the history window starts, reading on from now: %s", exc)
+        self._consumer.assign(partitions)
+
+    def poll(self, timeout_s: float) -> list[ConsumedRecord]:
+        return list(_poll(self._consumer, timeout_s, 500))
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except (ck.KafkaException, RuntimeError) as exc:
+            log.warning("consumer close: %s", exc)
+
+
+class ConfluentPartitionReader:
+    """Partitions read with no group from offsets of our choosing (`transport.PartitionReader`)."""
+
+    def __init__(self, settings: KafkaSettings, *, client_id: str, read_committed: bool = False) -> None:
+        self._timeout_s = settings.request_timeout_ms / 1000
+        self._starts: Offsets = {}
+        # librdkafka wants a group id even for a consumer that only assigns; this one never joins or commits.
+        self._consumer = _consumer(settings, {
+            "client.id": client_id, "group.id": f"{client_id}-unused", "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        })
+
+    def partitions_of(self, topic: str) -> list[Partition]:
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=self._timeout_s).topics.get(topic)
+        except ck.KafkaException as exc:
+            raise _transport_error(f"the partitions of {topic}", exc) from None
+        if metadata is None or metadata.error is not None:
+            return []  # an unknown topic comes back with an error, not an exception
+        return [Partition(topic, number) for number in sorted(metadata.partitions)]
+
+    def offset_range(self, partitions: Sequence[Partition]) -> dict[Partition, tuple[int, int]]:
+        ranges = {}
+        try:
+            for partition in partitions:
+                first, end = self._consumer.get_watermark_offsets(
+                    ck.TopicPartition(partition.topic, partition.partition), timeout=self._timeout_s)
+                ranges[partition] = (first, end)
+        except ck.KafkaException as exc:
+            raise _transport_error(f"the offsets of {sorted(partitions)}", exc) from None
+        return ranges
+
+    def assign(self, offsets: Offsets) -> None:
+        try:
+            self._consumer.assign([ck.TopicPartition(partition.topic, partition.partition, offset)
+                                   for partition, offset in offsets.items()])
+        except ck.KafkaException as exc:
+            raise _transport_error("assign", exc) from None
+        self._starts = dict(offsets)
+
+    def position(self, partition: Partition) -> int:
+        try:
+            [at] = self._consumer.position([ck.TopicPartition(partition.topic, partition.partition)])
+        except ck.KafkaException as exc:
+            raise _transport_error(f"the position in {partition.topic}/{partition.partition}", exc) from None
+        # Nothing read yet: librdkafka has no position, the next record comes from where it was assigned.
+        return int(at.offset) if at.offset >= 0 else self._starts[partition]
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[ConsumedRecord]:
+        return list(_poll(self._consumer, timeout_s, max_records or 500))
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except (ck.KafkaException, RuntimeError) as exc:
+            log.warning("consumer close: %s", exc)

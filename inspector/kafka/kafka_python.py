@@ -1,8 +1,8 @@
 """The kafka-python transport (the default): client construction from settings, and error translation.
 
-Its consumer and producer implement the protocols of `inspector.kafka.transport`. Everything Kafka raises leaves
-this module as `TransportError` (or `ConfigError` for bad settings), so the hot loop deals with our own two
-exception types only.
+Its clients implement the protocols of `inspector.kafka.transport`; partitions leave as `transport.Partition`.
+Everything Kafka raises leaves this module as `TransportError` (or `ConfigError` for bad settings), so the rest of
+the code deals with our own two exception types only.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic
@@ -26,7 +26,7 @@ from kafka.errors import (
 
 from inspector.contracts import Headers
 from inspector.errors import ConfigError, TransportError
-from inspector.kafka.transport import ConsumedRecord, Offsets, Pending, check_acknowledged
+from inspector.kafka.transport import ConsumedRecord, Offsets, Partition, Pending, check_acknowledged
 from inspector.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,48 @@ def _unreachable(settings: KafkaSettings, exc: Exception) -> TransportError:
     return TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}: {exc}")
 
 
+def _consumer(settings: KafkaSettings, **options: object) -> KafkaConsumer:
+    """A KafkaConsumer on our connection settings; TransportError when the broker cannot be reached."""
+    try:
+        return KafkaConsumer(**client_config(settings), **options)
+    except (KafkaError, OSError) as exc:
+        raise _unreachable(settings, exc) from None
+
+
+def _producer(settings: KafkaSettings, **options: object) -> KafkaProducer:
+    """An acks=all, idempotent KafkaProducer on our connection settings; TransportError when the broker cannot be
+    reached."""
+    try:
+        return KafkaProducer(
+            **client_config(settings),
+            acks="all",
+            enable_idempotence=True,  # broker de-duplicates retries: no doubles from our own resends
+            linger_ms=settings.linger_ms,
+            delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
+            **options,
+        )
+    except (KafkaError, OSError) as exc:
+        raise _unreachable(settings, exc) from None
+
+
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """TransportError for what a read raises (kafka-python also asserts on a connection lost mid-request)."""
+    try:
+        yield
+    except (KafkaError, AssertionError, OSError) as exc:
+        raise TransportError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _partitions(topic_partitions: Iterable[TopicPartition]) -> list[Partition]:
+    return [Partition(tp.topic, tp.partition) for tp in topic_partitions]
+
+
+def _records(batches: dict[TopicPartition, list[ConsumedRecord]]) -> list[ConsumedRecord]:
+    """A poll's records, partition by partition (kafka-python's ConsumerRecord is a `transport.ConsumedRecord`)."""
+    return [record for records in batches.values() for record in records]
+
+
 def create_topics(settings: KafkaSettings, partitions: dict[str, int]) -> None:
     """Create topics that do not exist yet (idempotent)."""
     try:
@@ -91,15 +133,15 @@ def create_topics(settings: KafkaSettings, partitions: dict[str, int]) -> None:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, on_revoked: Callable[[list[TopicPartition]], None],
-                 on_assigned: Callable[[list[TopicPartition]], None]) -> None:
+    def __init__(self, on_revoked: Callable[[list[Partition]], None],
+                 on_assigned: Callable[[list[Partition]], None]) -> None:
         self._on_revoked, self._on_assigned = on_revoked, on_assigned
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._on_revoked(list(revoked))
+        self._on_revoked(_partitions(revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._on_assigned(list(assigned))
+        self._on_assigned(_partitions(assigned))
 
 
 class KafkaPythonFrameConsumer:
@@ -108,27 +150,24 @@ class KafkaPythonFrameConsumer:
     def __init__(self, settings: KafkaSettings, *, max_poll_records: int, topic: str | None = None) -> None:
         self.settings = settings
         self.topic = topic or settings.frames_topic  # the sorter reads the alerts topic with the same consumer
-        try:
-            self._consumer = KafkaConsumer(
-                **client_config(settings),
-                client_id=settings.client_id,
-                group_id=settings.group_id,
-                enable_auto_commit=False,  # offsets are committed only after results are acknowledged
-                auto_offset_reset="earliest",
-                max_poll_records=max_poll_records,
-                max_poll_interval_ms=settings.max_poll_interval_ms,
-                session_timeout_ms=settings.session_timeout_ms,
-                heartbeat_interval_ms=max(500, settings.session_timeout_ms // 4),
-                fetch_max_bytes=settings.fetch_max_bytes,
-                max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
-                fetch_max_wait_ms=settings.fetch_wait_ms(),
-                isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
-            )
-        except (KafkaError, OSError) as exc:
-            raise _unreachable(settings, exc) from None
+        self._consumer = _consumer(
+            settings,
+            client_id=settings.client_id,
+            group_id=settings.group_id,
+            enable_auto_commit=False,  # offsets are committed only after results are acknowledged
+            auto_offset_reset="earliest",
+            max_poll_records=max_poll_records,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(500, settings.session_timeout_ms // 4),
+            fetch_max_bytes=settings.fetch_max_bytes,
+            max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+            fetch_max_wait_ms=settings.fetch_wait_ms(),
+            isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
+        )
 
-    def subscribe(self, on_revoked: Callable[[list[TopicPartition]], None],
-                  on_assigned: Callable[[list[TopicPartition]], None]) -> None:
+    def subscribe(self, on_revoked: Callable[[list[Partition]], None],
+                  on_assigned: Callable[[list[Partition]], None]) -> None:
         """Subscribe, then (before the first poll, where the group join happens) fetch the topic's metadata.
 
         The group leader remembers the metadata it assigned from and rejoins when the metadata it learns
@@ -157,7 +196,7 @@ class KafkaPythonFrameConsumer:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:
             raise TransportError(f"poll failed: {exc}") from None
-        return [r for records in batches.values() for r in records]
+        return _records(batches)
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit; False when the group has moved on (we were evicted or it is rebalancing): the partitions'
@@ -169,7 +208,8 @@ class KafkaPythonFrameConsumer:
         deadline, warned = time.monotonic() + self.settings.delivery_timeout_s, False
         while True:
             try:
-                self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+                self._consumer.commit({TopicPartition(*partition): OffsetAndMetadata(offset, "", -1)
+                                       for partition, offset in offsets.items()})
                 return True
             except (CommitFailedError, RebalanceInProgressError) as exc:
                 log.warning("offset commit refused, the group has moved on: %s", exc)
@@ -183,25 +223,25 @@ class KafkaPythonFrameConsumer:
                     warned = True
                 time.sleep(0.5)
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Read `tp` from `offset` at the next poll (a local change: safe inside a rebalance callback)."""
-        self._consumer.seek(tp, offset)
+    def seek(self, partition: Partition, offset: int) -> None:
+        """Read `partition` from `offset` at the next poll (a local change: safe inside a rebalance callback)."""
+        self._consumer.seek(TopicPartition(*partition), offset)
 
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()
 
-    def assignment(self) -> set[TopicPartition]:
-        return set(self._consumer.assignment())
+    def assignment(self) -> set[Partition]:
+        return set(_partitions(self._consumer.assignment()))
 
-    def lag(self) -> dict[TopicPartition, int]:
+    def lag(self) -> dict[Partition, int]:
         """Messages between this consumer's position and the end of each assigned partition (known ones)."""
-        lags: dict[TopicPartition, int] = {}
+        lags: dict[Partition, int] = {}
         for tp in self._consumer.assignment():
             high = self._consumer.highwater(tp)
             if high is None:
                 continue
             try:
-                lags[tp] = max(0, high - self._consumer.position(tp, timeout_ms=100))
+                lags[Partition(tp.topic, tp.partition)] = max(0, high - self._consumer.position(tp, timeout_ms=100))
             except (KafkaError, AssertionError, TypeError):
                 continue
         return lags
@@ -223,21 +263,13 @@ class KafkaPythonResultProducer:
         if self.transactional:
             extra["transactional_id"] = settings.transactional_id or (
                 f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
-        try:
-            self._producer = KafkaProducer(
-                **client_config(settings),
-                client_id=f"{settings.client_id}-results",
-                acks="all",
-                enable_idempotence=True,  # broker de-duplicates retries: no doubles from our own resends
-                linger_ms=settings.linger_ms,
-                max_request_size=max_request_bytes,
-                delivery_timeout_ms=int(settings.delivery_timeout_s * 1000),
-                **extra,
-            )
-            if self.transactional:
+        self._producer = _producer(settings, client_id=f"{settings.client_id}-results",
+                                   max_request_size=max_request_bytes, **extra)
+        if self.transactional:
+            try:
                 self._producer.init_transactions()
-        except (KafkaError, OSError) as exc:
-            raise _unreachable(settings, exc) from None
+            except (KafkaError, OSError) as exc:
+                raise _unreachable(settings, exc) from None
         self._healthy = True
 
     def connected(self) -> bool:
@@ -264,7 +296,7 @@ class KafkaPythonResultProducer:
 
     def commit_with_offsets(self, offsets: Offsets, group_metadata: object) -> None:
         """Exactly-once: the consumed offsets become part of the transaction, then it commits."""
-        meta = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        meta = {TopicPartition(*partition): OffsetAndMetadata(offset, "", -1) for partition, offset in offsets.items()}
         self._wrap(lambda: self._producer.send_offsets_to_transaction(meta, group_metadata), "send offsets")
         self._wrap(self._producer.commit_transaction, "commit transaction")
 
@@ -288,26 +320,106 @@ class KafkaPythonResultProducer:
             log.warning("producer close: %s", exc)
 
 
-class TopicTail:
-    """Reads topics from their beginning with no group (a subscriber that watches what the line produced: the
-    demo, the belt run); committed records only, as a read_committed sorter would see them."""
+class KafkaPythonFrameProducer:
+    """The producers' frames topic writer (`transport.FrameProducer`)."""
 
-    def __init__(self, settings: KafkaSettings, topics: list[str]) -> None:
-        try:
-            self._consumer = KafkaConsumer(*[t for t in topics if t], **client_config(settings),
-                                           client_id=f"{settings.client_id}-tail", group_id=None,
-                                           auto_offset_reset="earliest", enable_auto_commit=False,
-                                           isolation_level="read_committed")
-        except (KafkaError, OSError) as exc:
-            raise _unreachable(settings, exc) from None
+    def __init__(self, settings: KafkaSettings, *, client_id: str) -> None:
+        self._producer = _producer(settings, client_id=client_id, max_request_size=16 * 1024 * 1024)
 
-    def poll(self, timeout_s: float) -> list[tuple[str, bytes]]:
-        """(topic, value) of the records that arrived, waiting at most `timeout_s`."""
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+             on_done: Callable[[TransportError | None], None]) -> None:
         try:
-            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+            future = self._producer.send(topic, key=key, value=value, headers=headers)
+        except KafkaError as exc:  # no metadata within max_block_ms: the broker has been away since start-up
+            on_done(TransportError(f"send to {topic} failed: {type(exc).__name__}: {exc}"))
+            return
+        future.add_callback(lambda _metadata: on_done(None))
+        future.add_errback(lambda exc: on_done(TransportError(f"{type(exc).__name__}: {exc}")))
+
+    def flush(self, timeout_s: float) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s)
         except KafkaError as exc:
-            raise TransportError(f"reading {sorted(self._consumer.subscription() or ())} failed: {exc}") from None
-        return [(tp.topic, r.value or b"") for tp, records in batches.items() for r in records]
+            raise TransportError(f"flush failed: {exc}") from None
+
+    def close(self, timeout_s: float) -> None:
+        self._producer.close(timeout=timeout_s)
+
+
+class KafkaPythonHistoryFeed:
+    """Topics followed in a group, each newly assigned partition rewound `history_s` (`transport.HistoryFeed`)."""
+
+    def __init__(self, settings: KafkaSettings, *, topics: Sequence[str], group_id: str, history_s: float,
+                 client_id: str) -> None:
+        self._topics = list(topics)
+        self._history_ms = int(history_s * 1000)
+        self._to_rewind: set[Partition] = set()  # assigned since the last poll: start them in the past
+        self._consumer = _consumer(settings, client_id=client_id, group_id=group_id, enable_auto_commit=True,
+                                   auto_offset_reset="latest",
+                                   max_partition_fetch_bytes=settings.max_partition_fetch_bytes)
+        self._consumer.subscribe(self._topics, listener=_Rebalance(lambda _revoked: None, self._to_rewind.update))
+
+    def poll(self, timeout_s: float) -> list[ConsumedRecord]:
+        with _reading(f"reading {self._topics}"):  # the broker away: kafka-python reconnects itself
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
+            if self._to_rewind:
+                rewound = self._rewind()
+                batches = {tp: records for tp, records in batches.items() if tp not in rewound}
+        return _records(batches)
+
+    def _rewind(self) -> set[TopicPartition]:
+        """Seek the newly assigned partitions to the first record of the history window (their records of this
+        poll are dropped: they are read again from there). Here, after the poll: the rebalance listener runs
+        inside kafka-python's poll, where its offset requests may not be made."""
+        tps = {TopicPartition(*partition) for partition in self._to_rewind}
+        self._to_rewind.clear()
+        since_ms = int(time.time() * 1000) - self._history_ms
+        found = self._consumer.offsets_for_times({tp: since_ms for tp in tps})
+        ends = self._consumer.end_offsets(list(tps))
+        for tp in tps:
+            at = found.get(tp)
+            self._consumer.seek(tp, at.offset if at is not None else ends[tp])
+        return tps
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except KafkaError as exc:
+            log.warning("consumer close: %s", exc)
+
+
+class KafkaPythonPartitionReader:
+    """Partitions read with no group from offsets of our choosing (`transport.PartitionReader`)."""
+
+    def __init__(self, settings: KafkaSettings, *, client_id: str, read_committed: bool = False) -> None:
+        self._consumer = _consumer(settings, client_id=client_id, group_id=None, enable_auto_commit=False,
+                                   auto_offset_reset="earliest",
+                                   isolation_level="read_committed" if read_committed else "read_uncommitted")
+
+    def partitions_of(self, topic: str) -> list[Partition]:
+        with _reading(f"the partitions of {topic}"):
+            return [Partition(topic, number) for number in sorted(self._consumer.partitions_for_topic(topic) or ())]
+
+    def offset_range(self, partitions: Sequence[Partition]) -> dict[Partition, tuple[int, int]]:
+        tps = [TopicPartition(*partition) for partition in partitions]
+        with _reading(f"the offsets of {sorted(partitions)}"):
+            firsts, ends = self._consumer.beginning_offsets(tps), self._consumer.end_offsets(tps)
+        return {Partition(*tp): (firsts[tp], ends[tp]) for tp in tps}
+
+    def assign(self, offsets: Offsets) -> None:
+        with _reading("assign"):
+            self._consumer.assign([TopicPartition(*partition) for partition in offsets])
+            for partition, offset in offsets.items():
+                self._consumer.seek(TopicPartition(*partition), offset)
+
+    def position(self, partition: Partition) -> int:
+        with _reading(f"the position in {partition.topic}/{partition.partition}"):
+            position: int = self._consumer.position(TopicPartition(*partition))
+        return position
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[ConsumedRecord]:
+        with _reading(f"reading {sorted(self._consumer.assignment())}"):
+            return _records(self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records))
 
     def close(self) -> None:
         self._consumer.close()

@@ -1,20 +1,30 @@
-"""The Kafka boundary the hot loop is typed against: a consumed record, the frames consumer and the results
-producer, as protocols. `inspector.kafka.kafka_python` (kafka-python) and `inspector.kafka.confluent` (librdkafka)
-implement them; partitions cross the boundary as kafka-python's `TopicPartition` with either library.
+"""The Kafka boundary everything else is typed against: a partition, a consumed record, and as protocols the frames
+consumer and the results producer (the hot loop), the producers' frame producer, and the readers of the UI and the
+tools (a history feed; partitions read from chosen offsets). `inspector.kafka.kafka_python` (kafka-python) and
+`inspector.kafka.confluent` (librdkafka) implement them; `kafka.transport` chooses one, and only this package
+imports a Kafka client.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-from kafka import TopicPartition
+from typing import NamedTuple, Protocol
 
 from inspector.contracts import Headers
 from inspector.errors import TransportError
+from inspector.settings import KafkaSettings
 
-Offsets = dict[TopicPartition, int]  # next offset to read, per partition
+
+class Partition(NamedTuple):
+    """One partition of a topic (equal to, and hashed as, kafka-python's `TopicPartition` of the same pair)."""
+
+    topic: str
+    partition: int
+
+
+Offsets = dict[Partition, int]  # next offset to read, per partition
 
 
 class ConsumedRecord(Protocol):
@@ -64,31 +74,31 @@ def check_acknowledged(pending: Iterable[Pending], timeout_s: float) -> None:
 def next_offsets(records: Iterable[ConsumedRecord]) -> Offsets:
     """Per partition, the offset after the last record: what the group should read next."""
     offsets: Offsets = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+    for record in records:
+        partition = Partition(record.topic, record.partition)
+        offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
     return offsets
 
 
 def offsets_of(positions: dict[tuple[str, int], int]) -> Offsets:
-    """{(topic, partition): offset} as the transport's Offsets (callers outside this package need no client type)."""
-    return {TopicPartition(topic, partition): offset for (topic, partition), offset in positions.items()}
+    """{(topic, partition): offset} as the transport's Offsets."""
+    return {Partition(topic, partition): offset for (topic, partition), offset in positions.items()}
 
 
 def first_offsets(records: Iterable[ConsumedRecord]) -> Offsets:
     """Per partition, the offset of the first record: where to read again from if these are dropped."""
     offsets: Offsets = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        offsets[tp] = min(offsets.get(tp, r.offset), r.offset)
+    for record in records:
+        partition = Partition(record.topic, record.partition)
+        offsets[partition] = min(offsets.get(partition, record.offset), record.offset)
     return offsets
 
 
 class FrameConsumer(Protocol):
     """The frames topic, consumed in a group with manual commits; Kafka's errors leave as TransportError."""
 
-    def subscribe(self, on_revoked: Callable[[list[TopicPartition]], None],
-                  on_assigned: Callable[[list[TopicPartition]], None]) -> None: ...
+    def subscribe(self, on_revoked: Callable[[list[Partition]], None],
+                  on_assigned: Callable[[list[Partition]], None]) -> None: ...
 
     def poll(self, timeout_s: float, max_records: int) -> Sequence[ConsumedRecord]:
         """Up to `max_records` records, waiting at most `timeout_s` (partition order kept)."""
@@ -98,13 +108,13 @@ class FrameConsumer(Protocol):
         """Commit; False when the group has moved on (the partitions' next owner reads the records again)."""
         ...
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Read `tp` from `offset` next (safe inside the assignment callback)."""
+    def seek(self, partition: Partition, offset: int) -> None:
+        """Read `partition` from `offset` next (safe inside the assignment callback)."""
         ...
 
     def group_metadata(self) -> object: ...
-    def assignment(self) -> set[TopicPartition]: ...
-    def lag(self) -> dict[TopicPartition, int]: ...
+    def assignment(self) -> set[Partition]: ...
+    def lag(self) -> dict[Partition, int]: ...
     def close(self) -> None: ...
 
 
@@ -133,6 +143,89 @@ class ResultProducer(Protocol):
     def close(self, timeout_s: float = 10.0) -> None: ...
 
 
+class FrameProducer(Protocol):
+    """The producers' frames topic writer: acks=all, idempotent; each record's outcome goes to its callback, None
+    once acknowledged, else a TransportError (called from the client's own thread)."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+             on_done: Callable[[TransportError | None], None]) -> None: ...
+
+    def flush(self, timeout_s: float) -> None:
+        """Block until every record sent is settled; TransportError if that takes over `timeout_s`."""
+        ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+class HistoryFeed(Protocol):
+    """Topics followed in a consumer group, each newly assigned partition read again from its first record of the
+    last `history_s` seconds (so a record may come twice: a reader skips it by its offset); errors leave as
+    TransportError, and the next poll tries again."""
+
+    def poll(self, timeout_s: float) -> list[ConsumedRecord]: ...
+    def close(self) -> None: ...
+
+
+class PartitionReader(Protocol):
+    """Partitions read with no group from offsets of our choosing; errors leave as TransportError."""
+
+    def partitions_of(self, topic: str) -> list[Partition]:
+        """The topic's partitions (none when it does not exist)."""
+        ...
+
+    def offset_range(self, partitions: Sequence[Partition]) -> dict[Partition, tuple[int, int]]:
+        """Per partition, (first retained offset, end offset): the records it holds now lie in between."""
+        ...
+
+    def assign(self, offsets: Offsets) -> None:
+        """Read exactly these partitions next, each from its offset."""
+        ...
+
+    def position(self, partition: Partition) -> int:
+        """The offset the next record read from `partition` will have at the earliest."""
+        ...
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[ConsumedRecord]: ...
+    def close(self) -> None: ...
+
+
+def assign_from_start(reader: PartitionReader, topics: Iterable[str]) -> dict[Partition, int]:
+    """Read every partition the topics have now from its first retained record; returns each one's end offset."""
+    ranges = {partition: first_and_end for topic in topics if topic
+              for partition, first_and_end in reader.offset_range(reader.partitions_of(topic)).items()}
+    reader.assign({partition: first for partition, (first, _end) in ranges.items()})
+    return {partition: end for partition, (_first, end) in ranges.items()}
+
+
+def read_to_end(reader: PartitionReader, topic: str, timeout_s: float) -> list[ConsumedRecord]:
+    """Every record of `topic` from its start to its end now, in partition order; TransportError past `timeout_s`."""
+    ends = assign_from_start(reader, [topic])
+    records: list[ConsumedRecord] = []
+    deadline = time.monotonic() + timeout_s
+    while any(reader.position(partition) < end for partition, end in ends.items()):
+        if time.monotonic() > deadline:
+            raise TransportError(f"reading {topic} took over {timeout_s:.0f}s")
+        records += reader.poll(0.5)
+    return records
+
+
+def read_record_at(reader: PartitionReader, partition: Partition, offset: int,
+                   timeout_s: float) -> ConsumedRecord | None:
+    """The record at `offset` of `partition`; None when the partition does not exist, the offset is past retention
+    or not written yet, or holds no record (compacted, or a transaction marker), or nothing came within `timeout_s`."""
+    if partition not in reader.partitions_of(partition.topic):
+        return None
+    first, end = reader.offset_range([partition])[partition]
+    if not first <= offset < end:
+        return None
+    reader.assign({partition: offset})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for record in reader.poll(0.5, max_records=1):
+            return record if record.offset == offset else None  # a compacted or aborted offset: the next one
+    return None
+
+
 def client_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable[..., ResultProducer]]:
     """(consumer class, producer class) of the chosen Kafka client library (mypy checks both implement the
     protocols above); imported here, on demand, so that librdkafka is needed only when chosen."""
@@ -143,3 +236,39 @@ def client_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable
     from inspector.kafka.kafka_python import KafkaPythonFrameConsumer, KafkaPythonResultProducer
 
     return KafkaPythonFrameConsumer, KafkaPythonResultProducer
+
+
+def frame_producer(settings: KafkaSettings, *, client_id: str) -> FrameProducer:
+    """The producers' frames topic writer, on the client library `settings.transport` names."""
+    if settings.transport == "confluent":
+        from inspector.kafka.confluent import ConfluentFrameProducer
+
+        return ConfluentFrameProducer(settings, client_id=client_id)
+    from inspector.kafka.kafka_python import KafkaPythonFrameProducer
+
+    return KafkaPythonFrameProducer(settings, client_id=client_id)
+
+
+def history_feed(settings: KafkaSettings, *, topics: Sequence[str], group_id: str, history_s: float,
+                 client_id: str) -> HistoryFeed:
+    """A follower of `topics` in group `group_id` that starts each partition `history_s` back (the UI's feed)."""
+    if settings.transport == "confluent":
+        from inspector.kafka.confluent import ConfluentHistoryFeed
+
+        return ConfluentHistoryFeed(settings, topics=topics, group_id=group_id, history_s=history_s,
+                                    client_id=client_id)
+    from inspector.kafka.kafka_python import KafkaPythonHistoryFeed
+
+    return KafkaPythonHistoryFeed(settings, topics=topics, group_id=group_id, history_s=history_s,
+                                  client_id=client_id)
+
+
+def partition_reader(settings: KafkaSettings, *, client_id: str, read_committed: bool = False) -> PartitionReader:
+    """A reader with no group (records of aborted transactions skipped when `read_committed`)."""
+    if settings.transport == "confluent":
+        from inspector.kafka.confluent import ConfluentPartitionReader
+
+        return ConfluentPartitionReader(settings, client_id=client_id, read_committed=read_committed)
+    from inspector.kafka.kafka_python import KafkaPythonPartitionReader
+
+    return KafkaPythonPartitionReader(settings, client_id=client_id, read_committed=read_committed)

@@ -20,8 +20,9 @@ import yaml
 
 from inspector.errors import TransportError
 from inspector.http_endpoint import wait_until_ready
-from inspector.kafka.kafka_python import TopicTail, create_topics
+from inspector.kafka.kafka_python import create_topics
 from inspector.kafka.local_broker import free_port
+from inspector.kafka.transport import assign_from_start, partition_reader
 from inspector.settings import Settings, child_environment
 from inspector.sorter.belt_report import BeltReport, score_ejections
 from inspector.sorter.line_file import Line, parse_line
@@ -147,14 +148,17 @@ class BeltRun:
 
 def _follow(settings: Settings, tally: FrameTally, stop: threading.Event) -> None:
     k = settings.kafka
-    tail = TopicTail(k, [k.alerts_topic, k.scores_topic, k.dlq_topic, settings.sorter.late_topic, k.ejections_topic])
+    # What the line produced, as a read_committed sorter would see it.
+    tail = partition_reader(k, client_id=f"{k.client_id}-tail", read_committed=True)
     try:
+        assign_from_start(tail, [k.alerts_topic, k.scores_topic, k.dlq_topic, settings.sorter.late_topic,
+                                 k.ejections_topic])
         while not stop.is_set():
-            got = tail.poll(0.2)
+            records = tail.poll(0.2)
             now = time.time_ns()
             with tally.lock:
-                for topic, value in got:
-                    tally.take(settings, topic, value, now)
+                for record in records:
+                    tally.take(settings, record.topic, record.value or b"", now)
     finally:
         tail.close()
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable
 
-from kafka import TopicPartition
-
-from inspector.kafka.transport import ConsumedRecord, Offsets, first_offsets
+from inspector.kafka.transport import ConsumedRecord, Offsets, Partition, first_offsets
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +65,14 @@ class RewindLedger:
         return dict(self._first)
 
     def note_dropped(self, records: Iterable[ConsumedRecord]) -> None:
-        for tp, first in first_offsets(records).items():
-            self._first[tp] = min(first, self._first.get(tp, first))
+        for partition, first in first_offsets(records).items():
+            self._first[partition] = min(first, self._first.get(partition, first))
 
-    def apply(self, kept: Collection[TopicPartition], seek: Callable[[TopicPartition, int], None]) -> None:
+    def apply(self, kept: Collection[Partition], seek: Callable[[Partition, int], None]) -> None:
         """Seek each kept partition back to its first dropped offset, then forget them all.
 
         A partition that went to another member needs no seek: its new owner starts from the committed offset."""
-        for tp, first in self._first.items():
-            if tp in kept:
-                seek(tp, first)
+        for partition, first in self._first.items():
+            if partition in kept:
+                seek(partition, first)
         self._first.clear()

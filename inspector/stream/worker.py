@@ -17,8 +17,6 @@ import threading
 import time
 from collections import deque
 
-from kafka import TopicPartition
-
 from inspector import evidence
 from inspector.camera_labels import CameraLabels
 from inspector.contracts import (
@@ -30,7 +28,7 @@ from inspector.contracts import (
     format_origin,
     header_value,
 )
-from inspector.kafka.transport import ConsumedRecord, FrameConsumer, Pending, ResultProducer, next_offsets
+from inspector.kafka.transport import ConsumedRecord, FrameConsumer, Partition, Pending, ResultProducer, next_offsets
 from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner
 from inspector.settings import Settings
@@ -253,7 +251,7 @@ class Worker:
 
     # ---- group membership -------------------------------------------------------------------------
 
-    def _on_revoked(self, _revoked: list[TopicPartition]) -> None:
+    def _on_revoked(self, _revoked: list[Partition]) -> None:
         # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
         # What we hold here was polled but not yet published: every published batch was committed before this
         # poll. We drop it; whoever owns each partition next must read it again from its first dropped offset.
@@ -265,7 +263,7 @@ class Worker:
         self._assigned = False
         self.metrics.ready.set(0)
 
-    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+    def _on_assigned(self, assigned: list[Partition]) -> None:
         # A new owner starts from the committed offset, but kafka-python keeps a kept partition's position
         # across the rebalance: it would read on after the dropped batch, and the next commit would skip it.
         self._rewind.apply(self.consumer.assignment(), self.consumer.seek)

@@ -29,8 +29,9 @@ from inspector.camera_labels import CameraLabels
 from inspector.contracts import FEEDBACK_VERDICTS, Alert, EjectionRecord, Feedback, FrameScore, format_origin
 from inspector.errors import BadFrame, ConfigError, TransportError
 from inspector.evidence import from_record
+from inspector.kafka.transport import ConsumedRecord
 from inspector.settings import Settings
-from inspector.ui.feed import FeedbackWriter, Record, TopicFeed
+from inspector.ui.feed import FeedbackWriter, TopicFeed
 from inspector.ui.feedback import FrameFetcher
 from inspector.ui.metrics import UiMetrics, build_ui_metrics
 from inspector.ui.state import WallState, ejection_detail
@@ -66,12 +67,12 @@ class UiServer:
 
     # ---- records in (event loop) ----
 
-    def deliver(self, record: Record) -> None:
+    def deliver(self, record: ConsumedRecord) -> None:
         """(feed thread) Hand a record to the event loop."""
         assert self.loop is not None
         self.loop.call_soon_threadsafe(self.on_record, record)
 
-    def on_record(self, record: Record) -> None:
+    def on_record(self, record: ConsumedRecord) -> None:
         kafka = self.settings.kafka
         try:
             if record.topic == kafka.alerts_topic:
@@ -98,7 +99,7 @@ class UiServer:
         except (ValidationError, BadFrame, UnicodeDecodeError) as exc:
             self.skip(record, exc)
 
-    def skip(self, record: Record, exc: Exception) -> None:
+    def skip(self, record: ConsumedRecord, exc: Exception) -> None:
         """A record that is not what its topic promises: one line, a warning for the first of each topic (a topic
         full of them would flood the log at every restart's rewind), and the page goes on."""
         self.skipped += 1

@@ -9,29 +9,29 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from inspector.contracts import H_FRAME_ID, Feedback, header_value, parse_origin
 from inspector.decode.jpeg import validate_jpeg
 from inspector.errors import BadFrame, TransportError
-from inspector.kafka.kafka_python import client_config
+from inspector.kafka.transport import (
+    ConsumedRecord,
+    Partition,
+    PartitionReader,
+    partition_reader,
+    read_record_at,
+    read_to_end,
+)
 from inspector.settings import KafkaSettings, LimitSettings
 
 log = logging.getLogger(__name__)
 
 
-def _consumer(settings: KafkaSettings) -> KafkaConsumer:
-    try:
-        return KafkaConsumer(**client_config(settings), client_id=f"{settings.client_id}-reader", group_id=None,
-                             enable_auto_commit=False, auto_offset_reset="earliest")
-    except (KafkaError, OSError) as exc:
-        raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None
+def _reader(settings: KafkaSettings) -> PartitionReader:
+    return partition_reader(settings, client_id=f"{settings.client_id}-reader")
 
 
 class FrameFetcher:
@@ -40,7 +40,7 @@ class FrameFetcher:
 
     def __init__(self, settings: KafkaSettings, limits: LimitSettings, timeout_s: float = 10.0) -> None:
         self._settings, self._limits, self._timeout_s = settings, limits, timeout_s
-        self._consumer: KafkaConsumer | None = None
+        self._reader: PartitionReader | None = None
         self._lock = threading.Lock()
 
     def fetch(self, origin: str, frame_id: str) -> bytes | None:
@@ -53,7 +53,7 @@ class FrameFetcher:
         if topic != self._settings.frames_topic:
             return None  # only ever read the frames topic, whatever an alert says
         with self._lock:
-            record = self._read_at(TopicPartition(topic, partition), offset)
+            record = self._read_at(Partition(topic, partition), offset)
         if record is None or header_value(record.headers, H_FRAME_ID) != frame_id:
             return None
         try:
@@ -61,63 +61,39 @@ class FrameFetcher:
                           max_pixels=self._limits.max_pixels)
         except BadFrame:
             return None
-        return bytes(record.value)
+        return bytes(record.value or b"")
 
-    def _read_at(self, tp: TopicPartition, offset: int):  # -> ConsumerRecord | None (kafka-python is untyped)
+    def _read_at(self, partition: Partition, offset: int) -> ConsumedRecord | None:
         try:
-            if self._consumer is None:
-                self._consumer = _consumer(self._settings)
-            if tp.partition not in (self._consumer.partitions_for_topic(tp.topic) or set()):
-                return None
-            self._consumer.assign([tp])
-            first = self._consumer.beginning_offsets([tp])[tp]
-            if offset < first:
-                return None  # past retention
-            self._consumer.seek(tp, offset)
-            deadline = time.monotonic() + self._timeout_s
-            while time.monotonic() < deadline:
-                for r in self._consumer.poll(timeout_ms=500, max_records=1).get(tp, []):
-                    return r if r.offset == offset else None  # a compacted or aborted offset: the next one
-            return None
-        except (KafkaError, AssertionError, TypeError) as exc:
-            log.warning("fetching %s/%d/%d failed: %s", tp.topic, tp.partition, offset, exc)
+            if self._reader is None:
+                self._reader = _reader(self._settings)
+            return read_record_at(self._reader, partition, offset, self._timeout_s)
+        except TransportError as exc:
+            log.warning("fetching %s/%d/%d failed: %s", partition.topic, partition.partition, offset, exc)
             return None
 
     def close(self) -> None:
         with self._lock:
-            if self._consumer is not None:
-                self._consumer.close()
-                self._consumer = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
 
 def read_feedback(settings: KafkaSettings, timeout_s: float = 30.0) -> list[Feedback]:
     """Every valid record of the feedback topic, from its start to its end now, in partition order; records that
     are not Feedback are skipped (the topic is written by a web page)."""
-    consumer = _consumer(settings)
+    reader = _reader(settings)
     try:
-        partitions = consumer.partitions_for_topic(settings.feedback_topic) or set()
-        tps = [TopicPartition(settings.feedback_topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out: list[Feedback] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TransportError(f"reading {settings.feedback_topic} took over {timeout_s:.0f}s")
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    try:
-                        out.append(Feedback.model_validate_json(r.value or b""))
-                    except ValidationError:
-                        log.warning("skipped a record of %s that is not feedback (offset %d)", r.topic, r.offset)
-        return out
-    except KafkaError as exc:
-        raise TransportError(f"reading {settings.feedback_topic} failed: {exc}") from None
+        records = read_to_end(reader, settings.feedback_topic, timeout_s)
     finally:
-        consumer.close()
+        reader.close()
+    feedback: list[Feedback] = []
+    for record in records:
+        try:
+            feedback.append(Feedback.model_validate_json(record.value or b""))
+        except ValidationError:
+            log.warning("skipped a record of %s that is not feedback (offset %d)", record.topic, record.offset)
+    return feedback
 
 
 def latest_verdicts(feedback: list[Feedback]) -> dict[str, Feedback]:

@@ -5,12 +5,12 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from kafka import TopicPartition
 
+from inspector.kafka.transport import Partition
 from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
 
 LIMIT_S = 2.0  # max poll interval: over 1.0 s a batch is slow, under 0.25 s it is fast
-P0, P1, P2 = (TopicPartition("frames", p) for p in range(3))
+P0, P1, P2 = (Partition("frames", p) for p in range(3))
 
 
 def _records(*spec: tuple[int, int]) -> list:
@@ -88,8 +88,8 @@ def test_the_ledger_keeps_the_first_dropped_offset_per_partition_across_revocati
 def test_applying_the_ledger_seeks_only_the_kept_partitions_then_empties_it():
     ledger = RewindLedger()
     ledger.note_dropped(_records((0, 7), (1, 40), (2, 3)))
-    seeks: list[tuple[TopicPartition, int]] = []
-    ledger.apply({P0, P2, TopicPartition("frames", 9)}, lambda tp, offset: seeks.append((tp, offset)))
+    seeks: list[tuple[Partition, int]] = []
+    ledger.apply({P0, P2, Partition("frames", 9)}, lambda tp, offset: seeks.append((tp, offset)))
     assert sorted(seeks) == [(P0, 7), (P2, 3)]
     assert len(ledger) == 0 and ledger.offsets() == {}
     ledger.apply({P0, P1, P2}, lambda tp, offset: seeks.append((tp, offset)))

@@ -1,12 +1,22 @@
-"""Kafka boundary helpers that need no broker: offsets of dropped batches, and librdkafka's settings."""
+"""Kafka boundary helpers that need no broker: offsets of dropped batches, the readers written once over
+`PartitionReader`, and librdkafka's settings."""
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
 from kafka import TopicPartition
 
-from inspector.errors import ConfigError
-from inspector.kafka.transport import first_offsets, next_offsets
+from inspector.errors import ConfigError, TransportError
+from inspector.kafka.transport import (
+    Offsets,
+    Partition,
+    assign_from_start,
+    first_offsets,
+    next_offsets,
+    read_record_at,
+    read_to_end,
+)
 from inspector.settings import KafkaSettings
 
 
@@ -16,9 +26,93 @@ def _records(*spec: tuple[int, int]) -> list:
 
 def test_a_dropped_batch_is_read_again_from_its_first_offset_per_partition():
     records = _records((0, 7), (1, 3), (0, 5), (0, 6), (1, 4))
-    assert first_offsets(records) == {TopicPartition("frames", 0): 5, TopicPartition("frames", 1): 3}
-    assert next_offsets(records) == {TopicPartition("frames", 0): 8, TopicPartition("frames", 1): 5}
+    assert first_offsets(records) == {Partition("frames", 0): 5, Partition("frames", 1): 3}
+    assert next_offsets(records) == {Partition("frames", 0): 8, Partition("frames", 1): 5}
     assert first_offsets([]) == {}
+
+
+def test_a_partition_is_interchangeable_with_kafka_pythons_topic_partition():
+    offsets = {Partition("frames", 1): 5}
+    assert offsets[TopicPartition("frames", 1)] == 5
+    assert Partition(*TopicPartition("frames", 1)) == Partition("frames", 1)
+
+
+class FakeReader:
+    """A PartitionReader over in-memory partitions: {partition: (first retained offset, records)}."""
+
+    def __init__(self, partitions: dict[Partition, tuple[int, list[int]]], *, gap_at_end: bool = False) -> None:
+        self.partitions = partitions
+        self.gap_at_end = gap_at_end  # a transaction marker after the last record: no record at end - 1
+        self.next: Offsets = {}
+        self.closed = False
+
+    def _end(self, partition: Partition) -> int:
+        first, offsets = self.partitions[partition]
+        return (offsets[-1] + 1 if offsets else first) + self.gap_at_end
+
+    def partitions_of(self, topic: str) -> list[Partition]:
+        return sorted(p for p in self.partitions if p.topic == topic)
+
+    def offset_range(self, partitions: Sequence[Partition]) -> dict[Partition, tuple[int, int]]:
+        return {p: (self.partitions[p][0], self._end(p)) for p in partitions}
+
+    def assign(self, offsets: Offsets) -> None:
+        self.next = dict(offsets)
+
+    def position(self, partition: Partition) -> int:
+        return self.next[partition]
+
+    def poll(self, _timeout_s: float, max_records: int | None = None) -> list:
+        room, out = max_records or 500, []
+        for p, at in self.next.items():
+            pending = [offset for offset in self.partitions[p][1] if offset >= at]
+            taken = pending[:room - len(out)]
+            out += [SimpleNamespace(topic=p.topic, partition=p.partition, offset=o, value=b"v") for o in taken]
+            if taken == pending:  # past its last record the position moves over a marker, to the end
+                self.next[p] = self._end(p)
+            elif taken:
+                self.next[p] = taken[-1] + 1
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+FEEDBACK_0, FEEDBACK_1 = Partition("feedback", 0), Partition("feedback", 1)
+
+
+def test_reading_a_topic_to_its_end_returns_each_partitions_retained_records_even_past_a_final_marker():
+    reader = FakeReader({FEEDBACK_0: (2, [2, 3, 5]), FEEDBACK_1: (0, []), Partition("other", 0): (0, [0])},
+                        gap_at_end=True)
+    records = read_to_end(reader, "feedback", timeout_s=5)
+    assert [(r.partition, r.offset) for r in records] == [(0, 2), (0, 3), (0, 5)]
+    assert read_to_end(FakeReader({}), "feedback", timeout_s=5) == []
+
+
+def test_reading_to_the_end_gives_up_with_a_transport_error_past_its_timeout():
+    class Stuck(FakeReader):
+        def poll(self, _timeout_s: float, _max_records: int | None = None) -> list:
+            return []
+
+    with pytest.raises(TransportError, match="took over"):
+        read_to_end(Stuck({FEEDBACK_0: (0, [0])}), "feedback", timeout_s=0)
+
+
+def test_a_record_is_read_at_its_offset_and_nothing_outside_what_the_partition_holds():
+    reader = FakeReader({FEEDBACK_0: (2, [2, 3, 5])})
+    record = read_record_at(reader, FEEDBACK_0, 3, timeout_s=5)
+    assert record is not None and record.offset == 3
+    assert read_record_at(reader, FEEDBACK_0, 4, timeout_s=5) is None  # compacted away: 5 comes instead
+    assert read_record_at(reader, FEEDBACK_0, 1, timeout_s=5) is None  # past retention
+    assert read_record_at(reader, FEEDBACK_0, 6, timeout_s=5) is None  # not written
+    assert read_record_at(reader, FEEDBACK_1, 0, timeout_s=5) is None  # no such partition
+
+
+def test_a_tail_starts_every_partition_of_its_topics_at_its_first_retained_record():
+    reader = FakeReader({FEEDBACK_0: (2, [2, 3]), FEEDBACK_1: (0, [0]), Partition("alerts", 0): (7, [7])})
+    ends = assign_from_start(reader, ["feedback", "", "alerts"])
+    assert reader.next == {FEEDBACK_0: 2, FEEDBACK_1: 0, Partition("alerts", 0): 7}
+    assert ends == {FEEDBACK_0: 4, FEEDBACK_1: 1, Partition("alerts", 0): 8}
 
 
 def test_librdkafka_settings_carry_sasl_and_tls_under_their_own_names(tmp_path):
