@@ -7,7 +7,7 @@ to the families, so a new family touches its own module and the registry.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -33,6 +33,9 @@ class AnomalyModel(nn.Module):
     """
 
     config: ModelConfig
+    # False for a model that scores a batch without reading its pixels (the benchmarks' null model): the runner then
+    # skips preprocessing, which would otherwise be most of what a null worker measures.
+    reads_pixels: ClassVar[bool] = True
 
     def score(self, x: torch.Tensor, config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, S, S) in [0, 1] -> (scores (B,), maps (B, S, S)), in the dtype the model ran in."""

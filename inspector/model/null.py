@@ -11,6 +11,8 @@ from inspector.model.scoring import ScoringConfig
 class NullModel(AnomalyModel):
     """Returns its input, and scores every image 0 with an all-zero map. Never written to a model file."""
 
+    reads_pixels = False
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config

@@ -131,7 +131,12 @@ class ModelRunner:
 
     def _score(self, images: np.ndarray | torch.Tensor, model: AnomalyModel,
                artifact: ModelArtifact) -> tuple[np.ndarray, torch.Tensor]:
-        x = images if isinstance(images, torch.Tensor) else to_tensor(images, self.device)
+        if isinstance(images, torch.Tensor):
+            x = images
+        elif model.reads_pixels:
+            x = to_tensor(images, self.device)
+        else:  # a batch of the right length that holds no pixels
+            x = torch.empty((len(images), 3, 0, 0), device=self.device)
         n = x.shape[0]
         if self.pad:  # see __init__: a handful of shapes, all warmed up
             padded = 1 << (n - 1).bit_length()
