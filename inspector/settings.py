@@ -136,6 +136,9 @@ class HttpSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(9400, ge=0, le=65535)  # 0 picks a free port (tests)
+    # The rolling score quantiles per camera (drift alerts) cover this many seconds of frames: at 30 frames/s,
+    # 5 minutes put 90 scores above the p99, so a quantile moves with the light and not with one odd fruit.
+    score_window_s: float = Field(300.0, gt=0)
 
 
 class UiSettings(BaseModel):

@@ -23,8 +23,10 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.
                     2.0, 5.0, 10.0)
 _STAGE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-# Scores are reconstruction errors of [0, 1] images: small numbers, spread over decades.
-_SCORE_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5)
+# Scores spread over decades: an image autoencoder's are reconstruction errors of [0, 1] images (0.001-0.1), the
+# feature reconstructor's are in units of good images' level (about 1-3 on good produce).
+_SCORE_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5,
+                  0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0, 20.0)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class WorkerMetrics:
     score: Histogram
     threshold: Gauge
     calibration_good_mean: Gauge
+    calibration_good_score: Gauge
+    target_false_alarm: Gauge
+    score_rolling: Gauge
     consumer_lag: Gauge
     model_info: Gauge
     model_reloads: Counter
@@ -55,8 +60,14 @@ class WorkerMetrics:
         self.threshold.labels("default").set(settings.threshold_for(None, artifact.threshold))
         for camera, thr in settings.camera_thresholds.items():
             self.threshold.labels(camera).set(thr)
+        self.calibration_good_score.clear()
         if artifact.calibration is not None:
             self.calibration_good_mean.set(artifact.calibration.good_mean)
+            self.target_false_alarm.set(artifact.calibration.target_false_alarm)
+            quantiles = artifact.calibration.good_quantiles
+            for label, name in (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"), ("1", "max")):
+                if name in quantiles:
+                    self.calibration_good_score.labels(label).set(quantiles[name])
 
     def start_camera(self, camera: str) -> None:
         """Export a camera's counters at 0 from its first frame: rate() then sees the first increase, and
@@ -92,6 +103,14 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
         threshold=gauge("threshold", "Alert threshold in force per camera.", ("camera",)),
         calibration_good_mean=gauge("calibration_good_score_mean",
                                     "Mean score of good images at calibration (for drift alerts)."),
+        calibration_good_score=gauge("calibration_good_score",
+                                     "Quantiles of good images' scores at calibration (1 = the largest).",
+                                     ("quantile",)),
+        target_false_alarm=gauge("target_false_alarm_ratio",
+                                 "The false-alarm rate on good frames that the model's threshold was calibrated for."),
+        score_rolling=gauge("anomaly_score_rolling",
+                            "Quantiles of each camera's anomaly scores over the last http.score_window_s seconds.",
+                            ("camera", "quantile")),
         consumer_lag=gauge("consumer_lag_messages", "Messages behind the end of each assigned partition.",
                            ("topic", "partition")),
         model_info=gauge("model_info", "The model being served (value 1).", ("model_id", "model_version")),

@@ -81,7 +81,8 @@ ALERT_PROOFS = {
     "InspectorConsumerLagGrowing": "bool",
     "InspectorDefectRateSpike": "bool",
     "InspectorLatencyOverBudget": "bool",
-    "InspectorScoreDrift": "bool",
+    "ScoreDrift": "bool",
+    "AlertRateHigh": "bool",
     "InspectorNotReady": "bool",  # a stopped worker exports nothing, so its inspector_ready goes stale
     "CameraDown": "live",  # the producer's second camera points at a port where nothing listens
     "CameraFrameRateLow": "bool",
