@@ -12,6 +12,7 @@ from inspector.model.threshold import (
     conformal_is_reliable,
     conformal_threshold,
     f1_optimal_threshold,
+    false_alarm_upper_bound,
     fitted_tail_threshold,
     is_defect,
     realised_false_alarm,
@@ -103,7 +104,7 @@ def test_one_odd_good_photo_does_not_set_the_fitted_tail():
     good = np.r_[rng.lognormal(math.log(0.01), 0.3, 19), 0.05]  # one photo at 5x the typical score
     assert calibrate(good, good, 0.01, method="conformal").threshold == 0.05
     stats = calibrate(good, good, 0.01)
-    assert stats.method == "fitted_tail" and np.median(good) < stats.threshold < 0.04
+    assert stats.method == "fitted_tail" and np.median(good) < stats.threshold < 0.05  # below the odd photo
 
 
 @settings(deadline=None, max_examples=60)
@@ -165,14 +166,44 @@ def realised_rates(dist: str, n: int, seed: int = 0) -> np.ndarray:
     return rates
 
 
-# Bounds on the mean realised rate over calibration sets, as multiples of a. Measured at seed 0, mean / median:
-# lognormal n=8 1.46 / 0.21, n=20 1.28 / 0.68, n=40 1.23 / 0.76; gamma 0.72 / 0.00, 0.85 / 0.12, 0.82 / 0.51;
-# half-normal 0.51 / 0.00, 0.61 / 0.05, 0.51 / 0.20. Over seeds 0-5 the means span lognormal 0.82-1.74,
-# gamma 0.66-1.21, half-normal 0.33-0.70: its log has a long left tail, so the fit errs on the cautious side.
-@pytest.mark.parametrize(("dist", "low"), [("lognormal", 1 / 2), ("gamma", 1 / 2), ("half-normal", 1 / 3)])
+# The fitted tail is a 95 % tolerance bound: measured at seed 0, the share of calibration sets whose realised rate
+# is at most a: lognormal 0.88-0.90 for n = 8-120 (the Box-Cox power chosen by the data costs the rest of the
+# 95 %: a pure normal fit reaches 0.94-0.95), gamma 0.92-0.95, half-normal 0.95-0.99; the mean rate is then
+# 0.4-0.6 a (lognormal), lower for the others, whose logs have a long left tail.
+@pytest.mark.parametrize(("dist", "share"), [("lognormal", 0.85), ("gamma", 0.88), ("half-normal", 0.9)])
 @pytest.mark.parametrize("n", [8, 20, 40])
-def test_fitted_tail_realised_rate_is_near_the_target(dist, low, n):
+def test_fitted_tail_keeps_the_target_in_most_calibration_sets(dist, share, n):
     rates = realised_rates(dist, n)
-    assert low * A <= rates.mean() <= 2 * A
-    if dist == "lognormal" and n >= 20:  # at n = 8 the typical set is cautious, a few far too eager
-        assert 0.3 * A <= np.median(rates) <= 1.5 * A
+    assert (rates <= A).mean() >= share
+    assert rates.mean() <= A  # never the 2.6-5x of the prediction bound on new frames
+
+
+def test_conformal_realised_rate_stays_below_the_stated_bound_in_95_percent_of_sets():
+    # Scores of any continuous distribution: the bound is distribution-free. 1,000 sets of 466 good scores (a
+    # conformal quantile at 1 %, 3 scores above it); the binomial spread of the share over 1,000 sets is 0.7 %.
+    rng = np.random.default_rng(7)
+    fresh = np.sort(rng.gamma(2.0, 0.005, N_FRESH))
+    within = []
+    for _ in range(1000):
+        stats = calibrate(rng.gamma(2.0, 0.005, 466), np.ones(10), A)
+        assert stats.method == "conformal" and stats.false_alarm_bound is not None
+        realised = (N_FRESH - np.searchsorted(fresh, stats.threshold, side="right")) / N_FRESH
+        within.append(realised <= stats.false_alarm_bound)
+    assert 0.93 <= np.mean(within) <= 0.99
+
+
+def test_the_stated_bound_holds_for_the_fitted_tail_too():
+    fresh = fresh_good("lognormal")
+    rng = np.random.default_rng(3)
+    stats = [calibrate(rng.lognormal(math.log(0.01), 0.5, 120), np.ones(10), A) for _ in range(200)]
+    assert all(s.method == "fitted_tail" for s in stats)
+    realised = np.array([realised_false_alarm(fresh, s.threshold) for s in stats])
+    assert np.mean(realised <= np.array([s.false_alarm_bound for s in stats])) >= 0.95
+
+
+@pytest.mark.parametrize(("n", "exceeding", "bound"), [(120, 0, 0.0247), (466, 3, 0.0166), (1000, 10, 0.0169)])
+def test_false_alarm_upper_bound_is_clopper_pearson(n, exceeding, bound):
+    assert false_alarm_upper_bound(n, exceeding) == pytest.approx(bound, abs=1e-4)
+    assert false_alarm_upper_bound(n, n) == 1.0 and false_alarm_upper_bound(0, 0) == 1.0
+    # 0 of n above: the bound solves (1 - u)^n = 0.05
+    assert false_alarm_upper_bound(n, 0) == pytest.approx(1 - 0.05 ** (1 / n), rel=1e-6)
