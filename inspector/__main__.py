@@ -75,7 +75,7 @@ def _train_config(args: argparse.Namespace):  # untyped: local imports keep `--h
 
     flags = {"mode": args.mode, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
              "loss": args.loss, "denoise": args.denoise or None, "target_false_alarm": args.target_far,
-             "seed": args.seed}
+             "seed": args.seed, "camera_jpeg_quality": args.camera_jpeg_quality}
     return TrainConfig(**{name: value for name, value in flags.items() if value is not None})
 
 
@@ -116,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cal = artifact.calibration
     assert cal is not None
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB): threshold {cal.threshold:.6f} ({cal.method}) at target "
-          f"false-alarm {cal.target_false_alarm:.2%} from {cal.n_good} held-out good images")
+          f"false-alarm {cal.target_false_alarm:.2%} from {cal.n_good} held-out good images (at most "
+          f"{cal.false_alarm_bound:.2%} with 95 % confidence from those images alone)")
     return 0
 
 
@@ -136,15 +137,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         good = with_confirmed_false_alarms(settings, good,
                                            Path(args.feedback_frames) if args.feedback_frames else None)
     defects = load_images(list_images(Path(args.defects)), size) if args.defects else None
-    artifact = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects)
+    artifact = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects,
+                                  camera_jpeg_quality=args.camera_jpeg_quality)
     out = Path(args.out) if args.out else path
     artifact_io.save(artifact, out)
     cal = artifact.calibration
     assert cal is not None
     warn = (f" (only {cal.n_good} good images, too few for a conformal guarantee at this target: a fitted tail)"
             if cal.method == "fitted_tail" else "")
-    print(f"{out}: threshold {cal.threshold:.6f} ({cal.method}, target false-alarm {cal.target_false_alarm:.2%})"
-          f"{warn}")
+    print(f"{out}: threshold {cal.threshold:.6f} ({cal.method} on {cal.n_good} good images, target false-alarm "
+          f"{cal.target_false_alarm:.2%}, at most {cal.false_alarm_bound:.2%} with 95 % confidence from these "
+          f"images alone){warn}")
     return 0
 
 
@@ -155,7 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_folder(Path(settings.model.path), Path(args.data), Path(args.out), settings.model.device,
                              baseline=not args.no_baseline)
     img = report["image"]
-    print(f"image AUROC {img['auroc']:.4f}  AUPR {img['aupr']:.4f}  false-alarm {img['false_alarm_rate']:.2%}  "
+    bound = img.get("false_alarm_bound")
+    print(f"image AUROC {img['auroc']:.4f}  AUPR {img['aupr']:.4f}  false-alarm {img['false_alarm_rate']:.2%}"
+          + (f" (bound {bound:.2%})" if bound is not None else "") + "  "
           f"detection {img['detection_rate']:.2%}  pixel AUROC {report.get('pixel', {}).get('auroc', float('nan')):.4f}")
     if "colour_baseline" in report:
         print(f"colour baseline image AUROC {report['colour_baseline']['auroc']:.4f}")
@@ -256,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--denoise", action="store_true", help="denoising autoencoder: noisy input, clean target")
     sp.add_argument("--target-far", type=float, help="target false-alarm rate on good images")
     sp.add_argument("--seed", type=int)
+    sp.add_argument("--camera-jpeg-quality", type=int, metavar="Q",
+                    help="set the threshold on good images as a camera sending JPEG at quality Q delivers them "
+                         "(default 90, the producer's; 0 = as they are)")
     sp.add_argument("--model-id", default="banana-ae")
     sp.add_argument("--model-version", default=None)
     sp.set_defaults(func=cmd_train)
@@ -265,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--good", required=True, help="folder of good images not used in training")
     sp.add_argument("--defects", help="optional folder of labelled defects: F1-optimal threshold instead")
     sp.add_argument("--target-far", type=float, default=0.01)
+    sp.add_argument("--camera-jpeg-quality", type=int, default=90, metavar="Q",
+                    help="score the good images also through JPEG at the camera's quality Q (0 = as they are)")
     sp.add_argument("--out", help="write here instead of updating the model file in place")
     sp.add_argument("--feedback", action="store_true",
                     help="add the frames operators confirmed as false alarms (kafka.feedback_topic, frames fetched "

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import functools
 import math
-from statistics import NormalDist
 from dataclasses import asdict, dataclass, fields
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np

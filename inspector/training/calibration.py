@@ -1,5 +1,6 @@
-"""Setting a model's threshold: from held-out good images (conformal) or labelled defects, and the frames
-operators confirmed as false alarms added to the good images (`inspector calibrate --feedback`)."""
+"""Setting a model's threshold: from held-out good images as the camera delivers them (conformal or a fitted
+tail) or labelled defects, and the frames operators confirmed as false alarms added to the good images
+(`inspector calibrate --feedback`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner, score_images
 from inspector.model.threshold import CalibrationStats, calibrate, pixel_sample
 from inspector.settings import Settings
+from inspector.training.features import jpeg_copies
 
 
 def calibrate_artifact(
@@ -23,14 +25,23 @@ def calibrate_artifact(
     device: torch.device,
     *,
     defect_images: np.ndarray | None = None,
+    camera_jpeg_quality: int = 0,
 ) -> ModelArtifact:
-    """Set the threshold from held-out good images (conformal), or F1-optimal when defects are given."""
+    """Set the threshold from held-out good images (conformal or a fitted tail), or F1-optimal when defects are
+    given; with `camera_jpeg_quality`, each good image scores the higher of as-is and through JPEG at it."""
     runner = ModelRunner(artifact, device)
     good_scores, good_maps = score_images(runner, good_images)
+    if camera_jpeg_quality:
+        good_scores = np.maximum(good_scores, camera_scores(runner, good_images, camera_jpeg_quality))
     defect_scores = score_images(runner, defect_images)[0] if defect_images is not None else None
     stats: CalibrationStats = calibrate(good_scores, pixel_sample(good_maps), target_false_alarm,
                                         defect_scores=defect_scores)
     return artifact.with_calibration(stats)
+
+
+def camera_scores(runner: ModelRunner, images: np.ndarray, jpeg_quality: int) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N,) scores of the images through JPEG at the camera's quality."""
+    return score_images(runner, jpeg_copies(images, seed=0, qualities=(jpeg_quality, jpeg_quality)))[0]
 
 
 def with_confirmed_false_alarms(settings: Settings, good: np.ndarray, frames_out: Path | None) -> np.ndarray:

@@ -22,7 +22,7 @@ from inspector.decode.preprocess import IMAGE_SUFFIXES, list_images, load_images
 from inspector.errors import ConfigError
 from inspector.model import artifact as artifact_io
 from inspector.model.runtime import ModelRunner, pick_device, score_images
-from inspector.model.threshold import defects_flagged
+from inspector.model.threshold import defects_flagged, false_alarm_upper_bound
 from inspector.training.quality_metrics import auroc, average_precision, rates_at, roc_curve
 
 
@@ -90,6 +90,19 @@ def _colour_warning(model_auroc: float, baseline_auroc: float) -> str | None:
             "check (inspector.training.colour_baseline) beside it.")
 
 
+def _bound_warnings(bound: float | None, false_alarms: int, n_good: int) -> list[str]:
+    """A warning when the false alarms on test/good are clearly (at 95 %) more than the model file's bound."""
+    if bound is None or n_good == 0:
+        return []
+    realised_at_least = 1 - false_alarm_upper_bound(n_good, n_good - false_alarms)  # 95 % lower bound
+    if realised_at_least <= bound:
+        return []
+    return [f"{false_alarms} of {n_good} good test images alerted ({false_alarms / n_good:.1%}): clearly above the "
+            f"false-alarm rate the model file promises at most ({bound:.1%}, 95 % bound). These images differ from "
+            "those the threshold was set on: recalibrate on images like them (`inspector calibrate --good DIR`), or "
+            "on the running line (`inspector calibrate --from-line`)."]
+
+
 def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, kinds: list[str], threshold: float) -> list[str]:
     import matplotlib
 
@@ -148,6 +161,9 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
     }
     report["image"]["threshold_method"] = (report["model"]["calibration"] or {}).get("method")
     good_sel = ~labels
+    report["image"]["false_alarm_bound"] = bound = art.calibration.false_alarm_bound if art.calibration else None
+    report["warnings"].extend(_bound_warnings(bound, int(np.count_nonzero(defects_flagged(scores[good_sel], threshold))),
+                                              int(good_sel.sum())))
     for kind in sets:
         if kind == "good":
             continue

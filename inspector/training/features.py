@@ -61,8 +61,11 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
             and len(images) >= 2 * config.cross_fit_folds):
         features = backbone_features(images, model_config, config, device)
         synthetic, synth_masks = synthetic_copies(images, config.seed)
-        good, synth = cross_fitted_terms(images, synthetic, model_config, config, raw, device, features, ranks,
-                                         progress=progress)
+        camera = (jpeg_copies(images, seed=0, qualities=(config.camera_jpeg_quality,) * 2)
+                  if config.camera_jpeg_quality else None)
+        good, synth, *through_camera = cross_fitted_terms(
+            (images, synthetic, *([] if camera is None else [camera])), model_config, config, raw, device, features,
+            ranks, progress=progress)
         model, history = train_feature_model(images, model_config, config, device, features=features,
                                              progress=progress)
         del features
@@ -74,6 +77,7 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
         good = _feature_terms(model, images[cal_idx], raw, device, ranks)
         synthetic, synth_masks = synthetic_copies(images[cal_idx], config.seed)
         synth = _feature_terms(model, synthetic, raw, device, ranks)
+        through_camera = []  # calibrated on held-out images by the pipeline
     chosen, pixel_choice = choose_pixel_normalise(model, good.maps, synth.maps, scoring)
     scoring = replace(scoring, pixel_normalise=scoring.pixel_normalise and chosen)
     maps, synth_maps = (_scoring_maps(model, t.maps, scoring) for t in (good, synth))
@@ -85,8 +89,13 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
     scoring = with_references(scoring, local, glob)
     if not good.out_of_fold:
         return FeatureFit(model, history, scoring, None, pixel_choice, rank_choice)
-    calibration = calibrate(combined_scores(scoring, local, glob),
-                            pixel_sample(register(maps, scoring.map_offset).numpy()), config.target_false_alarm)
+    good_scores = combined_scores(scoring, local, glob)
+    for camera_terms in through_camera:  # each image's higher score of as-is and as the camera delivers it
+        camera_maps = _scoring_maps(model, camera_terms.maps, scoring)
+        good_scores = np.maximum(good_scores, combined_scores(scoring, image_scores(camera_maps, scoring).double()
+                                                              .numpy(), camera_terms.glob[rank]))
+    calibration = calibrate(good_scores, pixel_sample(register(maps, scoring.map_offset).numpy()),
+                            config.target_false_alarm)
     return FeatureFit(model, history, scoring, calibration, pixel_choice, rank_choice)
 
 
@@ -305,14 +314,16 @@ def with_references(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray)
     return replace(scoring, local_reference=reference(local), global_reference=reference(glob))
 
 
-def cross_fitted_terms(images: np.ndarray, synthetic: np.ndarray, model_config: FeatureReconstructorConfig,
+def cross_fitted_terms(sources: tuple[np.ndarray, ...], model_config: FeatureReconstructorConfig,
                        config: TrainConfig, scoring: ScoringConfig, device: torch.device, features: BackboneFeatures,
-                       ranks: list[int], *, progress: bool = True) -> tuple[FeatureTerms, FeatureTerms]:
-    """Out-of-fold terms of every image and of its synthetic-anomaly copy (`synthetic`, in the same order): each
-    fold scored by a model fitted to the others' `features` (the backbone runs once for all folds)."""
+                       ranks: list[int], *, progress: bool = True) -> list[FeatureTerms]:
+    """Out-of-fold terms of every image of each source: the good images first (whose `features` the folds are fitted
+    to), then copies of them in the same order (synthetic anomalies, the camera's JPEG); each fold scored by a
+    model fitted to the others' features (the backbone runs once for all folds)."""
+    images = sources[0]
     folds = np.array_split(np.random.default_rng(config.seed).permutation(len(images)), config.cross_fit_folds)
     terms: list[FeatureTerms] = []
-    for _ in range(2):  # the good images, then their synthetic copies
+    for _ in sources:
         maps = np.zeros((len(images), *images.shape[1:3]), np.float32)
         terms.append(FeatureTerms(maps, {r: np.zeros(len(images)) for r in ranks}, out_of_fold=True))
     for k, fold in enumerate(folds):
@@ -320,12 +331,12 @@ def cross_fitted_terms(images: np.ndarray, synthetic: np.ndarray, model_config: 
         log.info("cross-fitting: fold %d of %d", k + 1, len(folds))
         model, _ = train_feature_model(images[rest], model_config, config, device, features=features.subset(rest),
                                        progress=progress)
-        for source, whole in zip((images, synthetic), terms):
+        for source, whole in zip(sources, terms, strict=True):
             part = _feature_terms(model, source[fold], scoring, device, ranks)
             whole.maps[fold] = part.maps
             for r in ranks:
                 whole.glob[r][fold] = part.glob[r]
-    return terms[0], terms[1]
+    return terms
 
 
 def synthetic_copies(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

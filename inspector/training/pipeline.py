@@ -116,7 +116,8 @@ def train_and_calibrate(
         },
     )
     if calibration is None:
-        artifact = calibrate_artifact(artifact, images[cal_idx], config.target_false_alarm, device)
+        artifact = calibrate_artifact(artifact, images[cal_idx], config.target_false_alarm, device,
+                                      camera_jpeg_quality=config.camera_jpeg_quality)
     else:
         artifact = artifact.with_calibration(calibration)
     saved = artifact_io.save(artifact, out)

@@ -103,3 +103,30 @@ def test_maps_of_another_shape_than_the_image_size_masks_and_heat_maps(colour_se
     assert 0 <= report["per_kind"]["tinted"]["pixel_auroc"] <= 1
     example = cv2.imread(str(tmp_path / report["examples"]["missed_defects"][0]["file"]))
     assert example.shape == (24, 80, 3)  # image and heat map side by side, each at the map's (h, w)
+
+
+def test_the_report_warns_only_when_false_alarms_are_clearly_above_the_stated_bound():
+    assert evaluation._bound_warnings(0.025, 1, 38) == []  # 2.6 %: within chance of a rate at most 2.5 %
+    assert evaluation._bound_warnings(None, 30, 38) == []  # a file calibrated before bounds were stated
+    (warning,) = evaluation._bound_warnings(0.025, 12, 142)  # 8.5 %: at least 4.9 % with 95 % confidence
+    assert "12 of 142" in warning and "2.5%" in warning and "--from-line" in warning
+
+
+def test_camera_scores_take_the_images_through_jpeg(colour_set, colour_blind_model):
+    from inspector.decode.preprocess import list_images, load_images
+    from inspector.model.runtime import ModelRunner, score_images
+    from inspector.training.calibration import calibrate_artifact, camera_scores
+
+    model = artifact_io.load(colour_blind_model)
+    images = load_images(list_images(colour_set / "test" / "good"), model.config.image_size)
+    runner = ModelRunner(model, torch.device("cpu"))
+    as_is = score_images(runner, images)[0]
+    through_jpeg = camera_scores(runner, images, 20)  # a harsh camera: its blocks raise every error
+    assert not np.array_equal(as_is, through_jpeg)
+    plain = calibrate_artifact(model, images, 0.01, torch.device("cpu"))
+    camera = calibrate_artifact(model, images, 0.01, torch.device("cpu"), camera_jpeg_quality=20)
+    assert plain.calibration is not None and camera.calibration is not None
+    # Set on each image's higher score: every statistic of the good scores is at least the as-is one.
+    assert camera.calibration.good_mean > plain.calibration.good_mean
+    assert camera.calibration.good_quantiles["max"] >= plain.calibration.good_quantiles["max"]
+    assert camera.calibration.false_alarm_bound is not None
