@@ -85,9 +85,9 @@ system-deps:
 
 # The default model: the synthetic data set, then training with its held-out calibration (see models/README.md).
 model: install
-	$(BIN)/inspector synth --out data/bananas --train 600 --test-good 100 --test-per-defect 25
+	$(BIN)/inspector synth --out data/bananas --train 600 --belt-frames 600 --test-good 100 --test-per-defect 25
 	$(BIN)/inspector train --data data/bananas/train/good --out models/banana-ae-v1.safetensors \
-	  --model-version 2 --device cpu
+	  --model-version 3 --device cpu
 
 bench-scoring: install
 	$(BIN)/python bench/scoring.py

@@ -185,6 +185,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     counts = write_dataset(Path(args.out), n_train=args.train, n_test_good=args.test_good,
                            n_test_per_defect=args.test_per_defect, size=args.size, seed=args.seed,
                            n_calibration=args.calibration)
+    if args.belt_frames:
+        from inspector.sorter.belt_run import BELT_GEOMETRY
+        from inspector.sorter.line_file import parse_line
+        from inspector.synthetic.belt import BeltStream, write_good_frames
+
+        line = parse_line({"defaults": {**BELT_GEOMETRY, "frame_width_px": args.size, "frame_height_px": args.size},
+                           "lanes": [{"id": "synth", "actuator": {"protocol": "log"}, "cameras": [{"id": "belt"}]}]})
+        geometry = line.camera("belt")
+        assert geometry is not None  # the line just parsed has it
+        # 6 frames/s of 4 bananas/s: each banana in one or two frames, so the frames are 600 different bananas.
+        stream = BeltStream(geometry, fps=6.0, defect_rate=0.0, seed=args.seed + 1000)
+        counts["train/good (belt)"] = write_good_frames(Path(args.out) / "train" / "good", stream, args.belt_frames)
     print(f"wrote {sum(counts.values())} images to {args.out}: {counts}")
     return 0
 
@@ -304,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calibration", type=int, default=0)
     sp.add_argument("--size", type=int, default=256)
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--belt-frames", type=int, default=0, metavar="N",
+                    help="also N good frames of the synthetic belt camera (JPEG) in train/good: the demo's line")
     sp.set_defaults(func=cmd_synth)
 
     sp = sub.add_parser("demo", help="local broker + a belt of bananas on two lanes + worker + sorter and stand-in PLC, "

@@ -105,8 +105,10 @@ class ModelSettings(BaseModel):
 
     path: Path = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threshold: float | None = None  # overrides the calibrated threshold for every camera
-    camera_thresholds: dict[str, float] = Field(default_factory=dict)  # per-camera overrides
+    # Overrides of the model file's thresholds (its default and its cameras', from `calibrate --from-line`): for
+    # every camera, and per camera.
+    threshold: float | None = None
+    camera_thresholds: dict[str, float] = Field(default_factory=dict)
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile, warmed up before joining the consumer group
     # On the CPU: batches scored at once, each by cores/cpu_streams threads. Two single-threaded batches beat
@@ -117,7 +119,8 @@ class ModelSettings(BaseModel):
 
     def threshold_for(self, camera_id: str | None, calibrated: float) -> float:
         """The threshold in force for a camera (None: the default): its override, else the global override,
-        else the model file's calibrated threshold. The worker alerts and the metrics report with this rule."""
+        else the model file's threshold for it (`ModelArtifact.threshold_for`). The worker alerts and the metrics
+        report with this rule."""
         if camera_id is not None and camera_id in self.camera_thresholds:
             return self.camera_thresholds[camera_id]
         return self.threshold if self.threshold is not None else calibrated

@@ -53,6 +53,13 @@ class ModelArtifact:
             raise ModelFileError(f"model {self.model_id}:{self.model_version} is not calibrated: run `inspector calibrate`")
         return self.calibration.threshold
 
+    def threshold_for(self, camera_id: str | None) -> float:
+        """The camera's threshold from the line (`inspector calibrate --from-line`), else the file's default."""
+        calibration = self.calibration
+        if calibration is not None and camera_id is not None and camera_id in calibration.camera_thresholds:
+            return calibration.camera_thresholds[camera_id]
+        return self.threshold
+
     @property
     def pixel_threshold(self) -> float:
         return self.calibration.pixel_threshold if self.calibration else float("inf")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from statistics import NormalDist
 from typing import Any
 
@@ -238,6 +238,9 @@ class CalibrationStats:
     # `false_alarm_upper_bound` of the calibration scores at the threshold (at `BOUND_CONFIDENCE`): what n good
     # scores alone support; None in files calibrated before it was recorded.
     false_alarm_bound: float | None = None
+    # Per camera, a threshold set on the line's own good frames (`inspector calibrate --from-line`), in force
+    # instead of `threshold` for that camera.
+    camera_thresholds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

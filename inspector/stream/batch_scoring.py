@@ -228,7 +228,8 @@ class BatchScorer:
         verdicts: list[ScoredFrame] = []
         model_settings, pixel_threshold = self.settings.model, artifact.pixel_threshold
         for index, (frame, score) in enumerate(zip(frames, scores.tolist(), strict=True)):
-            threshold = model_settings.threshold_for(frame.meta.camera_id, artifact.threshold)
+            camera = frame.meta.camera_id
+            threshold = model_settings.threshold_for(camera, artifact.threshold_for(camera))
             if not is_defect(score, threshold):
                 verdicts.append(ScoredFrame(frame.record, frame.meta, score, threshold))
                 continue

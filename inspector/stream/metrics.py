@@ -58,8 +58,10 @@ class WorkerMetrics:
         self.model_info.labels(artifact.model_id, artifact.model_version).set(1)
         self.threshold.clear()
         self.threshold.labels("default").set(settings.threshold_for(None, artifact.threshold))
-        for camera, thr in settings.camera_thresholds.items():
-            self.threshold.labels(camera).set(thr)
+        cameras = set(settings.camera_thresholds) | set(artifact.calibration.camera_thresholds if artifact.calibration
+                                                        else ())
+        for camera in sorted(cameras):
+            self.threshold.labels(camera).set(settings.threshold_for(camera, artifact.threshold_for(camera)))
         self.calibration_good_score.clear()
         if artifact.calibration is not None:
             self.calibration_good_mean.set(artifact.calibration.good_mean)

@@ -38,6 +38,7 @@ from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
 from inspector.stream.frame_decode import Rejected
 from inspector.stream.metrics import WorkerMetrics
 from inspector.stream.model_reload import ModelFileWatch
+from inspector.stream.score_window import RollingScoreQuantiles
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Worker:
         self.producer = producer
         self.metrics = metrics
         self.cameras = CameraLabels(settings.limits.max_cameras, metrics)
+        self._recent_scores = RollingScoreQuantiles(metrics.score_rolling, settings.http.score_window_s)
         self.scorer = BatchScorer(settings, runner, metrics)  # decode and score, in threads of its own
         # The batch size, and whether the next batches are scored while one is published, follow how long the
         # last batch took: an eviction would drop the batches in flight, scored or not.
@@ -217,10 +219,11 @@ class Worker:
 
     def _record_metrics(self, scored: ScoredBatch, acked_ns: int) -> None:
         """7. Per-frame metrics, after the fact: they must never delay an alert."""
-        metrics = self.metrics
+        metrics, now = self.metrics, time.monotonic()
         for frame in scored.frames:
             meta = frame.meta
             camera = self.cameras(meta.camera_id)
+            self._recent_scores.add(camera, frame.score, now)
             metrics.frames_consumed.labels(camera).inc()
             metrics.frames_scored.labels(camera).inc()
             metrics.score.labels(camera).observe(frame.score)
@@ -279,6 +282,7 @@ class Worker:
         if now < self._next_lag_update:
             return
         self._next_lag_update = now + 1.0
+        self._recent_scores.export(now)
         self.metrics.consumer_lag.clear()
         for tp, lag in self.consumer.lag().items():
             self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)

@@ -223,6 +223,17 @@ def prerender(stream: BeltStream, n_frames: int, *, jpeg_quality: int = 90) -> B
     return BeltRecording(frames, tuple(seen_objects(plans)))
 
 
+def write_good_frames(out_dir: Path, stream: BeltStream, n_frames: int, *, jpeg_quality: int = 90) -> int:
+    """The first `n_frames` frames of a belt without defects (`stream.defect_rate` 0), as its camera sends them
+    (JPEG), into `out_dir` as belt-NNNN.jpg: good frames of the line for training its model. Returns the count."""
+    if stream.defect_rate:
+        raise ConfigError("good frames for training come from a belt without defects (defect rate 0)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, plan in enumerate(itertools.islice(stream.frames(), n_frames)):
+        (out_dir / f"belt-{i:04d}.jpg").write_bytes(encode_jpeg(plan.render().image, jpeg_quality))
+    return n_frames
+
+
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     """(H, W, 3) uint8 BGR -> JPEG bytes."""
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])

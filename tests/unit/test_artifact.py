@@ -77,3 +77,28 @@ def test_a_saved_model_is_readable_by_other_users_as_the_umask_allows(saved):
     os.umask(umask)
     _, path = saved
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_camera_thresholds_from_the_line_are_saved_and_in_force_unless_the_settings_override(saved, tmp_path):
+    from dataclasses import replace
+
+    from prometheus_client import CollectorRegistry
+
+    from inspector.settings import ModelSettings
+    from inspector.stream.metrics import build_metrics
+
+    art, _ = saved
+    assert art.calibration is not None
+    line = art.with_calibration(replace(art.calibration, camera_thresholds={"cam-bright": 120.0, "cam-2": 80.0}))
+    artifact_io.save(line, tmp_path / "line.safetensors")
+    loaded = artifact_io.load(tmp_path / "line.safetensors")
+    assert loaded.threshold_for("cam-bright") == 120.0 and loaded.threshold_for("cam-other") == loaded.threshold
+    assert loaded.threshold_for(None) == loaded.threshold
+    settings = ModelSettings(camera_thresholds={"cam-2": 90.0})
+    assert settings.threshold_for("cam-2", loaded.threshold_for("cam-2")) == 90.0  # the settings win
+    assert settings.threshold_for("cam-bright", loaded.threshold_for("cam-bright")) == 120.0
+    registry = CollectorRegistry()
+    build_metrics(registry).show_model(loaded, settings)
+    shown = {camera: registry.get_sample_value("inspector_threshold", {"camera": camera})
+             for camera in ("default", "cam-bright", "cam-2")}
+    assert shown == {"default": loaded.threshold, "cam-bright": 120.0, "cam-2": 90.0}
