@@ -122,6 +122,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.from_line:
+        return _calibrate_from_line(args)
+    if not args.good:
+        raise ConfigError("calibrate needs --good DIR (held-out good images) or --from-line")
     from inspector.decode.preprocess import list_images, load_images
     from inspector.model import artifact as artifact_io
     from inspector.model.runtime import pick_device
@@ -148,6 +152,44 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{out}: threshold {cal.threshold:.6f} ({cal.method} on {cal.n_good} good images, target false-alarm "
           f"{cal.target_false_alarm:.2%}, at most {cal.false_alarm_bound:.2%} with 95 % confidence from these "
           f"images alone){warn}")
+    return 0
+
+
+def _calibrate_from_line(args: argparse.Namespace) -> int:
+    """Per-camera thresholds from the scores the line published in the last --window-minutes: printed, and written
+    as a new model version (the workers hot-reload it) unless --dry-run."""
+    from inspector.model import artifact as artifact_io
+    from inspector.training.line_calibration import (
+        proposal_table,
+        propose_thresholds,
+        read_line,
+        with_line_thresholds,
+    )
+
+    settings = _settings(args)
+    path = Path(settings.model.path)
+    artifact = artifact_io.load(path)
+    scores, confirmed = read_line(settings.kafka, args.window_minutes * 60)
+    proposals = propose_thresholds(
+        scores, model_version=artifact.model_version, target_false_alarm=args.target_far,
+        current=lambda camera: settings.model.threshold_for(camera, artifact.threshold_for(camera)),
+        confirmed_defects=confirmed)
+    print(f"{len(scores)} scores in the last {args.window_minutes:g} min of {settings.kafka.scores_topic}; "
+          f"{len(confirmed)} frames confirmed defective by operators; target false-alarm {args.target_far:.2%}")
+    print("\n".join(proposal_table(proposals)))
+    overridden = sorted(p.camera_id for p in proposals if p.proposed is not None and (
+        settings.model.threshold is not None or p.camera_id in settings.model.camera_thresholds))
+    if overridden:
+        print(f"note: the settings override the threshold of {', '.join(overridden)} (model.threshold / "
+              "model.camera_thresholds): the file's new thresholds apply once those are removed")
+    if not any(p.proposed is not None for p in proposals):
+        print("no camera has enough good frames in the window for a threshold at this target: nothing written")
+        return 1
+    if args.dry_run:
+        return 0
+    out = Path(args.out) if args.out else path
+    saved = artifact_io.save(with_line_thresholds(artifact, proposals), out)
+    print(f"{out}: version {saved.model_version} with per-camera thresholds (workers watching it reload it)")
     return 0
 
 
@@ -282,7 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("calibrate", help="set the threshold from held-out good images")
     with_model(sp)
-    sp.add_argument("--good", required=True, help="folder of good images not used in training")
+    sp.add_argument("--good", help="folder of good images not used in training")
+    sp.add_argument("--from-line", action="store_true",
+                    help="instead: per-camera thresholds from the good frames the workers scored (kafka.scores_topic) "
+                         "in the last --window-minutes, leaving out frames operators confirmed as defects")
+    sp.add_argument("--window-minutes", type=float, default=60.0)
+    sp.add_argument("--dry-run", action="store_true", help="with --from-line: print the proposal, write nothing")
     sp.add_argument("--defects", help="optional folder of labelled defects: F1-optimal threshold instead")
     sp.add_argument("--target-far", type=float, default=0.01)
     sp.add_argument("--camera-jpeg-quality", type=int, default=90, metavar="Q",

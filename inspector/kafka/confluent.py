@@ -469,6 +469,18 @@ class ConfluentPartitionReader:
             raise _transport_error(f"the offsets of {sorted(partitions)}", exc) from None
         return ranges
 
+    def offsets_at(self, partitions: Sequence[Partition], time_ms: int) -> dict[Partition, int]:
+        try:
+            found = self._consumer.offsets_for_times(
+                [ck.TopicPartition(partition.topic, partition.partition, time_ms) for partition in partitions],
+                timeout=self._timeout_s)
+        except ck.KafkaException as exc:
+            raise _transport_error(f"the offsets at {time_ms} ms of {sorted(partitions)}", exc) from None
+        ends = self.offset_range(partitions)
+        # librdkafka answers -1 (OFFSET_END) for a partition without a record that late.
+        return {Partition(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else ends[Partition(tp.topic, tp.partition)][1]
+                for tp in found}
+
     def assign(self, offsets: Offsets) -> None:
         try:
             self._consumer.assign([ck.TopicPartition(partition.topic, partition.partition, offset)

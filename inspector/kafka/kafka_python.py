@@ -406,6 +406,12 @@ class KafkaPythonPartitionReader:
             firsts, ends = self._consumer.beginning_offsets(tps), self._consumer.end_offsets(tps)
         return {Partition(*tp): (firsts[tp], ends[tp]) for tp in tps}
 
+    def offsets_at(self, partitions: Sequence[Partition], time_ms: int) -> dict[Partition, int]:
+        tps = [TopicPartition(*partition) for partition in partitions]
+        with _reading(f"the offsets at {time_ms} ms of {sorted(partitions)}"):
+            found, ends = self._consumer.offsets_for_times(dict.fromkeys(tps, time_ms)), self._consumer.end_offsets(tps)
+        return {Partition(*tp): found[tp].offset if found.get(tp) is not None else ends[tp] for tp in tps}
+
     def assign(self, offsets: Offsets) -> None:
         with _reading("assign"):
             self._consumer.assign([TopicPartition(*partition) for partition in offsets])

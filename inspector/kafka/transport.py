@@ -177,6 +177,11 @@ class PartitionReader(Protocol):
         """Per partition, (first retained offset, end offset): the records it holds now lie in between."""
         ...
 
+    def offsets_at(self, partitions: Sequence[Partition], time_ms: int) -> dict[Partition, int]:
+        """Per partition, the first offset whose record's timestamp is at or after `time_ms` (ms since the
+        epoch); the end offset where none is."""
+        ...
+
     def assign(self, offsets: Offsets) -> None:
         """Read exactly these partitions next, each from its offset."""
         ...
@@ -197,9 +202,16 @@ def assign_from_start(reader: PartitionReader, topics: Iterable[str]) -> dict[Pa
     return {partition: end for partition, (_first, end) in ranges.items()}
 
 
-def read_to_end(reader: PartitionReader, topic: str, timeout_s: float) -> list[ConsumedRecord]:
-    """Every record of `topic` from its start to its end now, in partition order; TransportError past `timeout_s`."""
-    ends = assign_from_start(reader, [topic])
+def read_to_end(reader: PartitionReader, topic: str, timeout_s: float, *,
+                since_ms: int | None = None) -> list[ConsumedRecord]:
+    """Every record of `topic` from its start (or from the first written at or after `since_ms`) to its end now, in
+    partition order; TransportError past `timeout_s`."""
+    if since_ms is None:
+        ends = assign_from_start(reader, [topic])
+    else:
+        partitions = reader.partitions_of(topic)
+        ends = {partition: end for partition, (_first, end) in reader.offset_range(partitions).items()}
+        reader.assign(reader.offsets_at(partitions, since_ms))
     records: list[ConsumedRecord] = []
     deadline = time.monotonic() + timeout_s
     while any(reader.position(partition) < end for partition, end in ends.items()):
