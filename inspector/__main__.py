@@ -75,7 +75,8 @@ def _train_config(args: argparse.Namespace):  # untyped: local imports keep `--h
 
     flags = {"mode": args.mode, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
              "loss": args.loss, "denoise": args.denoise or None, "target_false_alarm": args.target_far,
-             "seed": args.seed, "camera_jpeg_quality": args.camera_jpeg_quality}
+             "seed": args.seed, "camera_jpeg_quality": args.camera_jpeg_quality,
+             "global_ranks": tuple(args.global_ranks) if args.global_ranks else None}
     return TrainConfig(**{name: value for name, value in flags.items() if value is not None})
 
 
@@ -238,7 +239,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         assert geometry is not None  # the line just parsed has it
         # 6 frames/s of 4 bananas/s: each banana in one or two frames, so the frames are 600 different bananas.
         stream = BeltStream(geometry, fps=6.0, defect_rate=0.0, seed=args.seed + 1000)
-        counts["train/good (belt)"] = write_good_frames(Path(args.out) / "train" / "good", stream, args.belt_frames)
+        counts["calibration/good (belt)"] = write_good_frames(Path(args.out) / "calibration" / "good", stream,
+                                                              args.belt_frames)
     print(f"wrote {sum(counts.values())} images to {args.out}: {counts}")
     return 0
 
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--denoise", action="store_true", help="denoising autoencoder: noisy input, clean target")
     sp.add_argument("--target-far", type=float, help="target false-alarm rate on good images")
     sp.add_argument("--seed", type=int)
+    sp.add_argument("--global-ranks", type=int, nargs="+", metavar="RANK",
+                    help="features mode: ranks of the global term to choose from (default 8 16 32)")
     sp.add_argument("--camera-jpeg-quality", type=int, metavar="Q",
                     help="set the threshold on good images as a camera sending JPEG at quality Q delivers them "
                          "(default 90, the producer's; 0 = as they are)")
@@ -364,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=int, default=256)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--belt-frames", type=int, default=0, metavar="N",
-                    help="also N good frames of the synthetic belt camera (JPEG) in train/good: the demo's line")
+                    help="also N good frames of the synthetic belt camera (JPEG), the demo's line, in calibration/good")
     sp.set_defaults(func=cmd_synth)
 
     sp = sub.add_parser("demo", help="local broker + a belt of bananas on two lanes + worker + sorter and stand-in PLC, "
