@@ -67,9 +67,9 @@ class WorkerMetrics:
             self.calibration_good_mean.set(artifact.calibration.good_mean)
             self.target_false_alarm.set(artifact.calibration.target_false_alarm)
             quantiles = artifact.calibration.good_quantiles
-            for label, name in (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"), ("1", "max")):
-                if name in quantiles:
-                    self.calibration_good_score.labels(label).set(quantiles[name])
+            for percentile in ("p50", "p90", "p99", "max"):
+                if percentile in quantiles:
+                    self.calibration_good_score.labels(percentile).set(quantiles[percentile])
 
     def start_camera(self, camera: str) -> None:
         """Export a camera's counters at 0 from its first frame: rate() then sees the first increase, and
@@ -106,13 +106,13 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
         calibration_good_mean=gauge("calibration_good_score_mean",
                                     "Mean score of good images at calibration (for drift alerts)."),
         calibration_good_score=gauge("calibration_good_score",
-                                     "Quantiles of good images' scores at calibration (1 = the largest).",
-                                     ("quantile",)),
+                                     "Percentiles of good images' scores at calibration (p50, p90, p99, max).",
+                                     ("percentile",)),
         target_false_alarm=gauge("target_false_alarm_ratio",
                                  "The false-alarm rate on good frames that the model's threshold was calibrated for."),
         score_rolling=gauge("anomaly_score_rolling",
-                            "Quantiles of each camera's anomaly scores over the last http.score_window_s seconds.",
-                            ("camera", "quantile")),
+                            "Percentiles of each camera's anomaly scores over the last http.score_window_s seconds.",
+                            ("camera", "percentile")),
         consumer_lag=gauge("consumer_lag_messages", "Messages behind the end of each assigned partition.",
                            ("topic", "partition")),
         model_info=gauge("model_info", "The model being served (value 1).", ("model_id", "model_version")),

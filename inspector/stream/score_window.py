@@ -7,7 +7,8 @@ import numpy as np
 from prometheus_client import Gauge
 
 QUANTILES = (0.5, 0.9, 0.99)
-_QUANTILE_LABELS = tuple(str(q) for q in QUANTILES)
+PERCENTILE_LABELS = ("p50", "p90", "p99")  # the gauge's `percentile` label of each (promtool reserves `quantile`
+# for summaries)
 
 
 class _ScoreRing:
@@ -30,7 +31,7 @@ class _ScoreRing:
 
 class RollingScoreQuantiles:
     """Per camera label, the quantiles of the scores of the last `window_s` seconds (at most `capacity` scores
-    per camera bound the memory), exported to `gauge` (labels camera, quantile) at most once per `every_s`; a
+    per camera bound the memory), exported to `gauge` (labels camera, percentile) at most once per `every_s`; a
     camera without scores in the window leaves the gauge, so that a stopped camera cannot look drifted."""
 
     def __init__(self, gauge: Gauge, window_s: float, *, capacity: int = 20_000, every_s: float = 1.0) -> None:
@@ -57,10 +58,10 @@ class RollingScoreQuantiles:
             recent = ring.since(now - self.window_s)
             if recent.size == 0:
                 if ring.exported:
-                    for label in _QUANTILE_LABELS:
+                    for label in PERCENTILE_LABELS:
                         self.gauge.remove(camera, label)
                 del self._rings[camera]
                 continue
-            for label, value in zip(_QUANTILE_LABELS, np.quantile(recent, QUANTILES)):
+            for label, value in zip(PERCENTILE_LABELS, np.quantile(recent, QUANTILES)):
                 self.gauge.labels(camera, label).set(float(value))
             ring.exported = True

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 from kafka import KafkaProducer
@@ -157,9 +159,10 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     """Starts Prometheus on a free loopback port, scraping `target` with the local config and the rules."""
     started: list[Prometheus] = []
 
-    def start(target: str, producer_targets: tuple[str, ...] = (), sorter_targets: tuple[str, ...] = ()) -> Prometheus:
+    def start(target: str, producer_targets: tuple[str, ...] = (), sorter_targets: tuple[str, ...] = (), *,
+              rules_dir: Path = RULES_DIR) -> Prometheus:
         config = tmp_path / "prometheus.yml"
-        config.write_text(render_local_config(target, RULES_DIR, producer_targets, sorter_targets))
+        config.write_text(render_local_config(target, rules_dir, producer_targets, sorter_targets))
         port = free_port()
         log_path = tmp_path / "prometheus.log"
         with log_path.open("wb") as log:
@@ -378,3 +381,40 @@ def test_the_sorter_row_and_rules_return_data_on_a_live_sorter(topics, start_pro
             stop.set()
             feeder.join(timeout=5)
             stop_process(sorter.proc)
+
+
+def test_score_drift_fires_on_a_live_prometheus_when_a_cameras_light_changes(topics, start_worker, start_prometheus,
+                                                                            tmp_path):
+    """The rules as shipped, with ScoreDrift's 10 minutes shortened to none: a camera whose light brightens mid-run
+    makes its rolling p90 cross the calibration p99, and only that camera's alert fires."""
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    shipped = yaml.safe_load(RULES.read_text())
+    for group in shipped["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == "ScoreDrift":
+                rule["for"] = "0s"
+    (rules_dir / "inspector.rules.yml").write_text(yaml.safe_dump(shipped))
+    worker = start_worker(topics, INSPECTOR_HTTP__SCORE_WINDOW_S="4")
+    prom = start_prometheus(f"127.0.0.1:{worker.metrics_port}", rules_dir=rules_dir)
+
+    def publish(camera: str, seed: int, gain: float, n_frames: int) -> None:
+        frames = planned_stream(producer_settings(seed=seed), n_frames=n_frames, n_defects=0)
+        if gain != 1.0:
+            frames = [SourceFrame(image, "good", cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+                      for image in (np.clip(f.image.astype(np.float32) * gain, 0, 255).astype(np.uint8) for f in frames)]
+        publisher = Publisher(topics.kafka_settings(), producer_settings(camera_id=camera, fps=10))
+        assert publisher.publish(ListSource(frames)).failed == 0
+        publisher.close()
+
+    def drifting() -> set[str]:
+        result, error = prom.query('ALERTS{alertname="ScoreDrift", alertstate="firing"}')
+        assert not error, error
+        return {series["metric"]["camera"] for series in result}
+
+    publish("cam-steady", 81, 1.0, 40)  # 4 s at the light of training
+    prom.wait_for_series('inspector_anomaly_score_rolling{camera="cam-steady", percentile="p90"}', timeout_s=30)
+    time.sleep(3)  # rule evaluations over the steady window
+    assert drifting() == set()
+    publish("cam-steady", 82, 1.6, 40)  # the same camera, its light 60 % stronger
+    prom.wait_for("ScoreDrift firing for cam-steady", lambda: drifting() == {"cam-steady"}, timeout_s=40)
