@@ -44,7 +44,9 @@ def test_sigkilled_workers_lose_nothing_and_duplicate_at_most_a_batch_per_kill(t
     defects = {f for f, label in labels.items() if label != "good"}
     alerted_defects = defects & set(run["alert_ids"])
     assert defects & run["alerted"] == alerted_defects
-    assert len(alerted_defects) >= 0.8 * len(defects), f"{len(alerted_defects)} of {len(defects)} defects alerted"
+    # The default model alerts on about 80 % of the synthetic camera's defective frames at its 1 % false-alarm
+    # threshold (bench/RESULTS.md, "Honest thresholds"); this floor only proves that alerts flow through the kills.
+    assert len(alerted_defects) >= 0.6 * len(defects), f"{len(alerted_defects)} of {len(defects)} defects alerted"
     summary(capsys, "worker-sigkill", runs=kills + 1, kills=kills, sent=n, scored=len(ids),
              lost=len(set(labels) - set(ids)), duplicated=duplicated,
              alert_duplicates=sum(run["alert_ids"].values()) - len(run["alert_ids"]),
