@@ -113,6 +113,14 @@ def _producer(settings: KafkaSettings, config: dict[str, object]) -> ck.Producer
     return producer
 
 
+def _close(consumer: ck.Consumer) -> None:
+    """Leave the group (if any) and release the consumer; a failure to do so is logged, never raised."""
+    try:
+        consumer.close()
+    except (ck.KafkaException, RuntimeError) as exc:
+        log.warning("consumer close: %s", exc)
+
+
 def _poll(consumer: ck.Consumer, timeout_s: float, max_records: int) -> list[FrameRecord]:
     """Up to `max_records` records, waiting at most `timeout_s` for the first (partition order kept)."""
     # consume(n, timeout) waits until it has n messages or the timeout passes; kafka-python's poll returns as
@@ -260,10 +268,7 @@ class ConfluentFrameConsumer:
         return lags
 
     def close(self) -> None:
-        try:
-            self._consumer.close()
-        except (ck.KafkaException, RuntimeError) as exc:
-            log.warning("consumer close: %s", exc)
+        _close(self._consumer)
 
 
 class _Delivery:
@@ -430,10 +435,7 @@ class ConfluentHistoryFeed:
         return list(_poll(self._consumer, timeout_s, 500))
 
     def close(self) -> None:
-        try:
-            self._consumer.close()
-        except (ck.KafkaException, RuntimeError) as exc:
-            log.warning("consumer close: %s", exc)
+        _close(self._consumer)
 
 
 class ConfluentPartitionReader:
@@ -501,7 +503,4 @@ class ConfluentPartitionReader:
         return list(_poll(self._consumer, timeout_s, max_records or 500))
 
     def close(self) -> None:
-        try:
-            self._consumer.close()
-        except (ck.KafkaException, RuntimeError) as exc:
-            log.warning("consumer close: %s", exc)
+        _close(self._consumer)
