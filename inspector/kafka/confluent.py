@@ -174,8 +174,6 @@ class ConfluentFrameConsumer:
         self.settings = settings
         self.topic = topic or settings.frames_topic  # the sorter reads the alerts topic with the same consumer
         self._max_records = max_poll_records
-        self._assigning: set[Partition] | None = None  # during on_assign: the partitions being assigned
-        self._seeks: Offsets = {}
         self._consumer = _consumer(settings, {
             "client.id": settings.client_id,
             "group.id": settings.group_id,
@@ -194,15 +192,8 @@ class ConfluentFrameConsumer:
     def subscribe(self, on_revoked: Callable[[list[Partition]], None],
                   on_assigned: Callable[[list[Partition]], None]) -> None:
         def assign(_consumer: object, partitions: list[ck.TopicPartition]) -> None:
-            assigned = _partitions(partitions)
-            self._assigning, self._seeks = set(assigned), {}
-            try:
-                on_assigned(assigned)
-            finally:
-                self._assigning = None
-            for p in partitions:  # seeks asked for inside the callback become the starting offsets
-                p.offset = self._seeks.get(Partition(p.topic, p.partition), p.offset)
-            self._consumer.assign(partitions)
+            self._consumer.assign(partitions)  # no offsets given: each starts at its committed offset
+            on_assigned(_partitions(partitions))
 
         def revoke(_consumer: object, partitions: list[ck.TopicPartition]) -> None:
             on_revoked(_partitions(partitions))
@@ -237,22 +228,10 @@ class ConfluentFrameConsumer:
                     warned = True
                 time.sleep(0.5)
 
-    def seek(self, partition: Partition, offset: int) -> None:
-        """Read `partition` from `offset` next; inside the assignment callback it becomes the starting offset."""
-        if self._assigning is not None:
-            self._seeks[partition] = offset
-            return
-        try:
-            self._consumer.seek(ck.TopicPartition(partition.topic, partition.partition, offset))
-        except ck.KafkaException as exc:
-            raise _transport_error(f"seek {partition.topic}/{partition.partition}", exc) from None
-
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
 
     def assignment(self) -> set[Partition]:
-        if self._assigning is not None:
-            return set(self._assigning)
         return set(_partitions(self._consumer.assignment()))
 
     def lag(self) -> dict[Partition, int]:

@@ -165,6 +165,7 @@ class KafkaPythonFrameConsumer:
             fetch_max_wait_ms=settings.fetch_wait_ms(),
             isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
         )
+        self._to_resume: set[Partition] = set()  # assigned during the last poll: start them at the committed offset
 
     def subscribe(self, on_revoked: Callable[[list[Partition]], None],
                   on_assigned: Callable[[list[Partition]], None]) -> None:
@@ -177,7 +178,12 @@ class KafkaPythonFrameConsumer:
         first, the first assignment stands (4 of 4).
         """
         topic = self.topic
-        self._consumer.subscribe([topic], listener=_Rebalance(on_revoked, on_assigned))
+
+        def assigned(partitions: list[Partition]) -> None:
+            self._to_resume.update(partitions)
+            on_assigned(partitions)
+
+        self._consumer.subscribe([topic], listener=_Rebalance(on_revoked, assigned))
         deadline = time.monotonic() + self.settings.request_timeout_ms / 1000
         while not (known := self._partitions_known(topic)) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -194,9 +200,31 @@ class KafkaPythonFrameConsumer:
         """Up to `max_records` records, waiting at most `timeout_s` (ConsumerRecord list, partition order kept)."""
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+            if self._to_resume:
+                resumed = self._resume()
+                batches = {tp: records for tp, records in batches.items() if tp not in resumed}
         except KafkaError as exc:
             raise TransportError(f"poll failed: {exc}") from None
         return _records(batches)
+
+    def _resume(self) -> set[TopicPartition]:
+        """Seek the partitions assigned during the last poll to their committed offsets (their records of that poll
+        are dropped: they are read again from there).
+
+        kafka-python keeps the position of a partition a member keeps across an eager rebalance, past the batch the
+        rebalance dropped, and a member may miss a generation in which another member owned (and committed) the
+        partition: only the committed offset is right in every case. Here, after the poll: the rebalance listener
+        runs inside kafka-python's poll, where its offset requests may not be made."""
+        tps = {TopicPartition(*partition) for partition in self._to_resume}
+        self._to_resume.clear()
+        for tp in tps & self._consumer.assignment():
+            # With read_committed the fetch waits for pending transactional offsets (KIP-447's require_stable).
+            committed = self._consumer.committed(tp, timeout_ms=self.settings.request_timeout_ms)
+            if committed is None:
+                self._consumer.seek_to_beginning(tp)  # auto_offset_reset="earliest"
+            else:
+                self._consumer.seek(tp, committed)
+        return tps
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit; False when the group has moved on (we were evicted or it is rebalancing): the partitions'
@@ -222,10 +250,6 @@ class KafkaPythonFrameConsumer:
                                 self.settings.delivery_timeout_s, exc)
                     warned = True
                 time.sleep(0.5)
-
-    def seek(self, partition: Partition, offset: int) -> None:
-        """Read `partition` from `offset` at the next poll (a local change: safe inside a rebalance callback)."""
-        self._consumer.seek(TopicPartition(*partition), offset)
 
     def group_metadata(self) -> object:
         return self._consumer.group_metadata()

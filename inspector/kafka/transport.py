@@ -85,17 +85,9 @@ def offsets_of(positions: dict[tuple[str, int], int]) -> Offsets:
     return {Partition(topic, partition): offset for (topic, partition), offset in positions.items()}
 
 
-def first_offsets(records: Iterable[ConsumedRecord]) -> Offsets:
-    """Per partition, the offset of the first record: where to read again from if these are dropped."""
-    offsets: Offsets = {}
-    for record in records:
-        partition = Partition(record.topic, record.partition)
-        offsets[partition] = min(offsets.get(partition, record.offset), record.offset)
-    return offsets
-
-
 class FrameConsumer(Protocol):
-    """The frames topic, consumed in a group with manual commits; Kafka's errors leave as TransportError."""
+    """The frames topic, consumed in a group with manual commits; Kafka's errors leave as TransportError. Every
+    assigned partition is read from its committed offset, also one this member kept across the rebalance."""
 
     def subscribe(self, on_revoked: Callable[[list[Partition]], None],
                   on_assigned: Callable[[list[Partition]], None]) -> None: ...
@@ -106,10 +98,6 @@ class FrameConsumer(Protocol):
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit; False when the group has moved on (the partitions' next owner reads the records again)."""
-        ...
-
-    def seek(self, partition: Partition, offset: int) -> None:
-        """Read `partition` from `offset` next (safe inside the assignment callback)."""
         ...
 
     def group_metadata(self) -> object: ...

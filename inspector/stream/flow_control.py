@@ -1,13 +1,9 @@
-"""How much the worker takes from the frames topic and where it reads again, no I/O: the batch size that keeps
-a batch inside the group's poll interval, and the offsets to rewind to after a rebalance dropped batches.
-The caller supplies the timings and the seek, so tests need neither a broker nor a clock."""
+"""How much the worker takes from the frames topic, no I/O: the batch size that keeps a batch inside the group's
+poll interval. The caller supplies the timings, so tests need neither a broker nor a clock."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
-
-from inspector.kafka.transport import ConsumedRecord, Offsets, Partition, first_offsets
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +44,3 @@ class BatchSizeGovernor:
                         seconds, self._limit_s, self._max_size)
         elif seconds < self._limit_s / 8 and size >= self._max_size < self._ceiling:
             self._max_size = min(self._ceiling, self._max_size * 2)
-
-
-class RewindLedger:
-    """Where each partition must be read again from after a rebalance dropped records that were polled but not
-    published: the first dropped offset per partition, kept across revocations until the next assignment."""
-
-    def __init__(self) -> None:
-        self._first: Offsets = {}
-
-    def __len__(self) -> int:
-        return len(self._first)
-
-    def offsets(self) -> Offsets:
-        """A copy of the first dropped offset per partition."""
-        return dict(self._first)
-
-    def note_dropped(self, records: Iterable[ConsumedRecord]) -> None:
-        for partition, first in first_offsets(records).items():
-            self._first[partition] = min(first, self._first.get(partition, first))
-
-    def apply(self, kept: Collection[Partition], seek: Callable[[Partition, int], None]) -> None:
-        """Seek each kept partition back to its first dropped offset, then forget them all.
-
-        A partition that went to another member needs no seek: its new owner starts from the committed offset."""
-        for partition, first in self._first.items():
-            if partition in kept:
-                seek(partition, first)
-        self._first.clear()

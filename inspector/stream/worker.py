@@ -34,7 +34,7 @@ from inspector.model.runtime import ModelRunner
 from inspector.settings import Settings
 from inspector.stream.batch_scoring import Batch, BatchScorer, ScoredBatch, ScoredFrame
 from inspector.stream.batcher import MicroBatcher
-from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
+from inspector.stream.flow_control import BatchSizeGovernor
 from inspector.stream.frame_decode import Rejected
 from inspector.stream.metrics import WorkerMetrics
 from inspector.stream.model_reload import ModelFileWatch
@@ -63,7 +63,6 @@ class Worker:
         self._in_flight: deque[Batch] = deque()  # polled, not yet published; the oldest is published next
         self._batcher = MicroBatcher[ConsumedRecord](settings.batch.max_size, 0)  # the batch being collected
         self._assigned = False
-        self._rewind = RewindLedger()  # where the partitions of batches a rebalance dropped are read again from
         self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact, self._install_model)
         self._next_lag_update = 0.0
         metrics.show_model(runner.artifact, settings.model)
@@ -257,19 +256,16 @@ class Worker:
     def _on_revoked(self, _revoked: list[Partition]) -> None:
         # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
         # What we hold here was polled but not yet published: every published batch was committed before this
-        # poll. We drop it; whoever owns each partition next must read it again from its first dropped offset.
-        dropped = [record for batch in self._in_flight for record in batch.records] + self._batcher.take()
+        # poll. We drop it; whoever owns each partition next reads it again from the committed offset.
+        self._batcher.take()
         for batch in self._in_flight:
             batch.dropped.set()
-        self._rewind.note_dropped(dropped)
         self._in_flight.clear()
         self._assigned = False
         self.metrics.ready.set(0)
 
     def _on_assigned(self, assigned: list[Partition]) -> None:
-        # A new owner starts from the committed offset, but kafka-python keeps a kept partition's position
-        # across the rebalance: it would read on after the dropped batch, and the next commit would skip it.
-        self._rewind.apply(self.consumer.assignment(), self.consumer.seek)
+        # The consumer reads every assigned partition from its committed offset, also one we kept (FrameConsumer).
         self._assigned = True
         self.metrics.assigned_partitions.set(len(self.consumer.assignment()))
         self.metrics.ready.set(1 if self.ready() else 0)

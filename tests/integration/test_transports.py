@@ -1,14 +1,17 @@
 """The producers' and the UI's Kafka side on either client library (`kafka.transport`), against the real broker:
 frames published through the FrameSender, one fetched back by its origin, verdicts written and read back to the
-topic's end, and the UI's feed delivering what came before it started (its history window) and what came after."""
+topic's end, the UI's feed delivering what came before it started (its history window) and what came after, and
+the workers' consumer reading every assigned partition from its committed offset."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from kafka import KafkaProducer
 
 from inspector.contracts import H_FRAME_ID, Feedback, header_value
+from inspector.kafka.transport import Partition, client_types
 from inspector.settings import Settings, UiSettings
 from inspector.ui.feed import FeedbackWriter, TopicFeed
 from inspector.ui.feedback import FrameFetcher, read_feedback
@@ -64,3 +67,41 @@ def test_the_producers_and_the_ui_work_on_either_client_library(topics, reader, 
         writer.close()
     assert [Feedback.model_validate_json(r.value).verdict for r in delivered] == ["false_alarm", "confirmed_defect"]
     assert [f.verdict for f in read_feedback(kafka)] == ["false_alarm", "confirmed_defect"]
+
+
+@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+def test_a_partition_kept_across_a_rebalance_is_read_again_from_its_committed_offset(topics, transport):
+    """A rebalance drops what a member polled but had not committed. kafka-python keeps the position of a partition
+    the member keeps (and a member can miss a generation in which another one owned and committed it): each
+    assignment must start at the committed offset, or the next commit skips the dropped records."""
+    if transport == "confluent":
+        pytest.importorskip("confluent_kafka")
+    kafka = topics.kafka_settings(transport=transport)
+    producer = KafkaProducer(bootstrap_servers=topics.bootstrap)
+    for partition in (0, 1):
+        for i in range(12):
+            producer.send(topics.frames, key=b"k", value=f"{partition}-{i}".encode(), partition=partition)
+    producer.flush()
+    producer.close()
+    consumer_type, _ = client_types(transport)
+    first, second = (consumer_type(kafka, max_poll_records=50) for _ in range(2))
+    try:
+        first.subscribe(on_revoked=lambda _p: None, on_assigned=lambda _p: None)
+        polled: list = []
+        deadline = time.monotonic() + 60
+        while len(polled) < 24 and time.monotonic() < deadline:
+            polled.extend(first.poll(0.5, 50))
+        assert len(polled) == 24
+        # Only the first four of each partition were published and committed; the rest is still in hand.
+        assert first.commit({Partition(topics.frames, 0): 4, Partition(topics.frames, 1): 4})
+        second.subscribe(on_revoked=lambda _p: None, on_assigned=lambda _p: None)
+        after: dict[int, list] = {0: [], 1: []}
+        while time.monotonic() < deadline and not all(len(a) == 8 for a in after.values()):
+            for k, member in enumerate((first, second)):
+                after[k].extend(member.poll(0.2, 50))
+        (kept,), (moved,) = first.assignment(), second.assignment()
+        assert [(r.partition, r.offset) for r in after[0]] == [(kept.partition, o) for o in range(4, 12)]
+        assert [(r.partition, r.offset) for r in after[1]] == [(moved.partition, o) for o in range(4, 12)]
+    finally:
+        first.close()
+        second.close()

@@ -1,20 +1,12 @@
-"""The worker's flow control without a broker: the batch size against the poll interval, and the rewind of
-partitions whose records a rebalance dropped (the real-broker suite proves the delivery that rests on them)."""
+"""The worker's flow control without a broker: the batch size against the poll interval."""
 
 import logging
-from types import SimpleNamespace
 
 import pytest
 
-from inspector.kafka.transport import Partition
-from inspector.stream.flow_control import BatchSizeGovernor, RewindLedger
+from inspector.stream.flow_control import BatchSizeGovernor
 
 LIMIT_S = 2.0  # max poll interval: over 1.0 s a batch is slow, under 0.25 s it is fast
-P0, P1, P2 = (Partition("frames", p) for p in range(3))
-
-
-def _records(*spec: tuple[int, int]) -> list:
-    return [SimpleNamespace(topic="frames", partition=p, offset=o) for p, o in spec]
 
 
 def test_a_slow_batch_halves_the_batch_size_and_says_so(caplog):
@@ -76,28 +68,3 @@ def test_the_overlap_starts_off_comes_on_after_a_fast_batch_and_goes_off_after_a
 def test_a_batch_size_below_one_is_refused():
     with pytest.raises(ValueError):
         BatchSizeGovernor(LIMIT_S, max_size=0)
-
-
-def test_the_ledger_keeps_the_first_dropped_offset_per_partition_across_revocations():
-    ledger = RewindLedger()
-    ledger.note_dropped(_records((0, 12), (1, 40), (0, 10), (0, 11)))
-    ledger.note_dropped(_records((0, 7), (1, 45), (2, 3)))  # a second revocation before any assignment
-    assert ledger.offsets() == {P0: 7, P1: 40, P2: 3}
-
-
-def test_applying_the_ledger_seeks_only_the_kept_partitions_then_empties_it():
-    ledger = RewindLedger()
-    ledger.note_dropped(_records((0, 7), (1, 40), (2, 3)))
-    seeks: list[tuple[Partition, int]] = []
-    ledger.apply({P0, P2, Partition("frames", 9)}, lambda tp, offset: seeks.append((tp, offset)))
-    assert sorted(seeks) == [(P0, 7), (P2, 3)]
-    assert len(ledger) == 0 and ledger.offsets() == {}
-    ledger.apply({P0, P1, P2}, lambda tp, offset: seeks.append((tp, offset)))
-    assert len(seeks) == 2  # nothing is rewound twice
-
-
-def test_a_revocation_with_nothing_in_hand_rewinds_nothing():
-    ledger = RewindLedger()
-    ledger.note_dropped([])
-    ledger.apply({P0}, lambda tp, offset: pytest.fail(f"seeked {tp} to {offset}"))
-    assert len(ledger) == 0

@@ -1,4 +1,4 @@
-"""Kafka boundary helpers that need no broker: offsets of dropped batches, the readers written once over
+"""Kafka boundary helpers that need no broker: the offsets a batch commits, the readers written once over
 `PartitionReader`, and librdkafka's settings."""
 
 from collections.abc import Sequence
@@ -12,7 +12,6 @@ from inspector.kafka.transport import (
     Offsets,
     Partition,
     assign_from_start,
-    first_offsets,
     next_offsets,
     read_record_at,
     read_to_end,
@@ -24,11 +23,9 @@ def _records(*spec: tuple[int, int]) -> list:
     return [SimpleNamespace(topic="frames", partition=p, offset=o) for p, o in spec]
 
 
-def test_a_dropped_batch_is_read_again_from_its_first_offset_per_partition():
+def test_a_batch_commits_the_offset_after_its_last_record_per_partition():
     records = _records((0, 7), (1, 3), (0, 5), (0, 6), (1, 4))
-    assert first_offsets(records) == {Partition("frames", 0): 5, Partition("frames", 1): 3}
     assert next_offsets(records) == {Partition("frames", 0): 8, Partition("frames", 1): 5}
-    assert first_offsets([]) == {}
 
 
 def test_a_partition_is_interchangeable_with_kafka_pythons_topic_partition():
