@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inspector.errors import ConfigError
@@ -17,7 +17,11 @@ from inspector.paths import DEFAULT_MODEL
 class KafkaSettings(BaseModel):
     """Where the broker is, the topic names, and the client's delivery settings."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_servers: str = "127.0.0.1:9092"  # a cluster: every broker, comma-separated ("k1:9092,k2:9092,k3:9092")
+    # Topics the project creates (`inspector topics`, the demo, the belt): replicas of each partition, and how many
+    # of them must hold a record before it is acknowledged (acks=all). A cluster: 3 and 2, so one broker may fail.
+    replication_factor: int = Field(1, ge=1)
+    min_insync_replicas: int = Field(1, ge=1)
     frames_topic: str = "frames"
     alerts_topic: str = "defect-alerts"
     scores_topic: str = "frame-scores"  # "" turns the per-frame score stream off
@@ -54,6 +58,13 @@ class KafkaSettings(BaseModel):
     transport: Literal["kafka-python", "confluent"] = "kafka-python"
     exactly_once: bool = False  # transactional alerts+scores with offsets in the transaction
     transactional_id: str | None = None  # defaults to "<group_id>-<hostname>-<pid>"
+
+    @model_validator(mode="after")
+    def _in_sync_replicas_fit(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) exceeds replication_factor "
+                             f"({self.replication_factor}): no record could ever be acknowledged")
+        return self
 
     def fetch_wait_ms(self) -> int:
         """fetch_max_wait_ms, or 5 ms with kafka-python and 50 ms with librdkafka. kafka-python keeps one fetch per

@@ -115,14 +115,17 @@ def _records(batches: dict[TopicPartition, list[ConsumedRecord]]) -> list[Consum
 
 
 def create_topics(settings: KafkaSettings, partitions: dict[str, int]) -> None:
-    """Create topics that do not exist yet (idempotent)."""
+    """Create topics that do not exist yet (idempotent), with the settings' replication factor and minimum in-sync
+    replicas, and never an out-of-sync replica elected leader (it would drop acknowledged records)."""
     try:
         admin = KafkaAdminClient(**client_config(settings), client_id=f"{settings.client_id}-admin")
     except (KafkaError, OSError) as exc:
         raise _unreachable(settings, exc) from None
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(name, n, 1) for name, n in partitions.items() if name and name not in existing]
+        config = {"min.insync.replicas": str(settings.min_insync_replicas), "unclean.leader.election.enable": "false"}
+        new = [NewTopic(name, n, settings.replication_factor, topic_configs=config)
+               for name, n in partitions.items() if name and name not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new)
