@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -324,8 +325,9 @@ class KafkaPythonResultProducer:
     def commit_with_offsets(self, offsets: Offsets, group_metadata: object) -> None:
         """Exactly-once: the consumed offsets become part of the transaction, then it commits."""
         meta = {TopicPartition(*partition): OffsetAndMetadata(offset, "", -1) for partition, offset in offsets.items()}
-        self._wrap(lambda: self._producer.send_offsets_to_transaction(meta, group_metadata), "send offsets")
-        self._wrap(self._producer.commit_transaction, "commit transaction")
+        self._within_delivery_timeout(lambda: self._producer.send_offsets_to_transaction(meta, group_metadata),
+                                      "send offsets")
+        self._within_delivery_timeout(self._producer.commit_transaction, "commit transaction")
 
     def abort(self) -> None:
         if self.transactional:
@@ -339,6 +341,29 @@ class KafkaPythonResultProducer:
             call()
         except KafkaError as exc:
             raise TransportError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+
+    def _within_delivery_timeout(self, call: Callable[[], object], what: str) -> None:
+        """`_wrap`, given up after kafka.delivery_timeout_s: kafka-python waits for a transaction's requests without
+        a limit, and 3.0.12 drops one for good when the transaction coordinator's broker dies as it is sent (its
+        Sender does not re-queue it). A worker stuck there forever would hold its partitions and score nothing;
+        a TransportError stops it with one line, and its successor's producer fences the open transaction."""
+        failure: list[TransportError] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self._wrap(call, what)
+            except TransportError as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"kafka-{what.replace(' ', '-')}", daemon=True).start()
+        if not done.wait(self.settings.delivery_timeout_s):
+            self._healthy = False
+            raise TransportError(f"{what} did not finish in {self.settings.delivery_timeout_s:.0f}s")
+        if failure:
+            raise failure[0]
 
     def close(self, timeout_s: float = 10.0) -> None:
         try:

@@ -1,9 +1,11 @@
-"""A real single-node Apache Kafka broker (KRaft) on free loopback ports, for the demo and the tests.
+"""A real Apache Kafka (KRaft) on free loopback ports, for the demo and the tests: one node, or a replicated
+cluster of several (`LocalKafkaCluster`), each node killable and restartable on its ports and data.
 
 The jars come from Maven Central through `deploy/kafka/pom.xml` (see `make kafka`); this module formats
 a temporary data directory, starts `kafka.Kafka` on Java, waits until it answers, and stops it cleanly.
 
-    python -m inspector.kafka.local_broker            # run in the foreground until Ctrl-C
+    python -m inspector.kafka.local_broker               # one node, in the foreground until Ctrl-C
+    python -m inspector.kafka.local_broker --nodes 3     # three, replication factor 3, min in-sync replicas 2
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _java() -> str:
 
 
 class LocalKafka:
-    """Start/stop one KRaft broker+controller process; use as a context manager."""
+    """Start/stop one KRaft broker+controller process; use as a context manager. Alone by default; a node of a
+    cluster when given its `node_id`, the quorum's `voters` and the shared `cluster_id`."""
 
     def __init__(
         self,
@@ -66,9 +69,16 @@ class LocalKafka:
         heap: str = "768m",
         log_level: str = "WARN",
         scram_users: dict[str, str] | None = None,
+        node_id: int = 1,
+        controller_port: int | None = None,
+        voters: str | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.controller_port = free_port()
+        self.controller_port = controller_port or free_port()
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id or _kafka_cluster_id()
         # With SCRAM users: a second client listener, SASL_PLAINTEXT + SCRAM-SHA-256, on its own port (the
         # PLAINTEXT listener stays for the controller, the broker itself and readiness checks).
         self.scram_users = dict(scram_users or {})
@@ -109,8 +119,8 @@ class LocalKafka:
     def _write_config(self) -> Path:
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -162,7 +172,7 @@ class LocalKafka:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         # "--cluster-id=": a random id may start with "-", which argparse would read as an option.
-        cmd = self._java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={_kafka_cluster_id()}",
+        cmd = self._java_cmd("kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
                              "--config", str(config))
         for name, password in self.scram_users.items():  # SCRAM credentials live in the metadata log
             cmd += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]"]
@@ -173,6 +183,12 @@ class LocalKafka:
 
     def start(self, timeout_s: float = 90.0) -> "LocalKafka":
         """Start the broker and block until it serves metadata."""
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting (a cluster's nodes wait for each other's quorum)."""
         if not self._formatted:
             self.format()
         else:
@@ -184,10 +200,13 @@ class LocalKafka:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
             )
-        self._wait_ready(timeout_s)
-        return self
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Block until this node serves metadata; TransportError (and the node stopped) if it does not in time."""
         from kafka import KafkaAdminClient  # imported here: the module is also used before install
 
         deadline = time.monotonic() + timeout_s
@@ -240,12 +259,102 @@ class LocalKafka:
         self.close()
 
 
+class LocalKafkaCluster:
+    """`nodes` KRaft nodes on loopback, each broker and controller (the quorum is all of them: metadata changes
+    while a majority runs), with their own data dirs; replication factor min(3, nodes) and one in-sync replica
+    fewer required, so any one node may fail without losing or refusing an acknowledged record. Each node is
+    killable and restartable (`node(i)`); use as a context manager."""
+
+    def __init__(self, nodes: int = 3, *, data_dir: Path | None = None, heap: str = "512m",
+                 log_level: str = "WARN", extra_config: dict[str, str] | None = None) -> None:
+        if nodes < 1:
+            raise ConfigError("a cluster needs at least one node")
+        self._own_dir = data_dir is None
+        self.work_dir = Path(data_dir or tempfile.mkdtemp(prefix="local-kafka-cluster-"))
+        self.replication_factor = min(3, nodes)
+        self.min_insync_replicas = max(1, self.replication_factor - 1)
+        rf, isr = str(self.replication_factor), str(self.min_insync_replicas)
+        config = {
+            "default.replication.factor": rf, "min.insync.replicas": isr, "unclean.leader.election.enable": "false",
+            "offsets.topic.replication.factor": rf,
+            "transaction.state.log.replication.factor": rf, "transaction.state.log.min.isr": isr,
+            "share.coordinator.state.topic.replication.factor": rf, "share.coordinator.state.topic.min.isr": isr,
+            # A killed node is fenced, and its partitions get new leaders, after 3 s instead of 9.
+            "broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "1000",
+            **(extra_config or {}),
+        }
+        ports = [(free_port(), free_port()) for _ in range(nodes)]
+        voters = ",".join(f"{i}@127.0.0.1:{controller}" for i, (_, controller) in enumerate(ports, start=1))
+        cluster_id = _kafka_cluster_id()
+        self.nodes = [
+            LocalKafka(port=port, controller_port=controller, node_id=i, voters=voters, cluster_id=cluster_id,
+                       data_dir=self.work_dir / f"node-{i}", heap=heap, log_level=log_level,
+                       extra_config={**config, "broker.rack": f"rack-{i}"})
+            for i, (port, controller) in enumerate(ports, start=1)
+        ]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Every node's client listener, comma-separated (clients bootstrap from any that answers)."""
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        """The node whose broker id is `node_id` (1-based, as Kafka names leaders)."""
+        if not 1 <= node_id <= len(self.nodes):
+            raise ValueError(f"no node {node_id} in a cluster of {len(self.nodes)}")
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout_s: float = 120.0) -> "LocalKafkaCluster":
+        """Start every node, then wait for each (a node's broker waits for the controllers' quorum)."""
+        for node in self.nodes:
+            node.launch()
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            node.wait_ready(max(1.0, deadline - time.monotonic()))
+        return self
+
+    def leader_of(self, topic: str, partition: int) -> int:
+        """The broker id leading `topic`/`partition` now, as the first running node that answers says; -1 for none
+        (no leader, or no node answered)."""
+        from kafka import KafkaAdminClient
+
+        for node in self.nodes:
+            if not node.running:
+                continue
+            try:  # one node at a time: an admin client may pick a dead one from stale metadata
+                admin = KafkaAdminClient(bootstrap_servers=node.bootstrap_servers, request_timeout_ms=3000,
+                                         bootstrap_timeout_ms=3000)
+                try:
+                    described = admin.describe_topics([topic])
+                finally:
+                    admin.close()
+            except Exception:  # this node is starting or stopping: ask the next
+                continue
+            for p in (p for t in described for p in t["partitions"] if p["partition_index"] == partition):
+                return int(p["leader_id"])
+        return -1
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalKafkaCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run a local single-node Kafka broker until interrupted.")
-    parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
+    parser = argparse.ArgumentParser(description="Run a local Kafka broker, or a cluster, until interrupted.")
+    parser.add_argument("--port", type=int, default=None, help="client port of a single node (default: a free one)")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes; several make a replicated cluster")
     args = parser.parse_args(argv)
+    broker: LocalKafka | LocalKafkaCluster
     try:
-        broker = LocalKafka(port=args.port).start()
+        broker = LocalKafka(port=args.port).start() if args.nodes == 1 else LocalKafkaCluster(args.nodes).start()
     except (ConfigError, TransportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -82,6 +82,17 @@ def publish_planned(topics: Topics, n: int, seed: int, camera: str, defects: int
     return publisher, {f"{camera}-{publisher._run_id}-{i}": f.label for i, f in enumerate(frames)}
 
 
+def camera_on_partition(partition: int, *, partitions: int) -> str:
+    """A camera id whose frames land on `partition`, as kafka-python's default partitioner places keyed records."""
+    from kafka.partitioner.default import murmur2
+
+    for i in range(1000):
+        camera = f"cam-j{i}"
+        if (murmur2(camera.encode()) & 0x7FFFFFFF) % partitions == partition:
+            return camera
+    raise AssertionError(f"no camera id lands on partition {partition} of {partitions}")
+
+
 def kill_restart_run(topics: Topics, start_worker, reader, *, n: int, kills: int, seed: int, camera: str,
                       env: dict[str, str]) -> dict:
     """Publish n frames, SIGKILL the worker `kills` times mid-stream (restarting it each time), drain."""

@@ -13,6 +13,7 @@ from producers.synthetic import ListSource, planned_stream
 
 from .conftest import TopicReader, committed_offsets, producer_settings
 from .fault_scenarios import (
+    camera_on_partition,
     kill_restart_run,
     metric,
     new_topics,
@@ -94,19 +95,6 @@ def test_sigterm_under_load_commits_and_the_successor_continues_without_gap(topi
 # ---- members joining and leaving mid-stream --------------------------------------------------------------
 
 
-def _cameras_on_each_partition(partitions: int) -> list[str]:
-    """One camera id per partition, as kafka-python's default partitioner places keyed records."""
-    from kafka.partitioner.default import murmur2
-
-    by_partition: dict[int, str] = {}
-    for i in range(1000):
-        cam = f"cam-j{i}"
-        by_partition.setdefault((murmur2(cam.encode()) & 0x7FFFFFFF) % partitions, cam)
-        if len(by_partition) == partitions:
-            return [by_partition[p] for p in range(partitions)]
-    raise AssertionError("no camera ids cover every partition")
-
-
 @pytest.mark.parametrize(("transport", "exactly_once"), [("kafka-python", False), ("confluent", False),
                                                         ("kafka-python", True), ("confluent", True)])
 def test_members_joining_and_leaving_mid_stream_lose_nothing(topics, start_worker, reader, capsys, transport,
@@ -117,7 +105,7 @@ def test_members_joining_and_leaving_mid_stream_lose_nothing(topics, start_worke
     if transport == "confluent":
         pytest.importorskip("confluent_kafka")
     labels: dict[str, str] = {}
-    for i, camera in enumerate(_cameras_on_each_partition(2)):
+    for i, camera in enumerate(camera_on_partition(p, partitions=2) for p in range(2)):
         labels.update(publish_planned(topics, 150, 90 + i, camera)[1])
     n = len(labels)
     # Slow scoring (40 ms a frame) keeps a batch in hand whenever the group rebalances.

@@ -1,6 +1,8 @@
 """Kafka boundary helpers that need no broker: the offsets a batch commits, the readers written once over
 `PartitionReader`, and librdkafka's settings."""
 
+import threading
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -151,3 +153,24 @@ def test_the_fetch_wait_defaults_to_what_each_transport_was_measured_best_with()
     assert KafkaSettings(transport="confluent", fetch_max_wait_ms=0).fetch_wait_ms() == 0
     with pytest.raises(ValueError):
         KafkaSettings(fetch_max_wait_ms=60_000)
+
+
+def test_a_transaction_request_that_never_ends_stops_the_worker_after_the_delivery_timeout():
+    from kafka.errors import KafkaTimeoutError
+
+    from inspector.kafka.kafka_python import KafkaPythonResultProducer
+
+    producer = object.__new__(KafkaPythonResultProducer)  # no broker: only the bounded wait is under test
+    producer.settings, producer._healthy = KafkaSettings(delivery_timeout_s=0.3), True
+    never = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(TransportError, match="commit transaction did not finish in 0s"):
+        producer._within_delivery_timeout(never.wait, "commit transaction")
+    assert 0.25 < time.monotonic() - t0 < 5 and not producer.connected()
+    never.set()
+
+    def refused() -> None:
+        raise KafkaTimeoutError("coordinator gone")
+
+    with pytest.raises(TransportError, match="send offsets failed: KafkaTimeoutError"):
+        producer._within_delivery_timeout(refused, "send offsets")
