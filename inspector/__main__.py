@@ -248,7 +248,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from inspector.demo import run_demo
 
-    return run_demo(_settings(args), seconds=args.seconds, fps=args.fps, defect_rate=args.defect_rate)
+    return run_demo(_settings(args), seconds=args.seconds, fps=args.fps, defect_rate=args.defect_rate,
+                    kafka_nodes=args.kafka_nodes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fps", type=float, default=15.0,
                     help="each lane's camera rate; two lanes at 15 leave the default model headroom on 2 CPU cores")
     sp.add_argument("--defect-rate", type=float, default=0.05)
+    sp.add_argument("--kafka-nodes", type=int, default=1,
+                    help="local Kafka nodes; 3 runs a replicated cluster (replication factor 3, min in-sync replicas 2)")
     sp.set_defaults(func=cmd_demo)
     return p
 

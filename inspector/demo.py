@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from inspector.errors import TransportError
-from inspector.kafka.local_broker import LocalKafka
+from inspector.kafka.local_broker import LocalKafka, LocalKafkaCluster
 from inspector.settings import Settings
 from inspector.sorter.belt_run import BeltPlan, run_belt
 
@@ -34,12 +34,20 @@ def _ensure_model(settings: Settings) -> None:
                             pick_device(settings.model.device), model_version="demo")
 
 
-def run_demo(settings: Settings, *, seconds: float, fps: float, defect_rate: float) -> int:
+def run_demo(settings: Settings, *, seconds: float, fps: float, defect_rate: float, kafka_nodes: int = 1) -> int:
     _ensure_model(settings)
-    print("starting a local Kafka broker (Apache Kafka, KRaft, single node) ...", flush=True)
-    with LocalKafka() as broker:
-        settings = settings.model_copy(update={
-            "kafka": settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})})
+    broker: LocalKafka | LocalKafkaCluster
+    if kafka_nodes > 1:
+        print(f"starting a local Kafka cluster (Apache Kafka, KRaft, {kafka_nodes} nodes) ...", flush=True)
+        broker = LocalKafkaCluster(kafka_nodes)
+        replication = {"replication_factor": broker.replication_factor,
+                       "min_insync_replicas": broker.min_insync_replicas}
+    else:
+        print("starting a local Kafka broker (Apache Kafka, KRaft, single node) ...", flush=True)
+        broker, replication = LocalKafka(), {}
+    with broker:
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"bootstrap_servers": broker.bootstrap_servers, **replication})})
         plan = BeltPlan(duration_s=seconds, fps=fps, defect_rate=defect_rate)
         print(f"belt: {plan.lanes} lanes, a camera each at {fps:g} fps, {plan.objects_per_second:g} bananas a second "
               f"per lane; the ejector {0.6:g} s downstream of the camera (logs in {broker.work_dir})", flush=True)

@@ -60,10 +60,13 @@ class KafkaSettings(BaseModel):
     transactional_id: str | None = None  # defaults to "<group_id>-<hostname>-<pid>"
 
     @model_validator(mode="after")
-    def _in_sync_replicas_fit(self) -> KafkaSettings:
+    def _limits_fit(self) -> KafkaSettings:
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) exceeds replication_factor "
                              f"({self.replication_factor}): no record could ever be acknowledged")
+        if self.delivery_timeout_s * 1000 <= self.request_timeout_ms + self.linger_ms:
+            raise ValueError(f"delivery_timeout_s ({self.delivery_timeout_s:g}) must exceed request_timeout_ms "
+                             f"({self.request_timeout_ms}) + linger_ms ({self.linger_ms}): a request must fit in it")
         return self
 
     def fetch_wait_ms(self) -> int:
