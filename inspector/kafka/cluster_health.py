@@ -83,8 +83,9 @@ class ClusterHealthProbe:
             brokers = admin.describe_cluster()["brokers"]
             topics = admin.describe_topics()
             min_isr = self._min_insync_replicas(admin, [t["name"] for t in topics if t.get("error_code", 0) == 0])
-        except (KafkaError, AssertionError, OSError, KeyError) as exc:
-            # A fresh connection next time: a client that lost its broker mid-request may not recover by itself.
+        except (KafkaError, AssertionError, OSError) as exc:
+            # A fresh connection next time: a client that lost its broker mid-request (kafka-python may assert then)
+            # does not always recover by itself.
             self.close()
             raise TransportError(f"reading the metadata of Kafka at {self._settings.bootstrap_servers} failed: "
                                  f"{type(exc).__name__}: {exc}") from None
