@@ -41,7 +41,7 @@ class TopicHealth:
 class ClusterHealth:
     """What one look at the cluster's metadata found."""
 
-    brokers: int  # brokers registered (live) in the cluster
+    brokers: int  # brokers registered in the cluster and not fenced
     topics: dict[str, TopicHealth]
 
 
@@ -57,12 +57,13 @@ def topic_health(partitions: Iterable[Mapping[str, Any]], min_insync_replicas: i
     )
 
 
-def cluster_health(brokers: Iterable[object], topics: Iterable[Mapping[str, Any]],
+def cluster_health(brokers: Iterable[Mapping[str, Any]], topics: Iterable[Mapping[str, Any]],
                    min_insync_replicas: Mapping[str, int]) -> ClusterHealth:
-    """The cluster's health from its brokers, its topics' metadata and each topic's min.insync.replicas (1, the
-    broker's default, for a topic not in the map). A topic the metadata reports with an error is left out."""
+    """The cluster's health from its brokers (`describe_cluster`), its topics' metadata and each topic's
+    min.insync.replicas (1, the broker's default, for a topic not in the map). A fenced broker (registered, but
+    its heartbeats have stopped) does not count, nor does a topic the metadata reports with an error."""
     return ClusterHealth(
-        brokers=len(list(brokers)),
+        brokers=sum(not b.get("is_fenced", False) for b in brokers),
         topics={t["name"]: topic_health(t["partitions"], min_insync_replicas.get(t["name"], 1))
                 for t in topics if t.get("error_code", 0) == 0},
     )

@@ -369,6 +369,7 @@ def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> 
     peak = wait_until(f"{zero} > 0 in Prometheus", lambda: _prometheus_value(stack, zero), timeout_s=120)
     stack.figures["under_replicated_seen_after_s"] = round(time.monotonic() - killed_at, 1)
     stack.figures["under_replicated_partitions"] = peak
+    stack.figures["brokers_while_killed"] = _prometheus_value(stack, "max(inspector_kafka_brokers)")
 
     podman("start", victim.id)  # a no-op if its restart policy brought it back already
     restarted_at = time.monotonic()
@@ -384,14 +385,23 @@ def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> 
     assert stats.failed == 0 and stats.dropped == 0, stats
     assert stats.acked == len(frames), stats
 
-    # 3. Every acknowledged frame is in the log once the group has drained it, and every one of them was scored.
-    wait_until("the inspector group to commit every frame", lambda: _lag(stack) == 0, timeout_s=600, every_s=5)
+    # 3. Every acknowledged frame is in the log, and the workers score every one of them (the synthetic camera
+    #    goes on publishing, so the group's lag is never 0 for long: the camera's own frames are what is awaited).
     written = {header_value(r.headers, "frame-id") for r in _read_all(stack, "frames")
                if r.key == camera.camera_id.encode()}
     assert len(written) == stats.acked, f"{stats.acked} frames acknowledged, {len(written)} in the log"
-    scored = {FrameScore.model_validate_json(r.value).frame_id for r in _read_all(stack, "frame-scores")}
-    missing = written - scored
-    assert not missing, f"{len(missing)} of {len(written)} acknowledged frames never scored, e.g. {sorted(missing)[:5]}"
+    missing: set[str] = set(written)
+
+    def all_scored() -> bool:
+        missing.difference_update(FrameScore.model_validate_json(r.value).frame_id
+                                  for r in _read_all(stack, "frame-scores"))
+        return not missing
+
+    try:
+        wait_until("every acknowledged frame of the camera scored", all_scored, timeout_s=300, every_s=10)
+    except AssertionError:
+        raise AssertionError(f"{len(missing)} of {len(written)} acknowledged frames never scored, "
+                             f"e.g. {sorted(missing)[:5]}") from None
     stack.figures["failover_frames_checked"] = len(written)
 
 

@@ -36,13 +36,15 @@ def test_a_lost_broker_under_replicates_its_partitions_and_a_leaderless_one_is_o
     assert topic_health(parts, min_insync_replicas=1).under_min_isr == 0
 
 
-def test_cluster_health_counts_brokers_and_skips_topics_reported_with_an_error() -> None:
+def test_cluster_health_counts_unfenced_brokers_and_skips_topics_reported_with_an_error() -> None:
     topics = [
         {"name": "frames", "error_code": 0, "partitions": [partition(0, 1, [1, 2], [1])]},
         {"name": "gone", "error_code": 3, "partitions": []},  # UNKNOWN_TOPIC_OR_PARTITION
         {"name": "alerts", "error_code": 0, "partitions": [partition(0, 2, [2, 1], [2, 1])]},
     ]
-    health = cluster_health([{"broker_id": 1}, {"broker_id": 2}], topics, {"frames": 2})
+    brokers = [{"broker_id": 1, "is_fenced": False}, {"broker_id": 2, "is_fenced": False},
+               {"broker_id": 3, "is_fenced": True}]  # killed: still registered until the controller drops it
+    health = cluster_health(brokers, topics, {"frames": 2})
     assert health.brokers == 2
     assert health.topics == {"frames": TopicHealth(1, 1, 0, 1), "alerts": TopicHealth(1, 0, 0, 0)}
 
