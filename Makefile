@@ -22,12 +22,13 @@ test-unit: install
 
 # The release check (README, "Deploy"): docker-compose.yml run for real with podman, images built from Debian's
 # packages (cached), two CPU workers; figures in build/compose/figures.json. Not part of `make test` or CI.
+# CLUSTER=1: on the three-broker cluster of docker-compose.cluster.yml, one broker killed and restarted mid-stream.
 # Every wheel is downloaded once, into COMPOSE_WHEELS: the virtual environment and the image install from it.
 COMPOSE_WHEELS := build/compose/wheels
 test-compose: export PIP_FIND_LINKS := $(CURDIR)/$(COMPOSE_WHEELS)
 test-compose: export PIP_NO_INDEX := 1
 test-compose: compose-wheels install kafka compose-deps
-	$(BIN)/python -m pytest tests/compose --compose
+	$(BIN)/python -m pytest tests/compose --compose $(if $(CLUSTER),--cluster)
 	@cat build/compose/figures.json
 
 compose-wheels: $(COMPOSE_WHEELS)/.downloaded

@@ -1,5 +1,5 @@
 """`inspector COMMAND`: serve | sort | ui | train | calibrate | evaluate | denoise | synth | demo | topics |
-standin-plc.
+standin-plc | kafka-health.
 
 Settings come from INSPECTOR_* environment variables (see inspector/settings.py); flags override them.
 A bad setting, a missing file or an unreachable broker ends the program with one line and exit code 2.
@@ -55,6 +55,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from inspector.ui.app import serve_ui
 
     return serve_ui(_settings(args))
+
+
+def cmd_kafka_health(args: argparse.Namespace) -> int:
+    from inspector.kafka_health.serve import serve_kafka_health
+
+    return serve_kafka_health(_settings(args), interval_s=args.interval)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -290,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="address to listen on (ui.host; 127.0.0.1 unless told otherwise)")
     sp.add_argument("--port", type=int, help="port (ui.port)")
     sp.set_defaults(func=cmd_ui)
+
+    sp = sub.add_parser("kafka-health", help="probe the Kafka cluster every few seconds: brokers, under-replicated "
+                        "and offline partitions on /metrics for Prometheus")
+    sp.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (kafka.bootstrap_servers)")
+    sp.add_argument("--metrics-port", type=int, help="/metrics, /healthz, /readyz (http.port; http.host)")
+    sp.add_argument("--interval", type=float, default=5.0, help="seconds between probes (default 5)")
+    sp.set_defaults(func=cmd_kafka_health)
 
     sp = sub.add_parser("topics", help="create the topics if missing")
     with_kafka(sp)

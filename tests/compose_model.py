@@ -23,6 +23,7 @@ from tests.deploy_expressions import REPO_ROOT
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 COMPOSE_CPU = REPO_ROOT / "docker-compose.cpu.yml"
+COMPOSE_CLUSTER = REPO_ROOT / "docker-compose.cluster.yml"
 COMPOSE_SCHEMA = REPO_ROOT / "deploy" / "compose-spec.schema.json"
 
 

@@ -5,7 +5,8 @@ Shared by the static checks (tests/unit/test_monitoring_files.py, tests/unit/tes
 tests that run the expressions on a real Prometheus scraping a worker: those render `prometheus.local.yml.tmpl`
 and substitute the Grafana variables with `substitute_grafana_variables`. A worker does not export the UI's or
 the sorter's series: the dashboard's Sorter row and the sorter's rules are proven on a live sorter with
-`assert_sorter_expressions_have_data`.
+`assert_sorter_expressions_have_data`, the Kafka cluster row and the Kafka alerts on a live `inspector kafka-health`
+(`kafka_health_expressions`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ GRAFANA_DASHBOARDS = REPO_ROOT / "deploy" / "grafana" / "provisioning" / "dashbo
 # The only Grafana variables dashboard expressions may use, and plain PromQL to put in their place.
 GRAFANA_SUBSTITUTES = {"$__rate_interval": "30s", "$__interval": "5s", "$camera": ".*", "$lane": ".*"}
 SORTER_ROW = "Sorter"  # the dashboard row whose panels read `inspector sort`'s metrics
+KAFKA_ROW = "Kafka cluster"  # the dashboard row whose panels read `inspector kafka-health`'s metrics
+KAFKA_ALERTS = frozenset({"KafkaUnderReplicatedPartitions", "KafkaOfflinePartitions", "KafkaBrokerProbeDown"})
 
 # Words of PromQL that are not metric names when they stand outside braces, brackets and strings.
 _KEYWORDS = frozenset({
@@ -184,6 +187,13 @@ def sorter_series_names() -> set[str]:
     return _series_names(build_sorter_metrics)
 
 
+def kafka_health_series_names() -> set[str]:
+    """Every series name `inspector kafka-health` exposes, built from inspector.kafka_health.metrics."""
+    from inspector.kafka_health.metrics import build_kafka_health_metrics
+
+    return _series_names(build_kafka_health_metrics)
+
+
 def _series_names(*builders: Any) -> set[str]:
     """Series names of the metrics the builders register (counters with _total, histograms with
     _bucket/_sum/_count)."""
@@ -204,9 +214,9 @@ def _series_names(*builders: Any) -> set[str]:
 
 
 def render_local_config(target: str, rules_dir: Path = RULES_DIR, producer_targets: tuple[str, ...] = (),
-                        sorter_targets: tuple[str, ...] = ()) -> str:
+                        sorter_targets: tuple[str, ...] = (), kafka_health_targets: tuple[str, ...] = ()) -> str:
     """prometheus.local.yml.tmpl with its placeholders filled: scrape the worker `target` (host:port; "" for none),
-    the producers and the sorters (host:port each) every second."""
+    the producers, the sorters and the Kafka health probes (host:port each) every second."""
 
     def targets(found: tuple[str, ...]) -> str:
         return ", ".join(f'"{t}"' for t in found)
@@ -215,6 +225,7 @@ def render_local_config(target: str, rules_dir: Path = RULES_DIR, producer_targe
     return (text.replace('"{{TARGET}}"', targets((target,) if target else ())).replace("{{TARGET}}", target)
             .replace("{{PRODUCER_TARGETS}}", targets(producer_targets))
             .replace("{{SORTER_TARGETS}}", targets(sorter_targets))
+            .replace("{{KAFKA_HEALTH_TARGETS}}", targets(kafka_health_targets))
             .replace("{{RULES_DIR}}", str(Path(rules_dir).resolve())))
 
 
@@ -238,6 +249,16 @@ def sorter_expressions(sorter_names: set[str], dashboard: Path = DASHBOARD, rule
             found[f"recorded series {rule['record']}"] = rule["record"]
         else:
             found[f"alert {rule['alert']} (bool)"] = with_bool_comparisons(expr)
+    return found
+
+
+def kafka_health_expressions(dashboard: Path = DASHBOARD, rules: Path = RULES) -> dict[str, str]:
+    """What to ask a Prometheus that scrapes a Kafka health probe, by a label naming its source: every expression of
+    the Kafka cluster row and every Kafka alert in its `bool` form."""
+    found = {f"dashboard: {expr}": substitute_grafana_variables(expr)
+             for expr in panel_expressions(dashboard_rows(dashboard).get(KAFKA_ROW, []))}
+    alerts = alert_rules(rules)
+    found.update({f"alert {name} (bool)": with_bool_comparisons(alerts[name]) for name in sorted(KAFKA_ALERTS)})
     return found
 
 

@@ -26,6 +26,7 @@ LOGS = WORK / "logs"
 WHEELS = WORK / "wheels"
 CONTAINERS_CONF = REPO_ROOT / "deploy" / "podman" / "containers.conf"
 COMPOSE_FILES = [REPO_ROOT / "docker-compose.yml", REPO_ROOT / "docker-compose.cpu.yml"]
+CLUSTER_FILES = [*COMPOSE_FILES, REPO_ROOT / "docker-compose.cluster.yml"]  # `make test-compose CLUSTER=1`
 PROJECT = "inspection-test"
 
 # The images the stack runs, in build order: name -> (Dockerfile, context, build arguments).
@@ -154,17 +155,19 @@ def podman_service() -> Iterator[str]:
 
 @dataclass
 class Compose:
-    """`docker compose -p PROJECT -f docker-compose.yml -f docker-compose.cpu.yml …` with the stack's variables."""
+    """`docker compose -p PROJECT -f docker-compose.yml -f docker-compose.cpu.yml …` with the stack's variables
+    (and `-f docker-compose.cluster.yml` in the cluster variant)."""
 
     docker_host: str
     variables: dict[str, str]
+    files: list[Path] = field(default_factory=lambda: list(COMPOSE_FILES))
 
     def env(self) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "TMPDIR"}}
         return {**keep, "DOCKER_HOST": self.docker_host, **self.variables}
 
     def __call__(self, *args: str, timeout: float = 900) -> str:
-        files = [arg for f in COMPOSE_FILES for arg in ("-f", str(f))]
+        files = [arg for f in self.files for arg in ("-f", str(f))]
         with (LOGS / "compose.log").open("ab") as log:
             log.write(f"\n$ docker compose {' '.join(args)}\n".encode())
             log.flush()

@@ -42,6 +42,8 @@ from tests.deploy_expressions import (
     RULES_DIR,
     assert_sorter_expressions_have_data,
     dashboard_expressions,
+    kafka_health_expressions,
+    kafka_health_series_names,
     reads_only,
     render_local_config,
     sorter_series_names,
@@ -91,6 +93,10 @@ ALERT_PROOFS = {
     # The sorter's: a worker exports none of its series; proven on a live sorter (assert_sorter_expressions_have_data).
     "EjectionsLate": "sorter",
     "ActuatorDown": "sorter",
+    # The Kafka cluster's: proven on a live `inspector kafka-health` (kafka_health_expressions).
+    "KafkaUnderReplicatedPartitions": "kafka-health",
+    "KafkaOfflinePartitions": "kafka-health",
+    "KafkaBrokerProbeDown": "kafka-health",
 }
 
 def rules() -> list[dict]:
@@ -160,9 +166,10 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     started: list[Prometheus] = []
 
     def start(target: str, producer_targets: tuple[str, ...] = (), sorter_targets: tuple[str, ...] = (), *,
-              rules_dir: Path = RULES_DIR) -> Prometheus:
+              rules_dir: Path = RULES_DIR, kafka_health_targets: tuple[str, ...] = ()) -> Prometheus:
         config = tmp_path / "prometheus.yml"
-        config.write_text(render_local_config(target, rules_dir, producer_targets, sorter_targets))
+        config.write_text(render_local_config(target, rules_dir, producer_targets, sorter_targets,
+                                              kafka_health_targets))
         port = free_port()
         log_path = tmp_path / "prometheus.log"
         with log_path.open("wb") as log:
@@ -278,8 +285,8 @@ def _check_live_worker_and_producer(topics, worker, target, producer, producer_t
         values[expr] = [(series["metric"], float(series["value"][1])) for series in result]
 
     # The operators' panels read the UI's metrics, not a worker's: tests/integration/test_ui.py reads them live; the
-    # Sorter row reads the sorter's, proven live by the sorter's own test.
-    elsewhere = ui_series_names() | sorter_series_names()
+    # Sorter row reads the sorter's and the Kafka cluster row the probe's, each proven live by its own test.
+    elsewhere = ui_series_names() | sorter_series_names() | kafka_health_series_names()
     dashboard = [substitute_grafana_variables(e, GRAFANA_SUBSTITUTES) for e in dashboard_expressions()
                  if not reads_only(e, elsewhere)]
     assert dashboard and all("$" not in e for e in dashboard)
@@ -296,7 +303,7 @@ def _check_live_worker_and_producer(topics, worker, target, producer, producer_t
     # 4. Every alert rule in its bool form (ALERT_PROOFS), and as written where the stream meets it.
     alert_rules = {rule["alert"]: str(rule["expr"]) for rule in all_rules if "alert" in rule}
     assert set(alert_rules) == set(ALERT_PROOFS), "every alert rule needs a proof in ALERT_PROOFS"
-    for name in [name for name, proof in ALERT_PROOFS.items() if proof != "sorter"]:
+    for name in [name for name, proof in ALERT_PROOFS.items() if proof not in {"sorter", "kafka-health"}]:
         expr = alert_rules[name]
         bool_expr = with_bool_comparisons(expr)
         assert bool_expr != expr, f"{name}: no comparison found to make bool"
@@ -381,6 +388,33 @@ def test_the_sorter_row_and_rules_return_data_on_a_live_sorter(topics, start_pro
             stop.set()
             feeder.join(timeout=5)
             stop_process(sorter.proc)
+
+
+def test_the_kafka_cluster_row_and_alerts_return_data_on_a_live_probe(kafka_broker, topics, start_prometheus,
+                                                                     tmp_path: Path) -> None:
+    """`inspector kafka-health` against the real broker, scraped by Prometheus: every Kafka cluster panel and Kafka
+    alert (bool form) has data, none NaN, and on a healthy broker none of the alerts' conditions holds."""
+    port = free_port()
+    env = {**os.environ, "INSPECTOR_KAFKA__BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers}
+    with (tmp_path / "kafka-health.log").open("wb") as log:
+        probe = subprocess.Popen([sys.executable, "-m", "inspector", "kafka-health", "--metrics-port", str(port),
+                                  "--interval", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        prom = start_prometheus("", kafka_health_targets=(f"127.0.0.1:{port}",))
+        prom.wait_for_series(f'inspector_kafka_partitions{{topic="{topics.frames}"}} == 2', timeout_s=60)
+        failures: list[str] = []
+        for label, expr in kafka_health_expressions().items():
+            result, error = prom.query(expr)
+            nan = [s["metric"] for s in result if math.isnan(float(s["value"][1]))]
+            if error or not result or nan:
+                failures.append(f"{label} -> {error or ('NaN for ' + str(nan) if nan else 'no data')}")
+            elif label.startswith("alert "):
+                assert {s["value"][1] for s in result} == {"0"}, (label, result)
+        assert not failures, "Kafka health expressions without data:\n" + "\n".join(failures)
+        assert prom.query('inspector_kafka_brokers{job="kafka-health"}')[0][0]["value"][1] == "1"
+    finally:
+        stop_process(probe)
+    assert probe.returncode == 0, (tmp_path / "kafka-health.log").read_text()
 
 
 def test_score_drift_fires_on_a_live_prometheus_when_a_cameras_light_changes(topics, start_worker, start_prometheus,

@@ -23,6 +23,8 @@ from tests.deploy_expressions import (
     DASHBOARD,
     GRAFANA_DATASOURCES,
     GRAFANA_SUBSTITUTES,
+    KAFKA_ALERTS,
+    KAFKA_ROW,
     PROMETHEUS_CONFIG,
     PROMETHEUS_DIR,
     REPO_ROOT,
@@ -34,6 +36,8 @@ from tests.deploy_expressions import (
     dashboard_expressions,
     dashboard_panels,
     dashboard_rows,
+    kafka_health_expressions,
+    kafka_health_series_names,
     metric_names,
     panel_expressions,
     producer_series_names,
@@ -76,6 +80,9 @@ def test_compose_config_discovers_every_inspector_replica() -> None:
     from inspector.settings import SorterSettings
 
     assert jobs["sorter"]["static_configs"] == [{"targets": [f"sorter:{SorterSettings().port}"]}]
+    # The probe runs in the cluster variant only: DNS discovery leaves the single-broker stack without a target.
+    assert jobs["kafka-health"]["dns_sd_configs"] == [
+        {"names": ["kafka-health"], "type": "A", "port": 9420, "refresh_interval": "15s"}]
     # The rule glob picks the rules and not their unit tests.
     assert [path for rule_glob in config["rule_files"] for path in PROMETHEUS_DIR.glob(rule_glob)] == [RULES]
 
@@ -90,20 +97,21 @@ def test_compose_prometheus_config_is_valid() -> None:
 @needs_promtool
 def test_local_config_template_renders_to_valid_config(tmp_path: Path) -> None:
     rendered = render_local_config("127.0.0.1:9400", producer_targets=("127.0.0.1:9401",),
-                                   sorter_targets=("127.0.0.1:9410",))
+                                   sorter_targets=("127.0.0.1:9410",), kafka_health_targets=("127.0.0.1:9420",))
     assert "{{" not in rendered
     config = yaml.safe_load(rendered)
     assert config["global"]["scrape_interval"] == config["global"]["evaluation_interval"] == "1s"
     assert config["scrape_configs"] == [
         {"job_name": "inspector", "static_configs": [{"targets": ["127.0.0.1:9400"]}]},
         {"job_name": "producer", "static_configs": [{"targets": ["127.0.0.1:9401"]}]},
-        {"job_name": "sorter", "static_configs": [{"targets": ["127.0.0.1:9410"]}]}]
+        {"job_name": "sorter", "static_configs": [{"targets": ["127.0.0.1:9410"]}]},
+        {"job_name": "kafka-health", "static_configs": [{"targets": ["127.0.0.1:9420"]}]}]
     assert [job["static_configs"] for job in yaml.safe_load(render_local_config("127.0.0.1:9400"))["scrape_configs"]
-            ] == [[{"targets": ["127.0.0.1:9400"]}], [{"targets": []}], [{"targets": []}]]
+            ] == [[{"targets": ["127.0.0.1:9400"]}], [{"targets": []}], [{"targets": []}], [{"targets": []}]]
     # A sorter's test needs no worker: "" leaves the inspector job without a target.
     alone = render_local_config("", sorter_targets=("127.0.0.1:9410",))
     assert [job["static_configs"] for job in yaml.safe_load(alone)["scrape_configs"]] == [
-        [{"targets": []}], [{"targets": []}], [{"targets": ["127.0.0.1:9410"]}]]
+        [{"targets": []}], [{"targets": []}], [{"targets": ["127.0.0.1:9410"]}], [{"targets": []}]]
     for name, text in (("prometheus.yml", rendered), ("alone.yml", alone)):
         path = tmp_path / name
         path.write_text(text)
@@ -190,8 +198,9 @@ def test_metric_names_finds_selectors_only() -> None:
 
 
 @pytest.mark.parametrize("source", ["dashboard", "rules"])
-def test_expressions_use_only_worker_producer_and_sorter_metrics(source: str) -> None:
-    allowed = worker_series_names() | producer_series_names() | sorter_series_names() | {"up"}
+def test_expressions_use_only_worker_producer_sorter_and_kafka_health_metrics(source: str) -> None:
+    allowed = (worker_series_names() | producer_series_names() | sorter_series_names() | kafka_health_series_names()
+               | {"up"})
     if source == "dashboard":
         exprs = dashboard_expressions(DASHBOARD)
     else:
@@ -321,3 +330,40 @@ def test_sorter_live_proof_passes_on_data_and_names_what_is_missing(fake_prometh
     with pytest.raises(AssertionError, match="not in sorter_names"):
         assert_sorter_expressions_have_data(fake_prometheus, names - {"inspector_sorter_actuator_up"}, timeout_s=0)
 
+
+# --- the Kafka cluster -----------------------------------------------------------------------------------
+
+
+def test_the_kafka_cluster_row_and_alerts_alone_read_the_probes_metrics() -> None:
+    """The probe's series are read by the Kafka cluster row and the Kafka alerts only: those are what a test with a
+    live probe proves (kafka_health_expressions), and what a stack without one leaves out."""
+    probe = kafka_health_series_names()
+    assert {"inspector_kafka_up", "inspector_kafka_brokers", "inspector_kafka_under_replicated_partitions",
+            "inspector_kafka_offline_partitions", "inspector_kafka_under_min_isr_partitions"} <= probe
+    assert not probe & (worker_series_names() | producer_series_names() | sorter_series_names())
+    rows = dashboard_rows(DASHBOARD)
+    row = panel_expressions(rows[KAFKA_ROW])
+    assert row and all(reads_only(expr, probe) for expr in row), row
+    others = [expr for title, panels in rows.items() if title != KAFKA_ROW for expr in panel_expressions(panels)]
+    assert not any(metric_names(expr) & probe for expr in others)
+    alerts = alert_rules(RULES)
+    assert {name for name, expr in alerts.items() if metric_names(expr) & probe} == KAFKA_ALERTS
+    joined = " ".join(row)
+    for metric in ("inspector_kafka_brokers", "inspector_kafka_up", "inspector_kafka_under_replicated_partitions",
+                   "inspector_kafka_offline_partitions", "inspector_kafka_under_min_isr_partitions"):
+        assert metric in joined, metric
+    (group,) = [g for g in read_yaml(RULES)["groups"] if {r.get("alert") for r in g["rules"]} & KAFKA_ALERTS]
+    assert {r["alert"] for r in group["rules"]} == KAFKA_ALERTS
+    assert group["name"] in read_yaml(RULES_TEST)["group_eval_order"]
+
+
+def test_the_kafka_alerts_wait_as_the_issue_asks() -> None:
+    rules = {r["alert"]: r for g in read_yaml(RULES)["groups"] for r in g["rules"] if r.get("alert") in KAFKA_ALERTS}
+    assert rules["KafkaUnderReplicatedPartitions"]["for"] == "2m"
+    assert rules["KafkaOfflinePartitions"]["for"] == "30s"
+    assert rules["KafkaOfflinePartitions"]["labels"]["severity"] == "critical"
+    found = kafka_health_expressions()
+    assert found["alert KafkaOfflinePartitions (bool)"] == \
+        "max by (topic) (inspector_kafka_offline_partitions) > bool 0"
+    assert len([label for label in found if label.startswith("dashboard: ")]) == len(
+        panel_expressions(dashboard_rows(DASHBOARD)[KAFKA_ROW]))

@@ -1,0 +1,1 @@
+"""`inspector kafka-health`: the Kafka cluster's health (brokers, under-replicated and offline partitions) for Prometheus."""
