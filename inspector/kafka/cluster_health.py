@@ -16,7 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 
 from inspector.errors import TransportError
-from inspector.kafka.kafka_python import _unreachable, client_config
+from inspector.kafka.kafka_python import client_config, unreachable_error
 from inspector.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class ClusterHealthProbe:
                 self._admin = KafkaAdminClient(**client_config(self._settings),
                                                client_id=f"{self._settings.client_id}-health")
             except (KafkaError, OSError) as exc:
-                raise _unreachable(self._settings, exc) from None
+                raise unreachable_error(self._settings, exc) from None
         return self._admin
 
     @staticmethod

@@ -63,7 +63,7 @@ def _accepts_connections(bootstrap_servers: str) -> bool:
     return False
 
 
-def _unreachable(settings: KafkaSettings, exc: Exception) -> TransportError:
+def unreachable_error(settings: KafkaSettings, exc: Exception) -> TransportError:
     # kafka-python retries a refused SASL login until its bootstrap times out and then reports only the timeout;
     # a broker that accepts the connection but never lets us bootstrap is, with SASL, almost always the login.
     if settings.security_protocol.startswith("SASL") and _accepts_connections(settings.bootstrap_servers):
@@ -78,7 +78,7 @@ def _consumer(settings: KafkaSettings, **options: object) -> KafkaConsumer:
     try:
         return KafkaConsumer(**client_config(settings), **options)
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise unreachable_error(settings, exc) from None
 
 
 def _producer(settings: KafkaSettings, **options: object) -> KafkaProducer:
@@ -94,7 +94,7 @@ def _producer(settings: KafkaSettings, **options: object) -> KafkaProducer:
             **options,
         )
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise unreachable_error(settings, exc) from None
 
 
 @contextlib.contextmanager
@@ -121,7 +121,7 @@ def create_topics(settings: KafkaSettings, partitions: dict[str, int]) -> None:
     try:
         admin = KafkaAdminClient(**client_config(settings), client_id=f"{settings.client_id}-admin")
     except (KafkaError, OSError) as exc:
-        raise _unreachable(settings, exc) from None
+        raise unreachable_error(settings, exc) from None
     try:
         existing = set(admin.list_topics())
         config = {"min.insync.replicas": str(settings.min_insync_replicas), "unclean.leader.election.enable": "false"}
@@ -297,7 +297,7 @@ class KafkaPythonResultProducer:
             try:
                 self._producer.init_transactions()
             except (KafkaError, OSError) as exc:
-                raise _unreachable(settings, exc) from None
+                raise unreachable_error(settings, exc) from None
         self._healthy = True
 
     def connected(self) -> bool:

@@ -161,7 +161,7 @@ def test_a_transaction_request_that_never_ends_stops_the_worker_after_the_delive
     from inspector.kafka.kafka_python import KafkaPythonResultProducer
 
     producer = object.__new__(KafkaPythonResultProducer)  # no broker: only the bounded wait is under test
-    producer.settings, producer._healthy = KafkaSettings(delivery_timeout_s=0.3), True
+    producer.settings, producer._healthy = KafkaSettings.model_construct(delivery_timeout_s=0.3), True
     never = threading.Event()
     t0 = time.monotonic()
     with pytest.raises(TransportError, match="commit transaction did not finish in 0s"):
