@@ -28,7 +28,6 @@ from inspector.ui.feedback import latest_verdicts, read_feedback
 log = logging.getLogger(__name__)
 
 LINE_VERSION = "+line."  # a model version that only recalibrated its base version: "<base>+line.<UTC time>"
-DEFAULT_TARGET_FALSE_ALARM = 0.01  # the operator's page; the same as `calibrate --target-far`
 
 
 def scoring_version(model_version: str) -> str:
