@@ -144,7 +144,7 @@ def proposal_html(shown: ShownProposal, scores_topic: str) -> str:
         rows.append(f'<tr><td class="camera">{_text(p.camera_id)}</td><td>{p.good}</td><td>{p.left_out}</td>'
                     f'<td class="current">{p.current:.4f}</td><td>{_percent(p.alert_rate_current)}</td>{proposed}</tr>')
     table = ('<table class="proposal"><thead><tr><th>camera</th><th>good frames</th><th>left out</th>'
-             "<th>threshold in force</th><th>alerts at it</th><th>proposed</th><th>alerts at it</th>"
+             "<th>threshold in force</th><th>alert rate</th><th>proposed</th><th>alert rate</th>"
              f"<th>false-alarm bound (95 %)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
     note = line.override_note()
     parts = [f'<p class="summary">{_text(summary)}</p>', table]
