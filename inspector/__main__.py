@@ -166,36 +166,25 @@ def _calibrate_from_line(args: argparse.Namespace) -> int:
     """Per-camera thresholds from the scores the line published in the last --window-minutes: printed, and written
     as a new model version (the workers hot-reload it) unless --dry-run."""
     from inspector.model import artifact as artifact_io
-    from inspector.training.line_calibration import (
-        proposal_table,
-        propose_thresholds,
-        read_line,
-        with_line_thresholds,
-    )
+    from inspector.training.line_calibration import proposal_table, propose_from_line, with_line_thresholds
 
     settings = _settings(args)
     path = Path(settings.model.path)
     artifact = artifact_io.load(path)
-    scores, confirmed = read_line(settings.kafka, args.window_minutes * 60)
-    proposals = propose_thresholds(
-        scores, model_version=artifact.model_version, target_false_alarm=args.target_far,
-        current=lambda camera: settings.model.threshold_for(camera, artifact.threshold_for(camera)),
-        confirmed_defects=confirmed)
-    print(f"{len(scores)} scores in the last {args.window_minutes:g} min of {settings.kafka.scores_topic}; "
-          f"{len(confirmed)} frames confirmed defective by operators; target false-alarm {args.target_far:.2%}")
-    print("\n".join(proposal_table(proposals)))
-    overridden = sorted(p.camera_id for p in proposals if p.proposed is not None and (
-        settings.model.threshold is not None or p.camera_id in settings.model.camera_thresholds))
-    if overridden:
-        print(f"note: the settings override the threshold of {', '.join(overridden)} (model.threshold / "
-              "model.camera_thresholds): the file's new thresholds apply once those are removed")
-    if not any(p.proposed is not None for p in proposals):
+    line = propose_from_line(settings, artifact, args.window_minutes * 60, args.target_far)
+    print(f"{line.scores} scores in the last {args.window_minutes:g} min of {settings.kafka.scores_topic}; "
+          f"{line.confirmed_defects} frames confirmed defective by operators; target false-alarm "
+          f"{args.target_far:.2%}")
+    print("\n".join(proposal_table(line.cameras)))
+    if note := line.override_note():
+        print(f"note: {note}")
+    if not line.any_proposed:
         print("no camera has enough good frames in the window for a threshold at this target: nothing written")
         return 1
     if args.dry_run:
         return 0
     out = Path(args.out) if args.out else path
-    saved = artifact_io.save(with_line_thresholds(artifact, proposals), out)
+    saved = artifact_io.save(with_line_thresholds(artifact, line.cameras), out)
     print(f"{out}: version {saved.model_version} with per-camera thresholds (workers watching it reload it)")
     return 0
 

@@ -22,7 +22,7 @@ from inspector.model.threshold import (
     defects_flagged,
     false_alarm_upper_bound,
 )
-from inspector.settings import KafkaSettings
+from inspector.settings import KafkaSettings, Settings
 from inspector.ui.feedback import latest_verdicts, read_feedback
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,48 @@ def proposal_table(proposals: Iterable[CameraProposal]) -> list[str]:
             lines.append(f"{head} {p.proposed:10.4f} {p.alert_rate_current:10.2%} {p.alert_rate_proposed:9.2%} "
                          f"{p.false_alarm_bound:7.2%}")
     return lines
+
+
+@dataclass(frozen=True)
+class LineProposal:
+    """Every camera's proposal from one window of the line, and the model version it was computed against."""
+
+    model_id: str
+    model_version: str
+    target_false_alarm: float
+    window_s: float
+    scores: int  # the window's scores read from the topic
+    confirmed_defects: int  # frames whose latest operator verdict is "confirmed defect" (left out where scored)
+    cameras: tuple[CameraProposal, ...]
+    overridden: tuple[str, ...]  # cameras with a proposal whose threshold the settings override
+
+    @property
+    def any_proposed(self) -> bool:
+        return any(p.proposed is not None for p in self.cameras)
+
+    def override_note(self) -> str | None:
+        """What an operator must know when the settings hide some of the proposed thresholds."""
+        if not self.overridden:
+            return None
+        return (f"the settings override the threshold of {', '.join(self.overridden)} (model.threshold / "
+                "model.camera_thresholds): the file's new thresholds apply once those are removed")
+
+
+def propose_from_line(settings: Settings, artifact: ModelArtifact, window_s: float,
+                      target_false_alarm: float) -> LineProposal:
+    """Read the line's last `window_s` seconds and propose per camera, against the threshold in force by the
+    workers' rule (the settings' overrides, else the model file's)."""
+    scores, confirmed = read_line(settings.kafka, window_s)
+    model = settings.model
+    cameras = propose_thresholds(
+        scores, model_version=artifact.model_version, target_false_alarm=target_false_alarm,
+        current=lambda camera: model.threshold_for(camera, artifact.threshold_for(camera)),
+        confirmed_defects=confirmed)
+    overridden = tuple(p.camera_id for p in cameras if p.proposed is not None and (
+        model.threshold is not None or p.camera_id in model.camera_thresholds))
+    return LineProposal(model_id=artifact.model_id, model_version=artifact.model_version,
+                        target_false_alarm=target_false_alarm, window_s=window_s, scores=len(scores),
+                        confirmed_defects=len(confirmed), cameras=tuple(cameras), overridden=overridden)
 
 
 def read_line(kafka: KafkaSettings, window_s: float, timeout_s: float = 120.0) -> tuple[list[FrameScore], set[str]]:

@@ -1,10 +1,12 @@
 """`inspector ui`: the aiohttp application. The wall (/) gets its alerts pushed by server-sent events (/events),
 each with what the sorter did with it (ejections topic); an alert page (/alert/{frame_id}) shows the evidence beside
 the original frame, fetched from the frames topic by its origin; feedback (POST /feedback) goes to the feedback topic.
+The calibration page (/calibration) shows the line's threshold proposal, and POST /calibration/apply writes it as a
+new model version.
 
 Safe by default: every string from Kafka reaches the page as text (html.escape here, textContent in app.js), the
-content security policy allows no inline script, and the feedback token is compared in constant time and
-never written into a page.
+content security policy allows no inline script, and the feedback token (which also guards applying a proposal) is
+compared in constant time and never written into a page.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ from inspector.errors import BadFrame, ConfigError, TransportError
 from inspector.evidence import from_record
 from inspector.kafka.transport import ConsumedRecord
 from inspector.settings import Settings
+from inspector.ui.calibration import (
+    BadQuery,
+    ShownProposals,
+    StaleProposal,
+    apply_proposal,
+    compute_proposal,
+    parse_query,
+    proposal_html,
+)
 from inspector.ui.feed import FeedbackWriter, TopicFeed
 from inspector.ui.feedback import FrameFetcher
 from inspector.ui.metrics import UiMetrics, build_ui_metrics
@@ -62,6 +73,8 @@ class UiServer:
         self.feed: TopicFeed | None = None
         self.writer: FeedbackWriter | None = None
         self.fetcher = FrameFetcher(settings.kafka, settings.limits)
+        self.proposals = ShownProposals()  # the calibration page's, by id, until applied or expired
+        self.calibration_lock = asyncio.Lock()  # one read of the line, or one write of the model file, at a time
         self.skipped = 0  # records that were not what their topic promises
         self._skipped_topics: set[str] = set()  # topics whose first skipped record was logged as a warning
 
@@ -156,7 +169,7 @@ async def wall(request: web.Request) -> web.Response:
     body = """<header><h1>Inspection alerts</h1>
 <label>Camera <select id="camera-filter"><option value="">all cameras</option></select></label>
 <label>Operator <input id="operator" maxlength="64" placeholder="your name (optional)"></label>
-<span id="status" class="status">connecting…</span></header>
+<span id="status" class="status">connecting…</span><a href="/calibration">thresholds from the line</a></header>
 <section><h2>Last minutes, per camera</h2><table id="counts"><thead><tr><th>camera</th><th>frames</th>
 <th>alerts</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Recent alerts</h2><div id="wall" class="wall" data-live="1"></div></section>"""
@@ -272,6 +285,62 @@ async def post_feedback(request: web.Request) -> web.Response:
     return web.json_response({"recorded": True, "verdict": verdict})
 
 
+async def calibration_page(request: web.Request) -> web.Response:
+    ui = request.app[STATE]
+    try:
+        minutes, target = parse_query(request.query)
+    except BadQuery as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    status = 200
+    async with ui.calibration_lock:
+        try:
+            line, checksum = await asyncio.to_thread(compute_proposal, ui.settings, minutes * 60, target)
+        except (ConfigError, TransportError, OSError) as exc:
+            status = 503 if isinstance(exc, TransportError) else 500
+            result = f'<p class="error">cannot propose thresholds: {_escape(exc)}</p>'
+        else:
+            result = proposal_html(ui.proposals.add(line, checksum), ui.settings.kafka.scores_topic)
+            ui.metrics.line_calibration_proposals.inc()
+    body = f"""<header><h1>Thresholds from the line</h1><a href="/">back to the wall</a></header>
+<section class="calibration"><form id="calibration-window">
+<label>Window <input name="minutes" type="number" min="1" max="1440" step="any" value="{minutes:g}"> min</label>
+<label>Target false-alarm <input name="target_percent" type="number" min="0.1" max="20" step="any"
+value="{target * 100:g}"> %</label><button type="submit">propose</button></form>
+{result}</section>"""
+    response = _page("Thresholds from the line", body, ui)
+    response.set_status(status)
+    return response
+
+
+async def apply_calibration(request: web.Request) -> web.Response:
+    ui = request.app[STATE]
+    if not ui.token_ok(request.headers.get("X-Feedback-Token")):
+        raise web.HTTPForbidden(text="applying a threshold needs the access token")
+    try:
+        proposal_id = str((await request.json())["proposal_id"])
+    except (ValueError, KeyError, TypeError):
+        raise web.HTTPBadRequest(text="expected JSON with proposal_id") from None
+    path = ui.settings.model.path
+    async with ui.calibration_lock:
+        shown = ui.proposals.get(proposal_id)
+        if shown is None:
+            raise web.HTTPNotFound(text="no such proposal: it expired, was applied already, or the page restarted; "
+                                        "open the calibration page again")
+        try:
+            saved = await asyncio.to_thread(apply_proposal, shown, path)
+        except StaleProposal as exc:
+            ui.proposals.discard(proposal_id)
+            raise web.HTTPConflict(text=str(exc)) from None
+        except (ConfigError, OSError) as exc:
+            raise web.HTTPInternalServerError(text=f"not applied: {exc}") from None
+        ui.proposals.discard(proposal_id)
+    cameras = [p.camera_id for p in shown.line.cameras if p.proposed is not None]
+    log.info("line calibration applied from the operator's page: %s version %s, thresholds of %s", path,
+             saved.model_version, ", ".join(cameras))
+    ui.metrics.line_calibration_applied.inc()
+    return web.json_response({"model_version": saved.model_version, "cameras": cameras})
+
+
 async def static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     types = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -317,6 +386,8 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     app.router.add_get("/evidence/{frame_id}.jpg", evidence_image)
     app.router.add_get("/frame/{frame_id}.jpg", frame_image)
     app.router.add_post("/feedback", post_feedback)
+    app.router.add_get("/calibration", calibration_page)
+    app.router.add_post("/calibration/apply", apply_calibration)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

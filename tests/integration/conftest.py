@@ -1,13 +1,16 @@
-"""Integration fixtures: unique topics per test on the session broker, worker processes, topic readers."""
+"""Integration fixtures: unique topics per test on the session broker, worker processes, topic readers, the
+operator's page (`inspector ui`) and a headless Chromium to look at it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -226,3 +229,104 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int,
 
 def producer_settings(**kw: object) -> ProducerSettings:
     return ProducerSettings(**{"fps": 0, "deadline_ms": 300, **kw})
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
+
+
+@dataclass
+class UiProcess:
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait_connected(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ui exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if json.loads(self.get("/healthz")[1]).get("kafka"):
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"ui not connected in {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+@pytest.fixture()
+def start_ui(tmp_path) -> Iterator:
+    started: list[UiProcess] = []
+
+    def start(topics: Topics, **env: str) -> UiProcess:
+        port = free_port()
+        log_path = tmp_path / f"ui-{len(started)}.log"
+        full_env = {**os.environ, **topics.env(), "INSPECTOR_UI__PORT": str(port),
+                    "INSPECTOR_UI__GROUP_ID": f"ui-{uuid.uuid4().hex[:8]}", **env}
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "inspector", "ui"], env=full_env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        ui = UiProcess(proc, port, log_path)
+        started.append(ui)
+        ui.wait_connected()
+        return ui
+
+    yield start
+    for ui in started:
+        stop_process(ui.proc)
+
+
+@pytest.fixture()
+def browser() -> Iterator:
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (`make system-deps` installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):
+    """Poll until predicate() is truthy (generous: the machine is shared); returns its value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # an element replaced while we read it: look again
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def screenshot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path

@@ -6,17 +6,11 @@ as test artifacts (test-artifacts/ui/)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -25,107 +19,14 @@ from kafka import KafkaProducer
 
 from inspector import evidence
 from inspector.contracts import Alert, EjectionRecord, EvidenceRef, Feedback
-from inspector.kafka.local_broker import free_port
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 
-from .conftest import TopicReader, Topics, producer_settings, restartable_broker, stop_process
+from .conftest import TopicReader, Topics, producer_settings, restartable_broker, screenshot, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 HOSTILE_CAMERA = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
-
-
-@dataclass
-class UiProcess:
-    proc: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def wait_connected(self, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ui exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if json.loads(self.get("/healthz")[1]).get("kafka"):
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"ui not connected in {timeout_s}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-
-@pytest.fixture()
-def start_ui(tmp_path) -> Iterator:
-    started: list[UiProcess] = []
-
-    def start(topics: Topics, **env: str) -> UiProcess:
-        port = free_port()
-        log_path = tmp_path / f"ui-{len(started)}.log"
-        full_env = {**os.environ, **topics.env(), "INSPECTOR_UI__PORT": str(port),
-                    "INSPECTOR_UI__GROUP_ID": f"ui-{uuid.uuid4().hex[:8]}", **env}
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "inspector", "ui"], env=full_env, stdout=log,
-                                    stderr=subprocess.STDOUT)
-        ui = UiProcess(proc, port, log_path)
-        started.append(ui)
-        ui.wait_connected()
-        return ui
-
-    yield start
-    for ui in started:
-        stop_process(ui.proc)
-
-
-@pytest.fixture()
-def browser() -> Iterator:
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (`make system-deps` installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _wait(predicate, timeout_s: float = 60, what: str = "condition"):
-    """Poll until predicate() is truthy (generous: the machine is shared); returns its value."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # an element replaced while we read it: look again
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _evidence_cards(driver) -> list:
@@ -135,36 +36,29 @@ def _evidence_cards(driver) -> list:
         "c => { const i = c.querySelector('img'); return i && i.complete && i.naturalWidth > 0; })")
 
 
-def _screenshot(driver, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))
-    return path
-
-
 def test_a_defect_frames_alert_appears_with_its_evidence_and_false_alarm_writes_one_record(
         topics, start_worker, start_ui, browser):
     start_worker(topics)
     ui = start_ui(topics)
     browser.get(ui.url + "/")
-    _wait(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
+    wait_for(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
 
     frames = planned_stream(producer_settings(seed=21), n_frames=12, n_defects=3)
     stats = Publisher(topics.kafka_settings(), producer_settings(camera_id="cam-ui")).publish(ListSource(frames))
     assert stats.acked == 12
-    card = _wait(lambda: _evidence_cards(browser), timeout_s=120, what="an alert with its evidence image")[0]
+    card = wait_for(lambda: _evidence_cards(browser), timeout_s=120, what="an alert with its evidence image")[0]
     assert card.find_element("css selector", ".camera").text == "cam-ui"
     assert "threshold" in card.find_element("css selector", ".score").text
     frame_id = card.get_attribute("data-frame-id")
     # Per camera, the frames scored and the alerts among them (pushed every few seconds).
-    _wait(lambda: browser.find_element("css selector", "#counts tbody").text.startswith("cam-ui 12 "),
+    wait_for(lambda: browser.find_element("css selector", "#counts tbody").text.startswith("cam-ui 12 "),
           timeout_s=60, what="the per-camera counts")
     alerts_shown = int(browser.find_element("css selector", "#counts tbody").text.split()[2])
     assert alerts_shown == len(browser.find_elements("css selector", "#wall .card")) >= 1
-    _screenshot(browser, "wall")
+    screenshot(browser, "wall")
 
     card.find_element("css selector", "button.false-alarm").click()
-    _wait(lambda: "false alarm" in card.find_element("css selector", ".feedback-result").text,
+    wait_for(lambda: "false alarm" in card.find_element("css selector", ".feedback-result").text,
           what="the feedback acknowledgement")
     card.find_element("css selector", "button.false-alarm").click()  # a second click records nothing more
     time.sleep(1)
@@ -181,16 +75,16 @@ def test_a_defect_frames_alert_appears_with_its_evidence_and_false_alarm_writes_
     assert 'inspector_feedback_total{camera="cam-ui",verdict="false_alarm"} 1.0' in ui.get("/metrics")[1].decode()
     # A page started later (a restart, or a second operator's) reads the verdict back from the feedback topic.
     later = start_ui(topics)
-    _wait(lambda: b"<th>verdict</th><td>false_alarm</td>" in later.get("/alert/" + frame_id)[1], timeout_s=120,
+    wait_for(lambda: b"<th>verdict</th><td>false_alarm</td>" in later.get("/alert/" + frame_id)[1], timeout_s=120,
           what="the verdict read back by a second page")
 
     # The alert page: the evidence beside the original frame, fetched from the frames topic by its origin.
     browser.get(ui.url + "/alert/" + frame_id)
-    images = _wait(lambda: [i for i in browser.find_elements("css selector", ".alert-page img")
+    images = wait_for(lambda: [i for i in browser.find_elements("css selector", ".alert-page img")
                             if browser.execute_script("return arguments[0].naturalWidth", i) > 0],
                    what="the alert page's images")
     assert {i.get_attribute("alt") for i in images} == {"evidence", "original frame"}
-    _screenshot(browser, "alert-page")
+    screenshot(browser, "alert-page")
 
 
 def _publish_alert(bootstrap: str, topics: Topics, frame_id: str, camera_id: str) -> None:
@@ -215,16 +109,16 @@ def _publish_alert(bootstrap: str, topics: Topics, frame_id: str, camera_id: str
 def test_a_hostile_camera_id_renders_as_text_on_the_wall_and_the_alert_page(topics, start_ui, browser):
     ui = start_ui(topics)
     browser.get(ui.url + "/")
-    _wait(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
+    wait_for(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
     _publish_alert(topics.bootstrap, topics, "frame-<b>x</b>", HOSTILE_CAMERA)
-    card = _wait(lambda: _evidence_cards(browser), what="the hostile alert")[0]
+    card = wait_for(lambda: _evidence_cards(browser), what="the hostile alert")[0]
     assert card.find_element("css selector", ".camera").text == HOSTILE_CAMERA
     assert browser.execute_script("return window.__pwned") is None
     assert browser.find_elements("css selector", "#wall script, #wall img[src='x']") == []
-    _screenshot(browser, "hostile-camera")
+    screenshot(browser, "hostile-camera")
 
     card.find_element("css selector", "a.details-link").click()
-    _wait(lambda: browser.find_elements("css selector", ".alert-page"), what="the alert page")
+    wait_for(lambda: browser.find_elements("css selector", ".alert-page"), what="the alert page")
     assert browser.find_element("css selector", "h1 .camera").text == HOSTILE_CAMERA
     assert browser.execute_script("return window.__pwned") is None
     status, page = ui.get("/alert/" + urllib.request.quote("frame-<b>x</b>", safe=""))
@@ -238,9 +132,9 @@ def test_the_sorters_ejection_shows_on_the_wall_and_the_alert_page(topics, start
     create_topics(topics.kafka_settings(), {ejections: 1})
     ui = start_ui(topics, INSPECTOR_KAFKA__EJECTIONS_TOPIC=ejections)
     browser.get(ui.url + "/")
-    _wait(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
+    wait_for(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
     _publish_alert(topics.bootstrap, topics, "frame-e", "cam-e")
-    card = _wait(lambda: _evidence_cards(browser), what="the alert")[0]
+    card = wait_for(lambda: _evidence_cards(browser), what="the alert")[0]
     assert not card.find_element("css selector", ".ejection").is_displayed()  # nothing from the sorter yet
 
     now = time.time_ns()
@@ -252,18 +146,18 @@ def test_the_sorters_ejection_shows_on_the_wall_and_the_alert_page(topics, start
         producer.send(ejections, key=b"frame-e", value=record.to_json()).get(30)
     finally:
         producer.close()
-    badge = _wait(lambda: (b := card.find_element("css selector", ".ejection")).text == "ejected" and b,
+    badge = wait_for(lambda: (b := card.find_element("css selector", ".ejection")).text == "ejected" and b,
                   what="the ejection badge, pushed to the open page")
     assert "ejected" in badge.get_attribute("class").split() and badge.get_attribute("data-outcome") == "fired"
     assert b"<th>ejection</th><td>ejected; lane lane-1; fruit at the ejector " in ui.get("/alert/frame-e")[1]
     assert ui.log().count("skipped a malformed record") == 1 and ui.proc.poll() is None
-    _screenshot(browser, "ejection")
+    screenshot(browser, "ejection")
 
 
 def test_feedback_needs_the_token_when_one_is_set(topics, start_ui):
     ui = start_ui(topics, INSPECTOR_UI__FEEDBACK_TOKEN="s3cret-token")
     _publish_alert(topics.bootstrap, topics, "frame-t", "cam-t")
-    _wait(lambda: ui.get("/alert/frame-t")[0] == 200, what="the alert on the UI")
+    wait_for(lambda: ui.get("/alert/frame-t")[0] == 200, what="the alert on the UI")
     assert b"s3cret-token" not in ui.get("/")[1] + ui.get("/alert/frame-t")[1]
 
     def post(token: str | None) -> int:
@@ -302,17 +196,17 @@ def test_the_page_survives_a_broker_restart_and_shows_alerts_after_it(own_broker
                                             topics.feedback: 1})
     ui = start_ui(topics)
     browser.get(ui.url + "/")
-    _wait(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
+    wait_for(lambda: browser.find_element("id", "status").text == "live", what="the event stream")
     _publish_alert(topics.bootstrap, topics, "before-restart", "cam-r")
     # A fresh broker creates its offsets topic on the UI's first group join: slow on a loaded machine.
-    _wait(lambda: len(_evidence_cards(browser)) == 1, timeout_s=120, what="the alert before the restart")
+    wait_for(lambda: len(_evidence_cards(browser)) == 1, timeout_s=120, what="the alert before the restart")
 
     own_broker.kill()  # SIGKILL: no controlled shutdown
     time.sleep(5)
     own_broker.start()
     _publish_alert(topics.bootstrap, topics, "after-restart", "cam-r")
-    cards = _wait(lambda: len(_evidence_cards(browser)) == 2 and _evidence_cards(browser), timeout_s=120,
+    cards = wait_for(lambda: len(_evidence_cards(browser)) == 2 and _evidence_cards(browser), timeout_s=120,
                   what="the alert after the restart, on the same page")
     assert [c.get_attribute("data-frame-id") for c in cards] == ["after-restart", "before-restart"]
     assert browser.find_element("id", "status").text == "live" and ui.proc.poll() is None
-    _screenshot(browser, "after-broker-restart")
+    screenshot(browser, "after-broker-restart")

@@ -175,6 +175,33 @@ def test_the_ui_is_published_on_loopback_and_reads_its_topics(compose: dict[str,
     assert load_settings(ui={"feedback_token": ""}).ui.feedback_token is None  # compose's unset token
 
 
+def _named_volumes(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path → (named volume, read-only), for the service's named volumes."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            read_only = "ro" in ",".join(mode).split(",")
+        else:
+            source, target, read_only = volume.get("source", ""), volume["target"], bool(volume.get("read_only"))
+        if source and not source.startswith((".", "/")):
+            mounts[target] = (source, read_only)
+    return mounts
+
+
+def test_the_ui_writes_the_model_file_the_workers_serve(compose: dict[str, Any]) -> None:
+    """Applying a proposal on the calibration page writes a new version of the workers' model file: the ui
+    mounts the workers' model folder, from the same named volume, writable."""
+    services = compose["services"]
+    paths = {name: Path(environment(services[name])["INSPECTOR_MODEL__PATH"]) for name in ("inspector", "ui")}
+    assert paths["ui"] == paths["inspector"]
+    folder = str(paths["ui"].parent)
+    ui, workers = _named_volumes(services["ui"]), _named_volumes(services["inspector"])
+    assert folder in ui and folder in workers and ui[folder][0] == workers[folder][0]
+    assert ui[folder][1] is False
+    assert ui[folder][0] in compose["volumes"]
+
+
 def test_every_topic_a_program_writes_or_reads_is_created(compose: dict[str, Any]) -> None:
     """The broker creates no topic by itself (KAFKA_AUTO_CREATE_TOPICS_ENABLE false): a topic the settings name
     and kafka-init does not create stops the program that uses it."""

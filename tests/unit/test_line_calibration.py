@@ -41,3 +41,22 @@ def test_too_few_good_frames_propose_nothing() -> None:
                                    target_false_alarm=0.01, current=lambda _camera: 0.5)
     assert proposals[0].proposed is None and proposals[0].alert_rate_proposed is None
     assert proposals[0].alert_rate_current == pytest.approx(0.5, abs=0.01)
+
+
+def test_propose_from_line_uses_the_threshold_in_force_and_names_the_overridden_cameras(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from inspector.settings import ModelSettings, Settings
+    from inspector.training import line_calibration
+
+    rng = np.random.default_rng(1)
+    scores = _scores("cam-a", rng.normal(0.8, 0.05, 400)) + _scores("cam-b", rng.normal(0.8, 0.05, 400))
+    monkeypatch.setattr(line_calibration, "read_line", lambda _kafka, _window_s: (scores, {"x", "y"}))
+    artifact = SimpleNamespace(model_id="m", model_version="3",
+                               threshold_for=lambda camera: {"cam-a": 0.7}.get(camera, 0.9))
+    settings = Settings(model=ModelSettings(camera_thresholds={"cam-b": 2.0}))
+    line = line_calibration.propose_from_line(settings, artifact, 600, 0.01)
+    assert (line.model_version, line.scores, line.confirmed_defects, line.window_s) == ("3", 800, 2, 600)
+    assert [p.current for p in line.cameras] == [0.7, 2.0]  # the file's camera threshold; the settings' override
+    assert line.any_proposed and line.overridden == ("cam-b",)
+    assert "cam-b" in (line.override_note() or "")

@@ -1,5 +1,6 @@
 // The operator's page. Alerts arrive by server-sent events (no polling); every string that came from Kafka is
-// set as textContent, never as HTML. Feedback is POSTed with the access token, if the server asks for one.
+// set as textContent, never as HTML. Feedback, and applying a threshold proposal, are POSTed with the access
+// token, if the server asks for one.
 "use strict";
 
 const MAX_CARDS = 200;
@@ -69,6 +70,42 @@ document.addEventListener("click", (ev) => {
   const verdict = b.classList.contains("false-alarm") ? "false_alarm" : "confirmed_defect";
   sendFeedback(b.dataset.frameId, verdict, b.closest(".feedback"));
 });
+
+async function applyProposal(button) {
+  const box = button.closest(".apply");
+  const result = box.querySelector(".apply-result");
+  button.disabled = true;
+  const headers = { "Content-Type": "application/json" };
+  const token = feedbackToken();
+  if (token) headers["X-Feedback-Token"] = token;
+  try {
+    const r = await fetch("/calibration/apply", {
+      method: "POST", headers, body: JSON.stringify({ proposal_id: button.dataset.proposalId }),
+    });
+    if (r.status === 403) sessionStorage.removeItem("feedbackToken");
+    if (!r.ok) throw new Error(await r.text());
+    const done = await r.json();
+    result.textContent = "applied: model version " + done.model_version + " (" + done.cameras.join(", ") + ")";
+    box.dataset.applied = done.model_version;
+  } catch (err) {
+    result.textContent = "not applied: " + String(err.message || err).slice(0, 300);
+    button.disabled = false;
+  }
+}
+
+document.addEventListener("click", (ev) => {
+  const b = ev.target.closest("button.apply-proposal");
+  if (b && !b.disabled) applyProposal(b);
+});
+
+// The content security policy allows no form submission (form-action 'none'): the window is a new page load.
+const calibrationWindow = document.getElementById("calibration-window");
+if (calibrationWindow) {
+  calibrationWindow.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    window.location.search = new URLSearchParams(new FormData(calibrationWindow)).toString();
+  });
+}
 
 function applyFilter() {
   const select = document.getElementById("camera-filter");
