@@ -1,0 +1,226 @@
+"""Issue 29's first measurements: would a memory of good region features, native-resolution tiles or the scoring's
+knobs lift the feature reconstructor on a development set? Each experiment reads a model trained by
+`inspector train` on the set (every option at its default) and prints image AUROCs on the set's test images.
+
+    .venv/bin/inspector train --data ../shared/datasets/ballscrew/train/good --out /tmp/ballscrew.safetensors
+    .venv/bin/python bench/small_defects.py memory  /tmp/ballscrew.safetensors ../shared/datasets/ballscrew
+    .venv/bin/python bench/small_defects.py knobs   /tmp/ballscrew.safetensors ../shared/datasets/ballscrew
+    .venv/bin/python bench/small_defects.py tile    ../shared/datasets/ballscrew /tmp/ballscrew-tiles  # then train
+    .venv/bin/python bench/small_defects.py tiled   /tmp/ballscrew-tiles.safetensors /tmp/ballscrew-tiles
+
+`memory`: the nearest-neighbour distance of each region's features to a memory of training regions (a random
+sample or a greedy coreset, PatchCore's selection on a random projection), alone and added to the model's terms.
+`knobs`: the smoothing, the top-k share and the global term's weight. `tile`: square tiles of each image at its
+own resolution (a set to train on); `tiled`: a tiled model's image score as the highest of its tiles'.
+See bench/HISTORY.md ("Small defects: first measurements").
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inspector.decode.preprocess import IMAGE_SUFFIXES, list_images, load_images, to_tensor
+from inspector.model.artifact import load
+from inspector.model.feature_reconstructor import FeatureReconstructor, feature_terms, normalise_per_location
+from inspector.model.scoring import ScoringConfig, image_scores, smooth
+from inspector.training.evaluation import _test_sets
+from inspector.training.quality_metrics import auroc
+
+BATCH = 16
+
+
+def _model(path: Path) -> tuple[FeatureReconstructor, ScoringConfig]:
+    artifact = load(path)
+    if not isinstance(artifact.model, FeatureReconstructor):
+        raise SystemExit(f"{path} is not a feature reconstructor")
+    return artifact.model.eval(), artifact.scoring
+
+
+def _test_images(root: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    sets = _test_sets(root)
+    paths = [p for kind in sets for p in sets[kind]]
+    labels = np.array([kind != "good" for kind in sets for _ in sets[kind]])
+    return load_images(paths, size), labels
+
+
+@torch.inference_mode()
+def _terms(model: FeatureReconstructor, scoring: ScoringConfig, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(local scores, global errors) before the references, (N,) each."""
+    local, glob = [], []
+    for i in range(0, len(images), BATCH):
+        part_local, part_glob, _ = feature_terms(model, to_tensor(images[i : i + BATCH], "cpu"), scoring)
+        local.append(part_local)
+        glob.append(part_glob)
+    return torch.cat(local).numpy(), torch.cat(glob).numpy()
+
+
+@torch.inference_mode()
+def _regions(model: FeatureReconstructor, images: np.ndarray) -> torch.Tensor:
+    """(N*h*w, C) standardised region features of the images."""
+    parts = [model.features(to_tensor(images[i : i + BATCH], "cpu"))[0] for i in range(0, len(images), BATCH)]
+    f = torch.cat(parts).float()
+    return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+
+
+def _greedy_coreset(regions: torch.Tensor, size: int, rng: np.random.Generator, candidates: int = 60_000,
+                    dims: int = 64) -> torch.Tensor:
+    """PatchCore's greedy k-centre selection, on a random projection of a random sample of the regions."""
+    pool = regions[torch.from_numpy(rng.choice(len(regions), min(candidates, len(regions)), replace=False))]
+    projected = pool @ (torch.randn(pool.shape[1], dims, generator=torch.Generator().manual_seed(0)) / dims**0.5)
+    chosen = [0]
+    distance = (projected - projected[0]).square().sum(1)
+    for _ in range(size - 1):
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, (projected - projected[chosen[-1]]).square().sum(1))
+    return pool[chosen]
+
+
+@torch.inference_mode()
+def _memory_scores(model: FeatureReconstructor, scoring: ScoringConfig, images: np.ndarray,
+                   memory: torch.Tensor) -> np.ndarray:
+    """(N,) image scores of the nearest-neighbour distance maps, smoothed and reduced as the model's own maps."""
+    size, norms, scores = model.config.image_size, memory.square().sum(1), []
+    for i in range(0, len(images), 8):
+        f = model.features(to_tensor(images[i : i + 8], "cpu"))[0].float()
+        b, c, h, w = f.shape
+        q = f.permute(0, 2, 3, 1).reshape(-1, c)
+        nearest = (q.square().sum(1, keepdim=True) - 2 * q @ memory.T + norms).clamp_min(0).amin(1)
+        maps = F.interpolate(nearest.reshape(b, 1, h, w), size=(size, size), mode="bilinear", align_corners=False)
+        scores.append(image_scores(smooth(maps[:, 0], scoring.smoothing_sigma), scoring))
+    return torch.cat(scores).numpy()
+
+
+def _reference(scores: np.ndarray) -> float:
+    return float(scores.mean() + 3 * scores.std())
+
+
+def memory(args: argparse.Namespace) -> None:
+    model, scoring = _model(args.model)
+    size, rng = model.config.image_size, np.random.default_rng(0)
+    paths = list_images(args.set / "train" / "good")
+    order = rng.permutation(len(paths))
+    held = max(8, len(paths) // 5)  # scored for the memory term's reference, never in the memory
+    reference_images = load_images([paths[i] for i in order[:held]], size)
+    t0 = time.time()
+    regions = _regions(model, load_images([paths[i] for i in order[held:]], size))
+    print(f"{len(regions)} training regions of {regions.shape[1]} channels ({time.time() - t0:.0f} s)")
+    images, labels = _test_images(args.set, size)
+    local, glob = _terms(model, scoring, images)
+    local, glob = local / scoring.local_reference, scoring.global_weight * glob / scoring.global_reference
+    print(f"the model: {auroc(labels, local + glob):.4f} (local term {auroc(labels, local):.4f}, global "
+          f"{auroc(labels, glob):.4f})")
+    for size_ in args.sizes:
+        for name, bank in (("random", regions[torch.from_numpy(rng.choice(len(regions), size_, replace=False))]),
+                           ("coreset", _greedy_coreset(regions, size_, rng))):
+            t0 = time.time()
+            knn = _memory_scores(model, scoring, images, bank)
+            ms = 1000 * (time.time() - t0) / len(images)
+            knn = knn / _reference(_memory_scores(model, scoring, reference_images, bank))
+            print(f"memory {name} {size_}: alone {auroc(labels, knn):.4f}, + global {auroc(labels, knn + glob):.4f}, "
+                  f"+ local {auroc(labels, knn + local):.4f}, all three {auroc(labels, knn + local + glob):.4f} "
+                  f"({ms:.0f} ms per image on the CPU)")
+
+
+def knobs(args: argparse.Namespace) -> None:
+    model, scoring = _model(args.model)
+    size = model.config.image_size
+    images, labels = _test_images(args.set, size)
+    raw, glob = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), BATCH):
+            out = model(to_tensor(images[i : i + BATCH], "cpu"))
+            error = (out.local - out.local_recon).square().mean(dim=1, keepdim=True)
+            raw.append(F.interpolate(error, size=(size, size), mode="bilinear", align_corners=False)[:, 0])
+            glob.append((out.pooled - out.pooled_recon).square().mean(dim=1))
+    maps, global_term = torch.cat(raw), torch.cat(glob).numpy() / scoring.global_reference
+    print(f"stored: sigma {scoring.smoothing_sigma}, top-k {scoring.topk_fraction}, global weight "
+          f"{scoring.global_weight}, per-location {scoring.pixel_normalise}; cells: local alone / with the global term")
+    for sigma in (2.0, 3.5, 5.0, 8.0):
+        smoothed = smooth(maps, sigma)
+        if scoring.pixel_normalise:  # the stored spread was fitted at the stored sigma: near enough to rank
+            smoothed = normalise_per_location(smoothed, model.pixel_mean, model.pixel_std)
+        cells = []
+        for share in (0.0005, 0.002, 0.005, 0.01, 0.02):
+            local = image_scores(smoothed, replace(scoring, topk_fraction=share)).numpy()
+            local = local / _reference(local[~labels])  # the test set's good images: a scale, not a choice
+            cells.append(f"{share}: {auroc(labels, local):.4f}/"
+                         f"{auroc(labels, local + scoring.global_weight * global_term):.4f}")
+        print(f"sigma {sigma}: " + "  ".join(cells))
+    local, _ = _terms(model, scoring, images)
+    local = local / scoring.local_reference
+    print("global weight: " + "  ".join(f"{w}: {auroc(labels, local + w * global_term):.4f}"
+                                        for w in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)))
+
+
+def tile(args: argparse.Namespace) -> None:
+    import cv2
+
+    written = 0
+    for path in sorted(args.set.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or "ground_truth" in path.parts:
+            continue
+        image = cv2.imread(str(path))
+        if image is None:
+            continue
+        h, w = image.shape[:2]
+        side = min(h, w)
+        count = -(-max(h, w) // side)
+        out = args.out / path.parent.relative_to(args.set)
+        out.mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            start = round(k * (max(h, w) - side) / max(1, count - 1))
+            square = image[:, start : start + side] if w >= h else image[start : start + side]
+            cv2.imwrite(str(out / f"{path.stem}__t{k}.png"), square)
+            written += 1
+    print(f"{written} tiles in {args.out}; train on {args.out}/train/good, then `small_defects.py tiled`")
+
+
+def tiled(args: argparse.Namespace) -> None:
+    model, scoring = _model(args.model)
+    by_image: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for kind in sorted(p for p in (args.set / "test").iterdir() if p.is_dir()):
+        paths = list_images(kind)
+        with torch.inference_mode():
+            for i in range(0, len(paths), BATCH):
+                batch = paths[i : i + BATCH]
+                scores, _ = model.score(to_tensor(load_images(batch, model.config.image_size), "cpu"), scoring)
+                for path, score in zip(batch, scores.tolist()):
+                    by_image[(kind.name, re.sub(r"__t\d+$", "", path.stem))].append(score)
+    keys = sorted(by_image)
+    labels = np.array([kind != "good" for kind, _ in keys])
+    print(f"{len(keys)} images, {np.mean([len(by_image[k]) for k in keys]):.1f} tiles each: image AUROC "
+          f"(the highest tile) {auroc(labels, np.array([max(by_image[k]) for k in keys])):.4f}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="experiment", required=True)
+    for name in ("memory", "knobs", "tiled"):
+        sp = sub.add_parser(name)
+        sp.add_argument("model", type=Path)
+        sp.add_argument("set", type=Path)
+        if name == "memory":
+            sp.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+    sp = sub.add_parser("tile")
+    sp.add_argument("set", type=Path)
+    sp.add_argument("out", type=Path)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    {"memory": memory, "knobs": knobs, "tile": tile, "tiled": tiled}[args.experiment](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
