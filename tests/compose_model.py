@@ -157,6 +157,33 @@ def bind_mounts(service: dict[str, Any]) -> dict[Path, str]:
     return mounts
 
 
+def named_volumes(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Container path → (named volume, read-only), for the service's named volumes."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            read_only = "ro" in ",".join(mode).split(",")
+        else:
+            source, target, read_only = volume.get("source", ""), volume["target"], bool(volume.get("read_only"))
+        if source and not source.startswith((".", "/")):
+            mounts[target] = (source, read_only)
+    return mounts
+
+
+def published_ports(service: dict[str, Any]) -> list[str]:
+    """The service's published ports as `[host_ip:]published:target`, from the short form the files use or the
+    long form a Compose client writes."""
+    ports = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            parts = [port.get("host_ip"), port.get("published"), port["target"]]
+            ports.append(":".join(str(part) for part in parts if part not in (None, "")))
+        else:
+            ports.append(str(port))
+    return ports
+
+
 def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
     deploy = service.get("deploy") or {}
     return list(((deploy.get("resources") or {}).get("reservations") or {}).get("devices") or [])

@@ -25,6 +25,8 @@ from tests.compose_model import (
     environment,
     gpu_devices,
     interpolate,
+    named_volumes,
+    published_ports,
     schema_model,
 )
 from tests.deploy_expressions import (
@@ -163,7 +165,7 @@ def test_the_ui_is_published_on_loopback_and_reads_its_topics(compose: dict[str,
     ui = compose["services"]["ui"]
     assert ui["command"] == ["inspector", "ui"]
     assert ui["user"].split(":")[0] not in {"0", "root"}
-    assert [str(p) for p in ui["ports"]] == ["127.0.0.1:8088:8088"]
+    assert published_ports(ui) == ["127.0.0.1:8088:8088"]
     assert "/healthz" in " ".join(ui["healthcheck"]["test"]) and ":8088" in " ".join(ui["healthcheck"]["test"])
     env = environment(ui)
     assert env["INSPECTOR_UI__PORT"] == "8088" and env["INSPECTOR_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
@@ -175,20 +177,6 @@ def test_the_ui_is_published_on_loopback_and_reads_its_topics(compose: dict[str,
     assert load_settings(ui={"feedback_token": ""}).ui.feedback_token is None  # compose's unset token
 
 
-def _named_volumes(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-    """Container path → (named volume, read-only), for the service's named volumes."""
-    mounts = {}
-    for volume in service.get("volumes", []):
-        if isinstance(volume, str):
-            source, target, *mode = volume.split(":")
-            read_only = "ro" in ",".join(mode).split(",")
-        else:
-            source, target, read_only = volume.get("source", ""), volume["target"], bool(volume.get("read_only"))
-        if source and not source.startswith((".", "/")):
-            mounts[target] = (source, read_only)
-    return mounts
-
-
 def test_the_ui_writes_the_model_file_the_workers_serve(compose: dict[str, Any]) -> None:
     """Applying a proposal on the calibration page writes a new version of the workers' model file: the ui
     mounts the workers' model folder, from the same named volume, writable."""
@@ -196,7 +184,7 @@ def test_the_ui_writes_the_model_file_the_workers_serve(compose: dict[str, Any])
     paths = {name: Path(environment(services[name])["INSPECTOR_MODEL__PATH"]) for name in ("inspector", "ui")}
     assert paths["ui"] == paths["inspector"]
     folder = str(paths["ui"].parent)
-    ui, workers = _named_volumes(services["ui"]), _named_volumes(services["inspector"])
+    ui, workers = named_volumes(services["ui"]), named_volumes(services["inspector"])
     assert folder in ui and folder in workers and ui[folder][0] == workers[folder][0]
     assert ui[folder][1] is False
     assert ui[folder][0] in compose["volumes"]
@@ -317,8 +305,7 @@ def test_the_cluster_replaces_the_single_broker_with_three_kraft_nodes(cluster: 
         assert env["CLUSTER_ID"] == environment(services["kafka-1"])["CLUSTER_ID"]
         assert f"{name}:9092" in services[name]["healthcheck"]["test"], name
     # Each node is published on its own loopback port, and advertises that port to the host's programs.
-    published = [str(p["published"]) if isinstance(p, dict) else str(p).split(":")[1]
-                 for name in CLUSTER_NODES for p in services[name]["ports"]]
+    published = [port.split(":")[-2] for name in CLUSTER_NODES for port in published_ports(services[name])]
     assert len(set(published)) == 3
     for name, port in zip(CLUSTER_NODES, published, strict=True):
         assert nodes[name]["KAFKA_ADVERTISED_LISTENERS"].endswith(f"HOST://127.0.0.1:{port}"), name
@@ -403,3 +390,17 @@ def test_long_running_services_say_their_grace_period(compose: dict[str, Any], c
     for name, service in {**compose["services"], **cluster["services"]}.items():
         if service.get("restart") != "no":
             assert service.get("stop_grace_period"), name
+
+
+def test_ports_and_volumes_read_alike_in_the_files_short_form_and_a_clients_long_form() -> None:
+    """A Compose client writes ports and volumes as objects: the checks above must read them as the files' strings."""
+    short = {"ports": ["127.0.0.1:8088:8088"], "volumes": ["models:/app/models", "cache:/c:ro", "./x:/x"]}
+    long = {"ports": [{"mode": "ingress", "host_ip": "127.0.0.1", "target": 8088, "published": "8088",
+                       "protocol": "tcp"}],
+            "volumes": [{"type": "volume", "source": "models", "target": "/app/models"},
+                        {"type": "volume", "source": "cache", "target": "/c", "read_only": True},
+                        {"type": "bind", "source": "./x", "target": "/x"}]}
+    for service in (short, long):
+        assert published_ports(service) == ["127.0.0.1:8088:8088"]
+        assert named_volumes(service) == {"/app/models": ("models", False), "/c": ("cache", True)}
+    assert published_ports({"ports": [{"target": 9090, "published": 9090}]}) == ["9090:9090"]
