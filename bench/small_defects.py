@@ -7,11 +7,16 @@ knobs lift the feature reconstructor on a development set? Each experiment reads
     .venv/bin/python bench/small_defects.py knobs   /tmp/ballscrew.safetensors ../shared/datasets/ballscrew
     .venv/bin/python bench/small_defects.py tile    ../shared/datasets/ballscrew /tmp/ballscrew-tiles  # then train
     .venv/bin/python bench/small_defects.py tiled   /tmp/ballscrew-tiles.safetensors /tmp/ballscrew-tiles
+    .venv/bin/inspector synth --out /tmp/bananas-test --train 0 --test-good 400 --test-per-defect 40 --seed 2
+    .venv/bin/python bench/small_defects.py terms   models/banana-ae-v1.safetensors /tmp/bananas-test --jpeg 90
 
 `memory`: the nearest-neighbour distance of each region's features to a memory of training regions (a random
 sample or a greedy coreset, PatchCore's selection on a random projection), alone and added to the model's terms.
 `knobs`: the smoothing, the top-k share and the global term's weight. `tile`: square tiles of each image at its
 own resolution (a set to train on); `tiled`: a tiled model's image score as the highest of its tiles'.
+`terms`: the local and global terms summed at each global weight, and their maximum, per defect kind: image AUROC
+and the share detected above the 99 % quantile of the good test images' scores (optionally through JPEG, as a
+camera sends them).
 See bench/HISTORY.md ("Small defects: first measurements").
 """
 
@@ -25,6 +30,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -203,22 +209,52 @@ def tiled(args: argparse.Namespace) -> None:
     print(f"{len(keys)} images, {np.mean([len(by_image[k]) for k in keys]):.1f} tiles each: image AUROC "
           f"(the highest tile) {auroc(labels, np.array([max(by_image[k]) for k in keys])):.4f}")
 
+def terms(args: argparse.Namespace) -> None:
+    model, scoring = _model(args.model)
+    sets = _test_sets(args.set)
+    images = load_images([p for kind in sets for p in sets[kind]], model.config.image_size)
+    kinds = np.array([kind for kind in sets for _ in sets[kind]])
+    if args.jpeg:
+        images = np.stack([_through_jpeg(image, args.jpeg) for image in images])
+    local, glob = _terms(model, scoring, images)
+    local, glob = local / scoring.local_reference, glob / scoring.global_reference
+    good = kinds == "good"
+    combinations = {f"local + {w} x global": local + w * glob for w in (0.0, 0.5, 1.0, 2.0, 4.0)}
+    combinations["max(local, global)"] = np.maximum(local, glob)
+    print(f"{args.set}: {good.sum()} good, {(~good).sum()} defective test images"
+          + (f" through JPEG q{args.jpeg}" if args.jpeg else "") + f"; stored weight {scoring.global_weight}")
+    print("cells: image AUROC / detected above the 99 % quantile of good scores")
+    for name, scores in combinations.items():
+        threshold = np.quantile(scores[good], 0.99)
+        per_kind = "  ".join(f"{kind} {np.mean(scores[kinds == kind] > threshold):.2f}"
+                             for kind in sets if kind != "good")
+        print(f"{name:20s} {auroc(~good, scores):.4f} / {np.mean(scores[~good] > threshold):.3f}   {per_kind}")
+
+
+def _through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """(S, S, 3) uint8 RGB -> the same after a JPEG round trip at `quality`."""
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="experiment", required=True)
-    for name in ("memory", "knobs", "tiled"):
+    for name in ("memory", "knobs", "tiled", "terms"):
         sp = sub.add_parser(name)
         sp.add_argument("model", type=Path)
         sp.add_argument("set", type=Path)
         if name == "memory":
             sp.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
+        if name == "terms":
+            sp.add_argument("--jpeg", type=int, default=0, metavar="Q", help="through JPEG at quality Q first")
     sp = sub.add_parser("tile")
     sp.add_argument("set", type=Path)
     sp.add_argument("out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(2)
-    {"memory": memory, "knobs": knobs, "tile": tile, "tiled": tiled}[args.experiment](args)
+    {"memory": memory, "knobs": knobs, "tile": tile, "tiled": tiled, "terms": terms}[args.experiment](args)
     return 0
 
 
