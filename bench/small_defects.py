@@ -9,6 +9,8 @@ knobs lift the feature reconstructor on a development set? Each experiment reads
     .venv/bin/python bench/small_defects.py tiled   /tmp/ballscrew-tiles.safetensors /tmp/ballscrew-tiles
     .venv/bin/inspector synth --out /tmp/bananas-test --train 0 --test-good 400 --test-per-defect 40 --seed 2
     .venv/bin/python bench/small_defects.py terms   models/banana-ae-v1.safetensors /tmp/bananas-test --jpeg 90
+    .venv/bin/python bench/small_defects.py global  models/banana-ae-v1.safetensors /tmp/bananas-test \
+        --train data/bananas/train/good   # after `make model`
 
 `memory`: the nearest-neighbour distance of each region's features to a memory of training regions (a random
 sample or a greedy coreset, PatchCore's selection on a random projection), alone and added to the model's terms.
@@ -16,7 +18,10 @@ sample or a greedy coreset, PatchCore's selection on a random projection), alone
 own resolution (a set to train on); `tiled`: a tiled model's image score as the highest of its tiles'.
 `terms`: the local and global terms summed at each global weight, and their maximum, per defect kind: image AUROC
 and the share detected above the 99 % quantile of the good test images' scores (optionally through JPEG, as a
-camera sends them).
+camera sends them). `global`: the global term as the model computes it (the squared residual of the mean feature
+vector after its first directions) against Mahalanobis distances (every direction divided by its good variance,
+shrunk towards the mean variance), the basis refitted on 80 % of the first 600 training images and their JPEG
+copies, the reference on the other 20 %.
 See bench/HISTORY.md ("Small defects: first measurements").
 """
 
@@ -27,6 +32,7 @@ import re
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +48,7 @@ from inspector.model.artifact import load
 from inspector.model.feature_reconstructor import FeatureReconstructor, feature_terms, normalise_per_location
 from inspector.model.scoring import ScoringConfig, image_scores, smooth
 from inspector.training.evaluation import _test_sets
+from inspector.training.features import jpeg_copies
 from inspector.training.quality_metrics import auroc
 
 BATCH = 16
@@ -231,6 +238,58 @@ def terms(args: argparse.Namespace) -> None:
         print(f"{name:20s} {auroc(~good, scores):.4f} / {np.mean(scores[~good] > threshold):.3f}   {per_kind}")
 
 
+def global_term(args: argparse.Namespace) -> None:
+    model, scoring = _model(args.model)
+    size, rank = model.config.image_size, model.config.global_components
+    train = load_images(list_images(args.train)[:600], size)
+    order = np.random.default_rng(0).permutation(len(train))
+    fit, held_out = order[: int(0.8 * len(order))], order[int(0.8 * len(order)) :]
+    fit_pooled, _ = _pooled_and_local(model, scoring, np.concatenate([train[fit], jpeg_copies(train[fit], 0)]))
+    reference_pooled, _ = _pooled_and_local(model, scoring, train[held_out])
+    mean = fit_pooled.mean(axis=0)
+    _, singular, basis = np.linalg.svd(fit_pooled - mean, full_matrices=False)  # basis (K, G), rows by variance
+    variance = singular**2 / len(fit_pooled)
+
+    def residual(pooled: np.ndarray) -> np.ndarray:
+        centred = pooled - mean
+        return ((centred - (centred @ basis[:rank].T) @ basis[:rank]) ** 2).mean(axis=1)
+
+    def mahalanobis(shrink: float) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda pooled: (((pooled - mean) @ basis.T) ** 2 / (variance + shrink * variance.mean())).mean(axis=1)
+
+    variants = {f"residual after {rank} directions (the model's)": residual,
+                **{f"Mahalanobis, shrinkage {lam}": mahalanobis(lam) for lam in (0.01, 0.1, 1.0)}}
+    sets = _test_sets(args.set)
+    images = load_images([p for kind in sets for p in sets[kind]], size)
+    good = np.array([kind == "good" for kind in sets for _ in sets[kind]])
+    views = {q: _pooled_and_local(model, scoring, images if not q else np.stack([_through_jpeg(i, q) for i in images]))
+             for q in (0, args.jpeg)}
+    print(f"{args.set}: {good.sum()} good, {(~good).sum()} defective; cells: image AUROC / detected above the 99 % "
+          f"quantile of good scores, local + w x global, as they are and through JPEG q{args.jpeg}")
+    for name, term in variants.items():
+        scale = term(reference_pooled)
+        reference = scale.mean() + 3 * scale.std()
+        cells = []
+        for q, (pooled, local) in views.items():
+            for weight in (0.5, 2.0, 4.0):
+                scores = local + weight * term(pooled) / reference
+                threshold = np.quantile(scores[good], 0.99)
+                cells.append(f"q{q} w{weight:g} {auroc(~good, scores):.4f}/{np.mean(scores[~good] > threshold):.3f}")
+        print(f"{name:36s} " + "  ".join(cells))
+
+
+@torch.inference_mode()
+def _pooled_and_local(model: FeatureReconstructor, scoring: ScoringConfig,
+                      images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(standardised mean feature vectors (N, G), local scores over their reference (N,))."""
+    pooled, local = [], []
+    for i in range(0, len(images), BATCH):
+        x = to_tensor(images[i : i + BATCH], "cpu")
+        pooled.append(model.features(x)[1].double())
+        local.append(feature_terms(model, x, scoring)[0].double())
+    return torch.cat(pooled).numpy(), torch.cat(local).numpy() / scoring.local_reference
+
+
 def _through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     """(S, S, 3) uint8 RGB -> the same after a JPEG round trip at `quality`."""
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -241,7 +300,7 @@ def _through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="experiment", required=True)
-    for name in ("memory", "knobs", "tiled", "terms"):
+    for name in ("memory", "knobs", "tiled", "terms", "global"):
         sp = sub.add_parser(name)
         sp.add_argument("model", type=Path)
         sp.add_argument("set", type=Path)
@@ -249,12 +308,15 @@ def main() -> int:
             sp.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384])
         if name == "terms":
             sp.add_argument("--jpeg", type=int, default=0, metavar="Q", help="through JPEG at quality Q first")
+        if name == "global":
+            sp.add_argument("--train", type=Path, required=True, help="the good images the model was trained on")
+            sp.add_argument("--jpeg", type=int, default=90, metavar="Q", help="also through JPEG at quality Q")
     sp = sub.add_parser("tile")
     sp.add_argument("set", type=Path)
     sp.add_argument("out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(2)
-    {"memory": memory, "knobs": knobs, "tile": tile, "tiled": tiled, "terms": terms}[args.experiment](args)
+    {"memory": memory, "knobs": knobs, "tile": tile, "tiled": tiled, "terms": terms, "global": global_term}[args.experiment](args)
     return 0
 
 
