@@ -36,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,7 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inspector.decode.preprocess import IMAGE_SUFFIXES, list_images, load_images, to_tensor
 from inspector.model.artifact import load
-from inspector.model.feature_reconstructor import FeatureReconstructor, feature_terms, normalise_per_location
+from inspector.model.feature_reconstructor import (
+    FeatureReconstructor,
+    feature_maps,
+    feature_terms,
+    normalise_per_location,
+)
 from inspector.model.scoring import ScoringConfig, image_scores, smooth
 from inspector.training.evaluation import _test_sets
 from inspector.training.features import jpeg_copies
@@ -216,13 +220,14 @@ def tiled(args: argparse.Namespace) -> None:
     print(f"{len(keys)} images, {np.mean([len(by_image[k]) for k in keys]):.1f} tiles each: image AUROC "
           f"(the highest tile) {auroc(labels, np.array([max(by_image[k]) for k in keys])):.4f}")
 
+
 def terms(args: argparse.Namespace) -> None:
     model, scoring = _model(args.model)
     sets = _test_sets(args.set)
     images = load_images([p for kind in sets for p in sets[kind]], model.config.image_size)
     kinds = np.array([kind for kind in sets for _ in sets[kind]])
     if args.jpeg:
-        images = np.stack([_through_jpeg(image, args.jpeg) for image in images])
+        images = jpeg_copies(images, 0, (args.jpeg, args.jpeg))
     local, glob = _terms(model, scoring, images)
     local, glob = local / scoring.local_reference, glob / scoring.global_reference
     good = kinds == "good"
@@ -259,10 +264,9 @@ def global_term(args: argparse.Namespace) -> None:
 
     variants = {f"residual after {rank} directions (the model's)": residual,
                 **{f"Mahalanobis, shrinkage {lam}": mahalanobis(lam) for lam in (0.01, 0.1, 1.0)}}
-    sets = _test_sets(args.set)
-    images = load_images([p for kind in sets for p in sets[kind]], size)
-    good = np.array([kind == "good" for kind in sets for _ in sets[kind]])
-    views = {q: _pooled_and_local(model, scoring, images if not q else np.stack([_through_jpeg(i, q) for i in images]))
+    images, defective = _test_images(args.set, size)
+    good = ~defective
+    views = {q: _pooled_and_local(model, scoring, jpeg_copies(images, 0, (q, q)) if q else images)
              for q in (0, args.jpeg)}
     print(f"{args.set}: {good.sum()} good, {(~good).sum()} defective; cells: image AUROC / detected above the 99 % "
           f"quantile of good scores, local + w x global, as they are and through JPEG q{args.jpeg}")
@@ -281,20 +285,14 @@ def global_term(args: argparse.Namespace) -> None:
 @torch.inference_mode()
 def _pooled_and_local(model: FeatureReconstructor, scoring: ScoringConfig,
                       images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(standardised mean feature vectors (N, G), local scores over their reference (N,))."""
+    """(standardised mean feature vectors (N, G), local scores over their reference (N,)): one backbone pass."""
     pooled, local = [], []
     for i in range(0, len(images), BATCH):
         x = to_tensor(images[i : i + BATCH], "cpu")
-        pooled.append(model.features(x)[1].double())
-        local.append(feature_terms(model, x, scoring)[0].double())
+        out = model(x)
+        pooled.append(out.pooled.double())
+        local.append(image_scores(feature_maps(model, out, x.shape[-1], scoring), scoring).double())
     return torch.cat(pooled).numpy(), torch.cat(local).numpy() / scoring.local_reference
-
-
-def _through_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
-    """(S, S, 3) uint8 RGB -> the same after a JPEG round trip at `quality`."""
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def main() -> int:
