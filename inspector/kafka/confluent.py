@@ -174,6 +174,7 @@ class ConfluentFrameConsumer:
         self.settings = settings
         self.topic = topic or settings.frames_topic  # the sorter reads the alerts topic with the same consumer
         self._max_records = max_poll_records
+        self._async_commit_failing = False
         self._consumer = _consumer(settings, {
             "client.id": settings.client_id,
             "group.id": settings.group_id,
@@ -187,6 +188,7 @@ class ConfluentFrameConsumer:
             "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
             "fetch.wait.max.ms": settings.fetch_wait_ms(),
             "isolation.level": "read_committed" if settings.exactly_once else "read_uncommitted",
+            "on_commit": self._on_commit,  # served in poll(): how an asynchronous commit ended
         })
 
     def subscribe(self, on_revoked: Callable[[list[Partition]], None],
@@ -227,6 +229,27 @@ class ConfluentFrameConsumer:
                                 self.settings.delivery_timeout_s, err.str())
                     warned = True
                 time.sleep(0.5)
+
+    def commit_async(self, offsets: Offsets) -> None:
+        """Send a commit without waiting; a failure is logged once per run of failures."""
+        if not offsets:
+            return
+        tps = [ck.TopicPartition(partition.topic, partition.partition, offset) for partition, offset in offsets.items()]
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=True)
+        except ck.KafkaException as exc:
+            self._on_commit(exc.args[0], tps)
+
+    def _on_commit(self, err: object, _partitions: object) -> None:
+        """librdkafka's report of a commit (synchronous ones too, whose failures also raise): logged once per run
+        of failures, and the first success after them."""
+        if err is not None:
+            if not self._async_commit_failing:
+                log.warning("offset commit failed (the next commit carries later offsets): %s", err)
+            self._async_commit_failing = True
+        elif self._async_commit_failing:
+            log.info("offset commits succeed again")
+            self._async_commit_failing = False
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()
@@ -310,6 +333,21 @@ class ConfluentResultProducer:
         """Block until every pending record is acknowledged; TransportError if any was not."""
         self._healthy = False
         self._wrap(lambda: self._producer.flush(self.settings.delivery_timeout_s + 5), "flush")
+        check_acknowledged(pending, self.settings.delivery_timeout_s)
+        self._healthy = True
+
+    def acknowledged(self, pending: Sequence[Pending]) -> bool:
+        """Without blocking: whether the broker has answered for every one of these records."""
+        self._producer.poll(0)  # delivery reports arrive as callbacks served by poll
+        return all(p.future.is_done for p in pending)
+
+    def wait_acknowledged(self, pending: Sequence[Pending]) -> None:
+        """Block until every one of these records is acknowledged (later sends keep lingering); TransportError if
+        one was not delivered within kafka.delivery_timeout_s."""
+        self._healthy = False
+        deadline = time.monotonic() + self.settings.delivery_timeout_s + 5
+        while not all(p.future.is_done for p in pending) and time.monotonic() < deadline:
+            self._producer.poll(0.01)
         check_acknowledged(pending, self.settings.delivery_timeout_s)
         self._healthy = True
 

@@ -100,6 +100,11 @@ class FrameConsumer(Protocol):
         """Commit; False when the group has moved on (the partitions' next owner reads the records again)."""
         ...
 
+    def commit_async(self, offsets: Offsets) -> None:
+        """Send a commit without waiting for it; a failure is logged (the next commit carries later offsets, and
+        the records behind a lost one are read again, which at-least-once allows)."""
+        ...
+
     def group_metadata(self) -> object: ...
     def assignment(self) -> set[Partition]: ...
     def lag(self) -> dict[Partition, int]: ...
@@ -121,6 +126,15 @@ class ResultProducer(Protocol):
 
     def flush_and_check(self, pending: Iterable[Pending]) -> None:
         """Block until every pending record is acknowledged; TransportError if any was not."""
+        ...
+
+    def acknowledged(self, pending: Sequence[Pending]) -> bool:
+        """Without blocking: whether the broker has answered for every one of these records (delivered or not)."""
+        ...
+
+    def wait_acknowledged(self, pending: Sequence[Pending]) -> None:
+        """Block until every one of these records is acknowledged, without flushing the ones sent after them;
+        TransportError if one was not delivered within kafka.delivery_timeout_s."""
         ...
 
     def commit_with_offsets(self, offsets: Offsets, group_metadata: object) -> None:

@@ -24,7 +24,14 @@ from inspector.model.runtime import ModelRunner
 from inspector.model.scoring import defect_box
 from inspector.model.threshold import is_defect
 from inspector.settings import Settings
-from inspector.stream.frame_decode import DecodedFrame, Rejected, decode_record, split_decoded
+from inspector.stream.frame_decode import (
+    DecodedFrame,
+    Rejected,
+    decode_record,
+    decode_records,
+    split_among,
+    split_decoded,
+)
 from inspector.stream.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -74,13 +81,17 @@ class Batch:
     """A polled batch on its way through decode and score, until the worker publishes it."""
 
     records: list[ConsumedRecord]
-    decoding: list[Future[DecodedFrame | Rejected]] = field(default_factory=list)  # one per record
+    decoding: list[Future[list[DecodedFrame | Rejected]]] = field(default_factory=list)  # runs, in record order
     on_device: Future[OnDevice | None] | None = None  # on CUDA: nvJPEG's images of the valid frames (None: none)
     scoring: Future[ScoredBatch | None] | None = None  # from the scoring thread
     dropped: threading.Event = field(default_factory=threading.Event)  # a rebalance took it: do not score it
 
     def is_scored(self) -> bool:
         return self.scoring is not None and self.scoring.done()
+
+    def decoded(self) -> list[DecodedFrame | Rejected]:
+        """Each record's outcome, in record order, once every decode thread is through (blocks until then)."""
+        return [outcome for run in self.decoding for outcome in run.result()]
 
 
 class BatchScorer:
@@ -144,10 +155,12 @@ class BatchScorer:
     def start(self, records: list[ConsumedRecord]) -> Batch:
         """Start decoding a batch in the decode threads (and on CUDA with nvJPEG); returns at once."""
         size, limits, nvjpeg = self.runner.size, self.settings.limits, self._nvjpeg
-        decoding = [self._decoder.submit(decode_record, record, size, limits.max_frame_bytes, limits.max_pixels,
-                                         nvjpeg is None) for record in records]
-        on_device = self._nvjpeg_thread.submit(self._decode_on_device, nvjpeg, decoding) if nvjpeg else None
-        return Batch(records, decoding, on_device)
+        decoding = [self._decoder.submit(decode_records, run, size, limits.max_frame_bytes, limits.max_pixels,
+                                         nvjpeg is None)
+                    for run in split_among(records, self.settings.batch.decode_threads)]
+        batch = Batch(records, decoding)
+        batch.on_device = self._nvjpeg_thread.submit(self._decode_on_device, nvjpeg, batch) if nvjpeg else None
+        return batch
 
     def _start_nvjpeg(self) -> DeviceJpegDecoder | None:
         try:
@@ -157,10 +170,9 @@ class BatchScorer:
             return None
 
     @staticmethod
-    def _decode_on_device(nvjpeg: DeviceJpegDecoder, decoding: list[Future[DecodedFrame | Rejected]]
-                          ) -> OnDevice | None:
+    def _decode_on_device(nvjpeg: DeviceJpegDecoder, batch: Batch) -> OnDevice | None:
         """(nvjpeg thread) Once validated, the batch's valid frames decoded by nvJPEG on the decoder's stream."""
-        frames, _ = split_decoded([future.result() for future in decoding])
+        frames, _ = split_decoded(batch.decoded())
         return OnDevice(nvjpeg, nvjpeg.decode([frame.record.value or b"" for frame in frames])) if frames else None
 
     def _score(self, batch: Batch, frames: list[DecodedFrame]
@@ -201,7 +213,7 @@ class BatchScorer:
         """(scoring thread) Wait for the batch's decode, score its valid frames in one batch, and give each its
         verdict. None for a batch a rebalance dropped before it was scored."""
         t0 = time.perf_counter()
-        decoded = [future.result() for future in batch.decoding]
+        decoded = batch.decoded()
         t_decoded = time.perf_counter()
         if batch.dropped.is_set():
             return None

@@ -49,6 +49,21 @@ def decode_record(record: ConsumedRecord, size: int, max_bytes: int, max_pixels:
         return Rejected(record, BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
 
 
+def decode_records(records: list[ConsumedRecord], size: int, max_bytes: int, max_pixels: int,
+                   decode: bool = True) -> list[DecodedFrame | Rejected]:
+    """`decode_record` for each of a run of a batch's records: one task per decode thread, not per record,
+    whose future, queue and wake-up cost the GIL a third of the decode threads' time on 256-px frames."""
+    return [decode_record(record, size, max_bytes, max_pixels, decode) for record in records]
+
+
+def split_among(records: list[ConsumedRecord], runs: int) -> list[list[ConsumedRecord]]:
+    """The records in at most `runs` contiguous runs of nearly equal length, in order."""
+    runs = max(1, min(runs, len(records)))
+    step, extra = divmod(len(records), runs)
+    bounds = [i * step + min(i, extra) for i in range(runs + 1)]
+    return [records[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
 def split_decoded(decoded: list[DecodedFrame | Rejected]) -> tuple[list[DecodedFrame], list[Rejected]]:
     """A batch's frames to score and its rejects, each in record order."""
     frames: list[DecodedFrame] = []

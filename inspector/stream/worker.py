@@ -2,12 +2,15 @@
 
 Delivery guarantee (at-least-once): a frame's offset is committed only after its alert, its score and any
 dead letter are acknowledged by the broker. A crash between publish and commit repeats the results of the
-batch being published (duplicates bounded by one batch per partition); nothing is ever skipped. With
-`kafka.exactly_once` the results and the offsets go into one transaction instead.
+batches published and not yet committed (at most two per partition, see below); nothing is ever skipped. With
+`kafka.exactly_once` the results and the offsets go into one transaction per batch instead.
 
-Pipelining: while the main thread publishes batch N, waits for its acknowledgements and commits it, the next
-batches are decoded and scored in the threads of `inspector.stream.batch_scoring`. A crash then loses the work on those
-too, but none of their results were published, so the duplicates are still bounded by one batch.
+Pipelining: while the main thread publishes batch N, the next batches are decoded and scored in the threads of
+`inspector.stream.batch_scoring`, and batch N-1's acknowledgements are on their way: its offsets are committed
+(without waiting for the commit) once they are in, and the main thread waits for them only before publishing
+N+1, or when it has nothing else to do. Waiting for each batch's acknowledgement and then its commit took half of
+the main thread's time on a backlog. A crash loses the work on the batches not yet published too, but none of
+their results went out.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from inspector import evidence
 from inspector.camera_labels import CameraLabels
@@ -23,12 +27,20 @@ from inspector.contracts import (
     H_CAMERA_ID,
     Alert,
     EvidenceRef,
-    FrameScore,
     dead_letter,
     format_origin,
+    frame_score_json,
     header_value,
 )
-from inspector.kafka.transport import ConsumedRecord, FrameConsumer, Partition, Pending, ResultProducer, next_offsets
+from inspector.kafka.transport import (
+    ConsumedRecord,
+    FrameConsumer,
+    Offsets,
+    Partition,
+    Pending,
+    ResultProducer,
+    next_offsets,
+)
 from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner
 from inspector.settings import Settings
@@ -41,6 +53,19 @@ from inspector.stream.model_reload import ModelFileWatch
 from inspector.stream.score_window import RollingScoreQuantiles
 
 log = logging.getLogger(__name__)
+
+MAX_UNACKNOWLEDGED = 2  # published batches awaiting the broker: the one just published and the one before it
+
+
+@dataclass(slots=True)
+class Published:
+    """A batch whose results were sent: its offsets are committed once the broker acknowledged all of them."""
+
+    scored: ScoredBatch
+    pending: list[Pending]
+    offsets: Offsets  # next offset per partition; a partition revoked meanwhile is left out
+    taken: float  # time.perf_counter() when the main thread took the batch to publish it
+    sent: float  # ... once it was scored and every result sent: the publish stage runs from here to the acks
 
 
 class Worker:
@@ -61,6 +86,7 @@ class Worker:
         self._batch_size = BatchSizeGovernor(settings.kafka.max_poll_interval_ms / 1000, settings.batch.max_size)
         self._stop = threading.Event()
         self._in_flight: deque[Batch] = deque()  # polled, not yet published; the oldest is published next
+        self._unacknowledged: deque[Published] = deque()  # published, not yet committed; the oldest first
         self._batcher = MicroBatcher[ConsumedRecord](settings.batch.max_size, 0)  # the batch being collected
         self._assigned = False
         self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact, self._install_model)
@@ -96,15 +122,17 @@ class Worker:
                     self._in_flight.append(batch)
                 depth = self.runner.streams if self._batch_size.overlap else 0
                 if self._in_flight and (len(self._in_flight) > depth or not records or self._in_flight[0].is_scored()):
-                    self._finish(self._in_flight.popleft())
+                    self._publish(self._in_flight.popleft())
+                # With nothing left in flight the next poll may wait for frames: settle every published batch first.
+                self._settle(wait=not self._in_flight)
                 if self._model_file.poll():
                     self.metrics.show_model(self.runner.artifact, self.settings.model)
                 self._update_lag()
-            while self._in_flight:
-                self._finish(self._in_flight.popleft())
+            self._finish_in_flight()
         finally:
             # After a failure nothing more may be published: consumer.close() calls _on_revoked.
             self._in_flight.clear()
+            self._unacknowledged.clear()
             self._batcher.take()
             self.metrics.ready.set(0)
             self.scorer.shutdown()
@@ -136,32 +164,30 @@ class Worker:
             self.metrics.stage_seconds.labels("poll").observe(time.perf_counter() - t0)
         return records
 
-    # ---- 2..3. decode and score run in self.scorer; 4..7. publish, acknowledge then commit, metrics ------
+    # ---- 2..3. decode and score run in self.scorer; 4. publish; 5..7. acknowledge then commit, metrics -----
 
-    def _finish(self, batch: Batch) -> None:
-        """Publish the oldest batch's results, commit its offsets once the broker acknowledged them, fit the batch
-        size to how long that took, and record its metrics."""
-        t0 = time.perf_counter()
+    def _publish(self, batch: Batch) -> None:
+        """4. Once the oldest batch is scored, send its alerts, scores and dead letters, then the alerts' evidence
+        (drawn meanwhile in a thread of its own); the sends are asynchronous, nothing is acknowledged yet."""
+        taken = time.perf_counter()
         scored = self.scorer.scored(batch)
-        t_scored = time.perf_counter()
-        pending = self._publish(scored)
-        acked_ns, t_acked = self._acknowledge_then_commit(batch.records, pending)
-        t_committed = time.perf_counter()
-        self._batch_size.observe(len(batch.records), t_committed - t0)
-        self._record_metrics(scored, acked_ns)
-        self.metrics.stage_seconds.labels("publish").observe(t_acked - t_scored)
-        self.metrics.stage_seconds.labels("commit").observe(t_committed - t_acked)
-
-    def _publish(self, scored: ScoredBatch) -> list[Pending]:
-        """4. Send the batch's alerts, scores and dead letters, then the alerts' evidence (drawn meanwhile in a
-        thread of its own); the sends are asynchronous, nothing is acknowledged yet."""
         self.producer.begin()
         pending: list[Pending] = []
         for frame in scored.frames:
             self._publish_verdict(frame, scored, pending)
         pending.extend(self._dead_letter(rejected) for rejected in scored.rejected)
         pending.extend(self._publish_evidence(scored))
-        return pending
+        self._unacknowledged.append(Published(scored, pending, next_offsets(batch.records), taken,
+                                              time.perf_counter()))
+        if self.producer.transactional:  # one transaction per batch: it commits before the next one begins
+            self._settle(wait=True)
+
+    def _finish_in_flight(self) -> None:
+        """Publish every batch in flight and settle them all (stopping, or before a model reload)."""
+        while self._in_flight:
+            self._publish(self._in_flight.popleft())
+            self._settle(wait=False)
+        self._settle(wait=True)
 
     def _publish_verdict(self, frame: ScoredFrame, scored: ScoredBatch, pending: list[Pending]) -> None:
         """4a. A frame's alert, if it is one, and its score record."""
@@ -176,9 +202,9 @@ class Worker:
             pending.append(self.producer.send(kafka.alerts_topic, meta.camera_id, alert.to_json(), [],
                                               f"alert for frame {meta.frame_id}"))
         if kafka.scores_topic:
-            score = FrameScore.for_frame(meta, score=frame.score, threshold=frame.threshold, alert=frame.alert,
-                                         scored_ns=scored.scored_ns, model_version=artifact.model_version)
-            pending.append(self.producer.send(kafka.scores_topic, meta.camera_id, score.to_json(), [],
+            score = frame_score_json(meta, score=frame.score, threshold=frame.threshold, alert=frame.alert,
+                                     scored_ns=scored.scored_ns, model_version=artifact.model_version)
+            pending.append(self.producer.send(kafka.scores_topic, meta.camera_id, score, [],
                                               f"score for frame {meta.frame_id}"))
 
     def _publish_evidence(self, scored: ScoredBatch) -> list[Pending]:
@@ -200,37 +226,65 @@ class Worker:
                                               f"evidence for frame {meta.frame_id}"))
         return pending
 
-    def _acknowledge_then_commit(self, records: list[ConsumedRecord], pending: list[Pending]) -> tuple[int, float]:
+    def _settle(self, *, wait: bool) -> None:
+        """5-7 for the published batches, oldest first: each one whose results the broker has acknowledged is
+        committed, its batch size observed and its metrics recorded. Waits for the acknowledgements when `wait`,
+        and for the oldest batch's whenever more than MAX_UNACKNOWLEDGED await theirs."""
+        while self._unacknowledged:
+            oldest = self._unacknowledged[0]
+            if not (wait or len(self._unacknowledged) > MAX_UNACKNOWLEDGED
+                    or self.producer.acknowledged(oldest.pending)):
+                return
+            self._unacknowledged.popleft()
+            acked_ns, t_acked = self._acknowledge_then_commit(oldest)
+            t_committed = time.perf_counter()
+            self._batch_size.observe(len(oldest.scored.frames) + len(oldest.scored.rejected), t_committed - oldest.taken)
+            self._record_metrics(oldest.scored, acked_ns)
+            self.metrics.stage_seconds.labels("publish").observe(t_acked - oldest.sent)
+            self.metrics.stage_seconds.labels("commit").observe(t_committed - t_acked)
+
+    def _acknowledge_then_commit(self, published: Published) -> tuple[int, float]:
         """5-6. The offsets of a batch's records, good and bad, are committed only after the broker acknowledged
-        every message published for them (with exactly-once they commit in the same transaction instead).
+        every message published for them (with exactly-once they commit in the same transaction instead). The
+        commit is not waited for: the next one carries later offsets, and at stop the last is synchronous.
 
         Raises TransportError when a message was not acknowledged. A refused commit (the group evicted us) is not
         fatal: the partitions' next owner scores these records again. -> the acknowledgement's time.time_ns()
         and time.perf_counter()."""
-        offsets = next_offsets(records)
-        self.producer.flush_and_check(pending)
+        self.producer.wait_acknowledged(published.pending)
         if self.producer.transactional:
-            self.producer.commit_with_offsets(offsets, self.consumer.group_metadata())
+            self.producer.commit_with_offsets(published.offsets, self.consumer.group_metadata())
         acked = time.time_ns(), time.perf_counter()
         if not self.producer.transactional:
-            self.consumer.commit(offsets)
+            if self._unacknowledged or not self._stop.is_set():
+                self.consumer.commit_async(published.offsets)
+            else:  # the last commit before the group is left: waited for, so that it is not lost at close
+                self.consumer.commit(published.offsets)
         return acked
 
     def _record_metrics(self, scored: ScoredBatch, acked_ns: int) -> None:
         """7. Per-frame metrics, after the fact: they must never delay an alert."""
         metrics, now = self.metrics, time.monotonic()
+        by_camera: dict[str, list[ScoredFrame]] = {}  # a batch holds a few cameras: one label lookup each
         for frame in scored.frames:
-            meta = frame.meta
-            camera = self.cameras(meta.camera_id)
-            self._recent_scores.add(camera, frame.score, now)
-            metrics.frames_consumed.labels(camera).inc()
-            metrics.frames_scored.labels(camera).inc()
-            metrics.score.labels(camera).observe(frame.score)
-            metrics.end_to_end_seconds.labels(camera).observe(max(0.0, (acked_ns - meta.captured_ns) / 1e9))
-            if meta.deadline_ns is not None and acked_ns > meta.deadline_ns:
-                metrics.deadline_missed.labels(camera).inc()
-            if frame.alert:
-                metrics.alerts.labels(camera).inc()
+            by_camera.setdefault(frame.meta.camera_id, []).append(frame)
+        for camera_id, frames in by_camera.items():
+            camera = self.cameras(camera_id)
+            score, end_to_end = metrics.score.labels(camera), metrics.end_to_end_seconds.labels(camera)
+            missed = alerts = 0
+            for frame in frames:
+                meta = frame.meta
+                self._recent_scores.add(camera, frame.score, now)
+                score.observe(frame.score)
+                end_to_end.observe(max(0.0, (acked_ns - meta.captured_ns) / 1e9))
+                missed += meta.deadline_ns is not None and acked_ns > meta.deadline_ns
+                alerts += frame.alert
+            metrics.frames_consumed.labels(camera).inc(len(frames))
+            metrics.frames_scored.labels(camera).inc(len(frames))
+            if missed:
+                metrics.deadline_missed.labels(camera).inc(missed)
+            if alerts:
+                metrics.alerts.labels(camera).inc(alerts)
         for rejected in scored.rejected:  # a rejected frame's camera gets no scored or alert series
             camera = header_value(rejected.record.headers, H_CAMERA_ID) or "unknown"
             metrics.frames_consumed.labels(self.cameras(camera, start=False)).inc()
@@ -238,8 +292,7 @@ class Worker:
     def _install_model(self, new: ModelArtifact) -> None:
         """Hot reload, between two batches: the batches in flight finish with the model that scored them, then
         the new one is warmed up on a scoring thread and swapped in."""
-        while self._in_flight:
-            self._finish(self._in_flight.popleft())
+        self._finish_in_flight()
         self.scorer.load(new)
 
     def _dead_letter(self, rejected: Rejected) -> Pending:
@@ -253,14 +306,18 @@ class Worker:
 
     # ---- group membership -------------------------------------------------------------------------
 
-    def _on_revoked(self, _revoked: list[Partition]) -> None:
+    def _on_revoked(self, revoked: list[Partition]) -> None:
         # Called inside our poll(), on kafka-python's IO thread, where a blocking client call (commit) raises.
-        # What we hold here was polled but not yet published: every published batch was committed before this
-        # poll. We drop it; whoever owns each partition next reads it again from the committed offset.
+        # What was polled but not yet published is dropped; whoever owns each partition next reads it again from
+        # the committed offset. Batches published but not yet committed still settle, without committing the
+        # revoked partitions (never commit what another member may own): their results may then come twice.
         self._batcher.take()
         for batch in self._in_flight:
             batch.dropped.set()
         self._in_flight.clear()
+        gone = set(revoked)
+        for published in self._unacknowledged:
+            published.offsets = {p: o for p, o in published.offsets.items() if p not in gone}
         self._assigned = False
         self.metrics.ready.set(0)
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inspector.contracts import DLQ_REASONS, Alert, Box, FrameMeta, FrameScore
+from inspector.contracts import DLQ_REASONS, Alert, Box, FrameMeta, FrameScore, frame_score_json
 from inspector.errors import BadFrame
 
 ids = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=40)
@@ -51,3 +51,19 @@ def test_alert_and_score_are_plain_json():
     score = json.loads(FrameScore(frame_id="f", camera_id="c", seq=1, score=0.1, thr=0.2, alert=False,
                                   captured_ns=1, scored_ns=2, model_version="1").to_json())
     assert "label" not in score and score["v"] == 1
+
+
+scores = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10**6) | st.floats(1e-4, 1e16)
+texts = st.text(min_size=1, max_size=40) | st.sampled_from(["cam-1", "f-0001", 'a"b', "back\\slash", "tab\t"])
+
+
+@given(frame_id=texts, camera_id=texts, seq=st.integers(0, 2**62), captured=st.integers(0, 2**63 - 1),
+       label=st.none() | texts, object_id=st.none() | texts, score=scores, threshold=scores, alert=st.booleans(),
+       scored=st.integers(0, 2**63 - 1), version=texts)
+def test_the_hot_loops_score_record_is_the_models_json_byte_for_byte(frame_id, camera_id, seq, captured, label,
+                                                                     object_id, score, threshold, alert, scored,
+                                                                     version):
+    meta = FrameMeta(frame_id=frame_id[:128], camera_id=camera_id[:128], sequence=seq, captured_ns=captured,
+                     label=None if label is None else label[:64], object_id=object_id)
+    fields = dict(score=score, threshold=threshold, alert=alert, scored_ns=scored, model_version=version)
+    assert frame_score_json(meta, **fields) == FrameScore.for_frame(meta, **fields).to_json()

@@ -174,3 +174,17 @@ def test_a_transaction_request_that_never_ends_stops_the_worker_after_the_delive
 
     with pytest.raises(TransportError, match="send offsets failed: KafkaTimeoutError"):
         producer._within_delivery_timeout(refused, "send offsets")
+
+
+def test_kafka_pythons_partitioner_remembering_key_hashes_partitions_as_the_default_one():
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from inspector.kafka.kafka_python import _KeyHashingPartitioner
+
+    cluster = SimpleNamespace(topics=lambda: {"t"}, partitions_for_topic=lambda _t: {3, 0, 2, 1, 4, 5, 6},
+                              available_partitions_for_topic=lambda _t: {0, 1})
+    ours, default = _KeyHashingPartitioner(), DefaultPartitioner()
+    keys = [f"cam-{i}".encode() for i in range(300)] * 2
+    assert [ours.partition("t", None, k, None, None, cluster) for k in keys] == [
+        default.partition("t", None, k, None, None, cluster) for k in keys]
+    assert ours.partition("t", None, None, None, None, cluster) in {0, 1}  # no key: an available partition
