@@ -192,8 +192,13 @@ class Supervisor:
         process = self._context.Process(target=run_worker_process, name=f"inspector-worker-{slot.index}",
                                         args=(worker_settings(self.settings, slot.index, os.getpid()), slot.index,
                                               writer))
-        process.start()
-        writer.close()  # the worker holds the only writing end: its exit ends the pipe
+        try:
+            process.start()
+        except OSError:
+            reports.close()
+            raise
+        finally:
+            writer.close()  # the worker holds the only writing end: its exit ends the pipe
         if slot.starts:
             self.metrics.restarts.labels(str(slot.index)).inc()
         slot.process, slot.reports, slot.port, slot.config_error = process, reports, None, None
@@ -209,9 +214,14 @@ class Supervisor:
         for slot in self._slots:
             self._read_reports(slot)
             if slot.process is not None and not slot.process.is_alive():
-                self._bury(slot, now)
+                self._bury(slot, slot.process, now)
             if slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
-                self._start(slot)
+                try:
+                    self._start(slot)
+                except OSError as exc:  # out of processes or memory for now: try again after the longest wait
+                    slot.restart_at = now + self.settings.workers.restart_max_s
+                    log.error("cannot start worker %d (%s); trying again in %.0fs", slot.index, exc,
+                              self.settings.workers.restart_max_s)
         self.metrics.alive.set(sum(slot.process is not None and slot.process.is_alive() for slot in self._slots))
 
     def _read_reports(self, slot: _WorkerSlot) -> None:
@@ -227,13 +237,12 @@ class Supervisor:
                 slot.reports.close()
             slot.reports = None
 
-    def _bury(self, slot: _WorkerSlot, now: float) -> None:
-        """A worker died: a ConfigError at its first start stops everything (no restart could help), anything else
-        is restarted after a back-off that doubles while it keeps dying young."""
-        assert slot.process is not None  # the caller checked
+    def _bury(self, slot: _WorkerSlot, process: BaseProcess, now: float) -> None:
+        """The slot's process died: a ConfigError at its first start stops everything (no restart could help),
+        anything else is restarted after a back-off that doubles while it keeps dying young."""
         self._read_reports(slot)  # a ConfigError sent just before it exited
-        pid, exitcode = slot.process.pid, slot.process.exitcode
-        slot.process.close()
+        pid, exitcode = process.pid, process.exitcode
+        process.close()
         slot.process, slot.port = None, None
         self.metrics.pid.labels(str(slot.index)).set(0)
         if slot.config_error is not None and slot.starts == 1:
