@@ -29,14 +29,21 @@ def _settings(args: argparse.Namespace) -> Settings:
           if v is not None}
     sorter = {k: v for k, v in {"line_file": getattr(args, "line", None),
                                 "port": getattr(args, "sorter_metrics_port", None)}.items() if v is not None}
+    workers = {"processes": args.processes} if getattr(args, "processes", None) is not None else {}
     log_level = {"log_level": args.log_level} if getattr(args, "log_level", None) else {}
-    return load_settings(kafka=kafka, model=model, http=http, ui=ui, sorter=sorter, **log_level)
+    return load_settings(kafka=kafka, model=model, http=http, ui=ui, sorter=sorter, workers=workers, **log_level)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from inspector.stream.serve import serve
+    from inspector.stream.supervisor import Supervisor, worker_processes
 
-    return serve(_settings(args))
+    settings = _settings(args)
+    processes = worker_processes(settings)
+    if processes == 1:
+        from inspector.stream.serve import serve
+
+        return serve(settings)
+    return Supervisor(settings, processes).run()
 
 
 def cmd_sort(args: argparse.Namespace) -> int:
@@ -265,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_kafka(sp)
     with_model(sp)
     sp.add_argument("--metrics-port", type=int)
+    sp.add_argument("--processes", type=int, help="worker processes on this host, one consumer-group member each, "
+                    "behind one metrics port (workers.processes): 1 (default) one process, 0 chosen from the cores "
+                    "and the GPU")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("sort", help="run the sorter: alerts in, one on-time ejection per defective object out")

@@ -58,6 +58,10 @@ class HttpEndpoint:
         host, port = self._server.server_address[:2]
         return f"{host!s}:{port}"
 
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
     def start(self) -> "HttpEndpoint":
         self._thread.start()
         return self

@@ -8,9 +8,11 @@ import logging
 import sys
 
 
-def configure_logging(level: str) -> None:
-    """Log lines at `level` (Settings.log_level) and up to stderr, with time, level and logger name."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, process_tag: str = "") -> None:
+    """Log lines at `level` (Settings.log_level) and up to stderr, with time, level and logger name, after
+    `process_tag` when several processes share the log (e.g. "[worker 2]")."""
+    tag = f"{process_tag} " if process_tag else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s")
     # kafka-python logs every refused connection while it retries; what matters reaches us as an exception.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 

@@ -190,6 +190,23 @@ class SorterSettings(BaseModel):
     reconnect_max_s: float = Field(10.0, gt=0)  # ... up to this
 
 
+class WorkerProcessSettings(BaseModel):
+    """`inspector serve` on one host: how many worker processes (each a consumer-group member with its own model),
+    and how their supervisor restarts one that dies (inspector/stream/supervisor.py)."""
+
+    processes: int = Field(1, ge=0, le=64)  # 1: one process as always, no supervisor; 0: chosen from the host
+    restart_min_s: float = Field(1.0, gt=0)  # first wait before restarting a dead worker; doubles ...
+    restart_max_s: float = Field(30.0, gt=0)  # ... up to this
+    # SIGTERM to SIGKILL: a worker finishes and commits its batches in hand; under compose's stop_grace_period.
+    stop_timeout_s: float = Field(25.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> WorkerProcessSettings:
+        if self.restart_min_s > self.restart_max_s:
+            raise ValueError(f"restart_min_s ({self.restart_min_s:g}) exceeds restart_max_s ({self.restart_max_s:g})")
+        return self
+
+
 class FaultSettings(BaseModel):
     """Fault injection, for tests only (tests/integration/test_faults_*.py); every default is "no fault"."""
 
@@ -229,6 +246,7 @@ class Settings(BaseSettings):
     producer: ProducerSettings = ProducerSettings()
     ui: UiSettings = UiSettings()
     sorter: SorterSettings = SorterSettings()
+    workers: WorkerProcessSettings = WorkerProcessSettings()
     faults: FaultSettings = FaultSettings()  # testing only
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

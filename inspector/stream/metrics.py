@@ -6,10 +6,14 @@ from small fixed sets: camera ids are capped (`inspector.camera_labels`), frame 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from inspector.contracts import DLQ_REASONS
 
@@ -127,3 +131,56 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
     for reason in DLQ_REASONS:
         metrics.frames_dead_lettered.labels(reason)
     return metrics
+
+
+@dataclass(frozen=True)
+class SupervisorMetrics:
+    """The supervisor's own metrics (`inspector serve --processes N`); its workers' come through `WorkerScrapes`."""
+
+    restarts: Counter
+    alive: Gauge
+    pid: Gauge
+
+
+def build_supervisor_metrics(registry: CollectorRegistry, processes: int) -> SupervisorMetrics:
+    """Create the supervisor's metrics in `registry`, every worker's series exported from the start."""
+    metrics = SupervisorMetrics(
+        restarts=Counter("worker_restarts", "Worker processes restarted after they exited or were killed.",
+                         ("worker",), namespace=NAMESPACE, registry=registry),
+        alive=Gauge("worker_processes_alive", "Worker processes running.", namespace=NAMESPACE, registry=registry),
+        pid=Gauge("worker_pid", "Process id of each worker process (0 while it is down).", ("worker",),
+                  namespace=NAMESPACE, registry=registry),
+    )
+    for index in range(processes):
+        metrics.restarts.labels(str(index))
+        metrics.pid.labels(str(index))
+    return metrics
+
+
+def relabelled_families(scrapes: Mapping[str, str], label: str) -> list[Metric]:
+    """Metric families from several processes' /metrics texts, each sample labelled `label`=<its key>; families of
+    one name are merged (an exposition may name a family once). A text that does not parse is left out."""
+    families: dict[str, Metric] = {}
+    for value, text in scrapes.items():
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError:
+            continue
+        for family in parsed:
+            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type,
+                                                             family.unit))
+            for sample in family.samples:
+                merged.add_sample(sample.name, {**sample.labels, label: value}, sample.value, sample.timestamp,
+                                  sample.exemplar)
+    return list(families.values())
+
+
+class WorkerScrapes(Collector):
+    """The worker processes' metrics on the supervisor's /metrics, each labelled worker="<index>": one scrape
+    target per host. `scrape` returns index -> /metrics text of the workers that answered."""
+
+    def __init__(self, scrape: Callable[[], Mapping[str, str]]) -> None:
+        self._scrape = scrape
+
+    def collect(self) -> Iterable[Metric]:
+        return relabelled_families(self._scrape(), "worker")

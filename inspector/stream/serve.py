@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from inspector.stream.worker import Worker
 log = logging.getLogger("inspector.stream.worker")
 
 
-def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
-    """Load and warm the model, then join the group and run until SIGTERM/SIGINT; returns the exit code."""
+def serve(settings: Settings, registry: CollectorRegistry | None = None,
+          on_listening: Callable[[int], None] | None = None) -> int:
+    """Load and warm the model, then join the group and run until SIGTERM/SIGINT; returns the exit code.
+    `on_listening` is told the HTTP endpoint's port (a supervised worker listens on a free one)."""
     shorten_gil_switch_interval()
     registry = registry or CollectorRegistry()
     metrics = build_metrics(registry)
@@ -41,6 +44,8 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None) -> int:
     endpoint = HttpEndpoint(settings.http.host, settings.http.port, registry,
                             ready=lambda: bool(worker_box) and worker_box[0].ready()).start()
     log.info("metrics and health on http://%s/metrics", endpoint.address)
+    if on_listening is not None:
+        on_listening(endpoint.port)
     max_request = settings.limits.max_frame_bytes + 64 * 1024  # a dead letter carries the original frame
     consumer_type, producer_type = client_types(settings.kafka.transport)
     consumer = consumer_type(settings.kafka, max_poll_records=settings.batch.max_size)

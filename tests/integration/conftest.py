@@ -130,14 +130,14 @@ class WorkerProcess:
 def start_worker(tmp_path, default_model_path) -> Iterator:
     started: list[WorkerProcess] = []
 
-    def start(topics: Topics, wait_ready: bool = True, **env: str) -> WorkerProcess:
+    def start(topics: Topics, wait_ready: bool = True, serve_args: tuple[str, ...] = (), **env: str) -> WorkerProcess:
         port = free_port()
         log_path = tmp_path / f"worker-{len(started)}.log"
         full_env = {**os.environ, **topics.env(), "INSPECTOR_HTTP__PORT": str(port),
                     "INSPECTOR_MODEL__PATH": str(default_model_path), "INSPECTOR_MODEL__DEVICE": "cpu",
                     "INSPECTOR_MODEL__RELOAD_POLL_S": "1", **env}
         with log_path.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=full_env, stdout=log,
+            proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve", *serve_args], env=full_env, stdout=log,
                                     stderr=subprocess.STDOUT)
         worker = WorkerProcess(proc, port, log_path)
         started.append(worker)

@@ -35,10 +35,10 @@ def summary(capsys: pytest.CaptureFixture, scenario: str, **counts: object) -> s
     return line
 
 
-def new_topics(bootstrap: str, tag: str) -> Topics:
+def new_topics(bootstrap: str, tag: str, frames_partitions: int = 2) -> Topics:
     tag = f"{tag}-{uuid.uuid4().hex[:6]}"
     t = Topics(bootstrap, f"frames-{tag}", f"alerts-{tag}", f"scores-{tag}", f"dlq-{tag}", f"group-{tag}")
-    create_topics(t.kafka_settings(), {t.frames: 2, t.alerts: 1, t.scores: 1, t.dlq: 1})
+    create_topics(t.kafka_settings(), {t.frames: frames_partitions, t.alerts: 1, t.scores: 1, t.dlq: 1})
     return t
 
 

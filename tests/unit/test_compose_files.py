@@ -261,10 +261,11 @@ def test_images_are_variables_that_default_to_the_official_ones(compose: dict[st
 
 
 def test_worker_defaults_follow_the_settings_measured_defaults(compose: dict[str, Any]) -> None:
-    from inspector.settings import BatchSettings, Settings
+    from inspector.settings import BatchSettings, Settings, WorkerProcessSettings
 
     env = environment(compose["services"]["inspector"])
     assert float(env["INSPECTOR_BATCH__MAX_WAIT_MS"]) == BatchSettings().max_wait_ms
+    assert int(env["INSPECTOR_WORKERS__PROCESSES"]) == WorkerProcessSettings().processes
     assert env["INSPECTOR_LOG_LEVEL"] == Settings.model_fields["log_level"].default
     cpu = environment(compose_model(COMPOSE, COMPOSE_CPU)["services"]["inspector"])
     assert int(cpu["INSPECTOR_BATCH__MAX_SIZE"]) == BatchSettings().max_size
