@@ -11,11 +11,15 @@ In one run, on the same frames (~20 KB synthetic 256x256 JPEGs):
                     and the worker's own per-stage histograms
   7. evidence       (--evidence alone) every frame an alert (threshold 0): capture -> alert received with the
                     evidence drawn and published, and with it off, interleaved for --rounds rounds
+  8. processes      (--processes N alone) `inspector serve --processes N` (0: the host's automatic number), per
+                    transport: its drain of --frames from --producers camera processes on 16 partitions, and
+                    the latency fed at half of that
 Writes JSON and prints a table; see bench/RESULTS.md.
 
     .venv/bin/python bench/pipeline.py                 # about 3 minutes on 2 cores
     .venv/bin/python bench/pipeline.py --latency-only  # 2 and 6 alone, per transport (a short GPU check)
     .venv/bin/python bench/pipeline.py --evidence      # 7 alone: what evidence costs an alert
+    .venv/bin/python bench/pipeline.py --processes 4 --producers 2 --batch 128   # 8 alone (a GPU host)
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
     ap.add_argument("--evidence", action="store_true",
                     help="only the alert latency with evidence on and off, every frame alerting (run 7)")
     ap.add_argument("--evidence-rate", type=float, default=20.0, help="frames/s of the evidence runs")
+    ap.add_argument("--processes", type=int, metavar="N",
+                    help="only `inspector serve --processes N`'s drain and half-capacity latency, per transport")
+    ap.add_argument("--producers", type=int, default=1, help="camera processes feeding the --processes runs")
     ap.add_argument("--out", type=Path, default=Path("bench/out/pipeline.json"))
     args = ap.parse_args()
     transports = [t for t in args.transports.split(",") if t]
@@ -89,6 +96,20 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
                 res[key] = {"runs": runs[on], **{f"median_{q}_ms": round(float(np.median(
                     [r["alert_e2e_ms"][q] for r in runs[on] if r["alert_e2e_ms"]])), 1) for q in ("p50", "p95", "p99")}}
                 print(key.ljust(31), {k: v for k, v in res[key].items() if k != "runs"}, flush=True)
+            return write_results(res, args.out)
+        if args.processes is not None:
+            for transport in transports:
+                t = suffix(transport)
+                key = f"processes_{args.processes or 'auto'}"
+                res[f"{key}_drain{t}"] = drain(broker, jpegs, args.frames, f"pd{t}", null=False, batch=args.batch,
+                                               transport=transport, logdir=logdir, processes=args.processes,
+                                               partitions=16, producers=args.producers)
+                print(f"{args.processes or 'auto'} processes, {transport}".ljust(31), res[f"{key}_drain{t}"], flush=True)
+                half = max(5.0, (res[f"{key}_drain{t}"]["frames_per_s"] or 10.0) / 2)
+                res[f"{key}_latency_half_capacity{t}"] = latency_run(
+                    broker, jpegs, half, args.latency_seconds, f"pl{t}", logdir, batch=args.batch, transport=transport,
+                    processes=args.processes, partitions=16, producers=args.producers)
+                print("  latency at half capacity".ljust(31), res[f"{key}_latency_half_capacity{t}"], flush=True)
             return write_results(res, args.out)
         if args.latency_only:
             for transport in transports:

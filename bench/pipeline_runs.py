@@ -77,16 +77,25 @@ def _produce_child(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate:
 
 
 def produce_in_child(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float = 0.0,
-                     run: str = "b") -> float:
+                     run: str = "b", producers: int = 1) -> float:
     """`produce` in a process of its own: in this one it would share the GIL with the score reader, and a
-    starved producer holds frames back after stamping their capture time, which reads as worker latency."""
+    starved producer holds frames back after stamping their capture time, which reads as worker latency.
+    `producers` processes share the n frames and the rate, for rates one Python producer cannot reach;
+    returns the frames/s of all of them together."""
     ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_produce_child, args=(bootstrap, topic, jpegs, n, rate, run, send), daemon=True)
-    child.start()
-    achieved = receive.recv()
-    child.join(timeout=60)
-    return achieved
+    shares = [n // producers + (i < n % producers) for i in range(producers)]
+    pipes, children = [], []
+    for i, share in enumerate(shares):
+        receive, send = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_produce_child, daemon=True, args=(
+            bootstrap, topic, jpegs, share, rate / producers, run if producers == 1 else f"{run}p{i}", send))
+        child.start()
+        pipes.append(receive)
+        children.append(child)
+    seconds = max(share / receive.recv() for share, receive in zip(shares, pipes, strict=True) if share)
+    for child in children:
+        child.join(timeout=60)
+    return n / seconds
 
 
 def committed_total(bootstrap: str, group: str, topic: str) -> int:
@@ -127,6 +136,19 @@ def _read_first(bootstrap: str, topic: str, n: int, message: type[MessageT], tim
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes started by `pid`, and theirs (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
 
 
 class CpuShares:
@@ -173,14 +195,15 @@ class CpuShares:
 
 class WorkerProc:
     def __init__(self, bootstrap: str, topics: dict[str, str], group: str, *, null: bool = False,
-                 batch: int = 32, transport: str = "kafka-python", log: Path, env: dict[str, str] | None = None) -> None:
+                 batch: int = 32, transport: str = "kafka-python", log: Path, env: dict[str, str] | None = None,
+                 processes: int = 1) -> None:
         self.port = free_port()
         env = {**os.environ, "INSPECTOR_KAFKA__BOOTSTRAP_SERVERS": bootstrap, "INSPECTOR_KAFKA__GROUP_ID": group,
                "INSPECTOR_KAFKA__FRAMES_TOPIC": topics["frames"], "INSPECTOR_KAFKA__SCORES_TOPIC": topics["scores"],
                "INSPECTOR_KAFKA__ALERTS_TOPIC": topics["alerts"], "INSPECTOR_KAFKA__DLQ_TOPIC": topics["dlq"],
                "INSPECTOR_HTTP__PORT": str(self.port), "INSPECTOR_MODEL__NULL": "true" if null else "false",
                "INSPECTOR_BATCH__MAX_SIZE": str(batch), "INSPECTOR_MODEL__RELOAD_POLL_S": "0",
-               "INSPECTOR_KAFKA__TRANSPORT": transport,
+               "INSPECTOR_KAFKA__TRANSPORT": transport, "INSPECTOR_WORKERS__PROCESSES": str(processes),
                "INSPECTOR_KAFKA__EVIDENCE_TOPIC": topics.get("evidence", "defect-evidence"), **(env or {})}
         with log.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "inspector", "serve"], env=env, stdout=out,
@@ -216,22 +239,25 @@ def topic_set(tag: str) -> dict[str, str]:
 
 
 def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: bool, workers: int = 1,
-          partitions: int = 2, batch: int = 32, transport: str = "kafka-python", logdir: Path) -> dict:
+          partitions: int = 2, batch: int = 32, transport: str = "kafka-python", logdir: Path, processes: int = 1,
+          producers: int = 1) -> dict:
     """One worker: preload n frames, start it, and time the drain by the scored_ns of the score records.
 
-    Several workers: start them on the empty topic and wait until the group has settled with every member,
-    then send the n frames flat out from a camera process. (A member that joins while another drains stalls
-    the group for a rebalance, longer than a fast drain lasts.) The camera's own rate is recorded beside."""
+    Several workers (`workers` commands, or one `inspector serve --processes` of several): start them on the
+    empty topic and wait until the group has settled with every member, then send the n frames flat out from
+    `producers` camera processes. (A member that joins while another drains stalls the group for a rebalance,
+    longer than a fast drain lasts.) The cameras' own rate is recorded beside: the drain cannot beat it."""
     bs = broker.bootstrap_servers
     t = topic_set(tag)
     create_topics(KafkaSettings(bootstrap_servers=bs),
                   {t["frames"]: partitions, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
-    if workers == 1:
+    one_member = workers == 1 and processes == 1
+    if one_member:
         produce(bs, t["frames"], jpegs, n, run=tag)
-    procs = [WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}-{i}.log")
-             for i in range(workers)]
+    procs = [WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}-{i}.log",
+                        processes=processes) for i in range(workers)]
     try:
-        if workers == 1:
+        if one_member:
             return _timed_drain(bs, t, procs, n, tag, null=null, transport=transport, broker_pid=broker.pid)
         for w in procs:
             w.wait_ready()
@@ -240,9 +266,11 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
             time.sleep(0.1)
         time.sleep(2.0)  # a member that reports ready may still see the group's last rebalance
         camera: list[float] = []
-        sender = threading.Thread(target=lambda: camera.append(produce_in_child(bs, t["frames"], jpegs, n, run=tag)))
+        sender = threading.Thread(target=lambda: camera.append(
+            produce_in_child(bs, t["frames"], jpegs, n, run=tag, producers=producers)))
         sender.start()
-        result = _timed_drain(bs, t, procs, n, tag, null=null, transport=transport, broker_pid=broker.pid)
+        result = _timed_drain(bs, t, procs, n, tag, null=null, transport=transport, broker_pid=broker.pid,
+                              settle=True)
         sender.join()
         return {**result, "camera_frames_per_s": round(camera[0], 1) if camera else None}
     finally:
@@ -251,24 +279,25 @@ def drain(broker: LocalKafka, jpegs: list[bytes], n: int, tag: str, *, null: boo
 
 
 def _timed_drain(bs: str, t: dict[str, str], procs: list[WorkerProc], n: int, tag: str, *,
-                 null: bool, transport: str, broker_pid: int | None) -> dict:
+                 null: bool, transport: str, broker_pid: int | None, settle: bool = False) -> dict:
     workers = len(procs)
     for w in procs:
         w.wait_ready()
     settled_ns = 0
-    if workers > 1:
+    if settle:
         # A member that joins while another drains stalls the group for a rebalance (seconds on a fast
         # machine). Count only what is scored once every member is ready at the same time.
         deadline = time.monotonic() + 60
         while not all(w.ready() for w in procs) and time.monotonic() < deadline:
             time.sleep(0.1)
         settled_ns = time.time_ns()
-    cpu0 = sum(cpu_seconds(w.proc.pid) for w in procs)
+    pids = [pid for w in procs for pid in (w.proc.pid, *descendants(w.proc.pid))]  # a supervisor's workers too
+    cpu0 = sum(cpu_seconds(pid) for pid in pids)
     wall0 = time.monotonic()
-    with CpuShares([w.proc.pid for w in procs], broker_pid) as machine:
+    with CpuShares(pids, broker_pid) as machine:
         while committed_total(bs, f"g-{tag}", t["frames"]) < n and time.monotonic() - wall0 < 600:
             time.sleep(0.5)
-    cpu1 = sum(cpu_seconds(w.proc.pid) for w in procs)
+    cpu1 = sum(cpu_seconds(pid) for pid in pids)
     wall = time.monotonic() - wall0
     metrics = procs[0].metrics()
     scores = read_scores(bs, t["scores"], n)
@@ -376,14 +405,17 @@ def histogram_quantiles(metrics: str, name: str, labels: str = "", scale: float 
 
 
 def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: float, tag: str, logdir: Path,
-                batch: int = 32, transport: str = "kafka-python", null: bool = False) -> dict:
+                batch: int = 32, transport: str = "kafka-python", null: bool = False, processes: int = 1,
+                partitions: int = 2, producers: int = 1) -> dict:
     bs = broker.bootstrap_servers
     t = topic_set(tag)
-    create_topics(KafkaSettings(bootstrap_servers=bs), {t["frames"]: 2, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
-    w = WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}.log")
+    create_topics(KafkaSettings(bootstrap_servers=bs),
+                  {t["frames"]: partitions, t["scores"]: 1, t["alerts"]: 1, t["dlq"]: 1})
+    w = WorkerProc(bs, t, f"g-{tag}", null=null, batch=batch, transport=transport, log=logdir / f"{tag}.log",
+                   processes=processes)
     n = int(rate * seconds)
     received, achieved, metrics = _feed_at_rate(w, bs, t["frames"], jpegs, n, rate, tag,
-                                                lambda: read_scores(bs, t["scores"], n, seconds + 60))
+                                                lambda: read_scores(bs, t["scores"], n, seconds + 60), producers)
     received.sort(key=lambda sr: sr[0].captured_ns)
     lat = np.array([(recv - s.captured_ns) / 1e6 for s, recv in received])  # (n,) ms, in capture order
     captured_s = np.array([(s.captured_ns - received[0][0].captured_ns) / 1e9 for s, _ in received])
@@ -431,7 +463,7 @@ def quantiles(ms: np.ndarray) -> dict:
 
 
 def _feed_at_rate(worker: WorkerProc, bs: str, frames_topic: str, jpegs: list[bytes], n: int, rate: float,
-                  tag: str, read: Callable[[], list]) -> tuple[list, float, str]:
+                  tag: str, read: Callable[[], list], producers: int = 1) -> tuple[list, float, str]:
     """Once the worker is ready, publish n frames at `rate` from a child process while `read()` collects what
     the worker produced in a thread -> (what was read, the rate achieved, the worker's metrics text)."""
     received: list = []
@@ -440,7 +472,7 @@ def _feed_at_rate(worker: WorkerProc, bs: str, frames_topic: str, jpegs: list[by
         freeze_long_lived_objects()  # this process reads the results: a pause here reads as latency
         reader = threading.Thread(target=lambda: received.extend(read()))
         reader.start()
-        achieved = produce_in_child(bs, frames_topic, jpegs, n, rate=rate, run=tag)
+        achieved = produce_in_child(bs, frames_topic, jpegs, n, rate=rate, run=tag, producers=producers)
         reader.join()
         return received, achieved, worker.metrics()
     finally:
