@@ -107,7 +107,8 @@ class ModelRunner:
 
     def batch_shapes(self, max_batch: int) -> tuple[int, ...]:
         """The batch sizes this runner will see for batches of 1..max_batch frames: when it pads, every power
-        of two it pads to (each a compiled graph or a set of cuDNN plans), otherwise the two ends."""
+        of two it pads to (each a compiled graph, a captured CUDA graph or a set of cuDNN plans), otherwise the
+        two ends."""
         if not self.pad:
             return (1, max_batch)
         top = 1 << (max_batch - 1).bit_length()
