@@ -11,7 +11,7 @@ import torch
 
 from inspector.model.artifact import ModelArtifact
 from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
-from inspector.model.cuda_graphs import Scored
+from inspector.model.cuda_graphs import GraphBackend, Scored
 from inspector.model.null import NullModel
 from inspector.model.runtime import ModelRunner
 
@@ -59,8 +59,8 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (n, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def _graphed(artifact: ModelArtifact, backend: object, max_batch: int = 16) -> ModelRunner:
-    runner = ModelRunner(artifact, CPU, graph_backend=backend)  # type: ignore[arg-type]
+def _graphed(artifact: ModelArtifact, backend: GraphBackend, max_batch: int = 16) -> ModelRunner:
+    runner = ModelRunner(artifact, CPU, graph_backend=backend)
     runner.warm_up(runner.batch_shapes(max_batch))
     return runner
 
