@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU measurements in one go, on a machine with python3, torch, torchvision, OpenCV and prometheus-client
 # but nothing else (no Java, no network): unpacks the bundle from bench/offline_bundle.sh, runs the GPU unit
-# tests, the scoring benchmark at 256x256 (with torch.compile) and the pipeline benchmark through a real
-# local Kafka broker. Each step has its own time limit, so one failing step still leaves the others' results.
+# tests, the score stage on small batches with CUDA graphs off and on (default model), the scoring benchmark at
+# 256x256 (with torch.compile) and the pipeline benchmark through a real local Kafka broker. Each step has its
+# own time limit, so one failing step still leaves the others' results.
 #
 #   bench/gpu_run.sh [bundle=.offline] [out=bench/out/gpu]
 #   STEPS=pipeline PIPELINE_ARGS="--latency-only --batch 128" bench/gpu_run.sh   # the latency check alone, ~1 min
+#   STEPS=small bench/gpu_run.sh                                                  # small batches alone, < 1 min
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bundle=${1:-.offline}
@@ -26,8 +28,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python3 -c "import sys, torch, torchvision, cv2; print(sys.version.split()[0], torch.__version__, torchvision.__version__, cv2.__version__, torch.cuda.is_available())"
 java -version 2>&1 | head -1
 
-steps=" ${STEPS:-tests scoring pipeline} "
+steps=" ${STEPS:-tests small scoring pipeline} "
 [[ $steps == *" tests "* ]] && echo "== GPU unit tests" && timeout 180 python3 -m pytest -q tests/unit/test_gpu.py -p no:cacheprovider 2>&1 | tail -15
+[[ $steps == *" small "* ]] && echo "== score stage, small batches, CUDA graphs off and on" && timeout "${SMALL_TIMEOUT:-60}" python3 bench/scoring.py ${SMALL_ARGS:---small-batches 1,4,16,64 --graphs both --seconds 0.7} \
+  --out "$out/small_batches.json"
 [[ $steps == *" scoring "* ]] && echo "== scoring benchmark" && timeout "${SCORING_TIMEOUT:-240}" python3 bench/scoring.py ${SCORING_ARGS:---input-size 256 --batch-sizes 1024 --seconds 0.7 --compile} \
   --out "$out/scoring.json"
 [[ $steps == *" pipeline "* ]] && echo "== pipeline benchmark" && timeout "${PIPELINE_TIMEOUT:-240}" python3 bench/pipeline.py ${PIPELINE_ARGS:---batch 128 --frames 6000 --naive-frames 150 --latency-seconds 8 --rounds 1} \

@@ -6,9 +6,14 @@ JPEG decode vs both at once), then the pipelined stage (the next batch decodes w
 the worker), and prints ratios against the one-frame loop. Writes JSON. Free of Kafka and pydantic, so it
 runs on a bare GPU machine with torch, torchvision, OpenCV and safetensors.
 
+`--small-batches` measures only the worker's score stage on small batches instead (the model runner as the worker
+uses it: a uint8 batch from the host or a float batch already on the device in, scores on the host, maps left on
+the device), per batch size, with the runner's CUDA graphs on and off: p50 / p99 ms per batch and frames/s.
+
     .venv/bin/python bench/scoring.py                      # default model, CPU or CUDA automatically
     .venv/bin/python bench/scoring.py --input-size 256     # a 256x256 model of the same architecture
     .venv/bin/python bench/scoring.py --compile --seconds 3
+    .venv/bin/python bench/scoring.py --small-batches 1,4,16,64 --graphs both --out bench/out/small_batches.json
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -46,7 +52,7 @@ from inspector.model import artifact as artifact_io
 from inspector.model.artifact import ModelArtifact
 from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 from inspector.model.family import score_batch
-from inspector.model.runtime import fuse_conv_bn
+from inspector.model.runtime import ModelRunner, fuse_conv_bn
 from inspector.paths import DEFAULT_MODEL
 from inspector.synthetic.bananas import render_scene
 
@@ -147,6 +153,73 @@ def timed_pipelined(decode, score, chunk: list[bytes], seconds: float, device: t
     return {"frames_per_s": round(calls * n / dt, 1), "ms_per_call": round(1000 * dt / calls, 3), "calls": calls}
 
 
+def machine(device: torch.device) -> dict:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+            "torch_threads": torch.get_num_threads()}
+
+
+def call_times(fn, seconds: float, min_calls: int = 5) -> np.ndarray:
+    """Seconds per call of fn, each call timed alone, for about `seconds` (at least min_calls) after two warm-up
+    calls. fn must end synchronised with the device, as the score stage does when its scores reach the host."""
+    for _ in range(2):
+        fn()
+    times: list[float] = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < min_calls:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return np.array(times)
+
+
+def small_batches(args: argparse.Namespace, art: ModelArtifact, device: torch.device) -> int:
+    """The score stage on small batches, per batch size and input, with CUDA graphs off and on (CPU: n/a)."""
+    sizes = sorted({int(b) for b in args.small_batches.split(",") if b})
+    size = art.config.image_size
+    frames = np.stack([decode_jpeg(j, size=size, **LIMITS)[0] for j in make_jpegs(max(sizes), args.frame_size)])
+    modes = {"both": [False, True], "on": [True], "off": [False]}[args.graphs] if device.type == "cuda" else [None]
+    results: dict = {"machine": machine(device), "date": time.strftime("%Y-%m-%d"),
+                     "model": {"input_size": size, "source": str(args.model) if not args.input_size else "fresh"},
+                     "stage": "score: uint8 host batch or float device batch -> scores on host, maps on device",
+                     "runs": []}
+    for graphs in modes:
+        label = "n/a" if graphs is None else "on" if graphs else "off"
+        runner = ModelRunner(art, device, cuda_graphs=bool(graphs))  # bf16 on CUDA, as the worker's default
+        warm_s = runner.warm_up(runner.batch_shapes(max(sizes)))  # every padded size; the capture included
+        print(f"graphs {label}: warm-up {warm_s:.2f} s, graphed batch sizes {runner.graphed_batch_sizes or '-'}",
+              flush=True)
+        for b in sizes:
+            images = frames[:b]  # (b, S, S, 3) uint8
+            on_device = to_tensor(images, device)  # (b, 3, S, S) float, as nvJPEG leaves a batch
+            for source, call in (("host uint8", functools.partial(runner.score, images)),
+                                 ("device float", functools.partial(runner.score_tensor, on_device))):
+                ms = 1000 * call_times(call, args.seconds)
+                row = {"path": f"score stage, batch {b}, {source} in, graphs {label}", "batch": b, "input": source,
+                       "graphs": label, "graphed": b <= max(runner.graphed_batch_sizes, default=0),
+                       "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
+                       "frames_per_s": round(b * len(ms) / (ms.sum() / 1000), 1), "calls": len(ms),
+                       "warm_up_seconds": round(warm_s, 2)}
+                results["runs"].append(row)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(results, indent=2))  # as we go: a run cut short keeps its rows
+                print(f"{row['path']:56s} p50 {row['p50_ms']:>8.3f} ms  p99 {row['p99_ms']:>8.3f} ms  "
+                      f"{row['frames_per_s']:>9.1f} frames/s", flush=True)
+        del runner, call, on_device  # the next mode's runner starts from free memory
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    by_key = {(r["batch"], r["input"], r["graphs"]): r for r in results["runs"]}
+    for (b, source, label), row in by_key.items():
+        off = by_key.get((b, source, "off"))
+        if label == "on" and off is not None:
+            row["x_graphs_off_p50"] = round(off["p50_ms"] / row["p50_ms"], 2)
+            print(f"batch {b:>4}, {source} in: graphs {row['x_graphs_off_p50']}x faster at p50 "
+                  f"({off['p50_ms']:.3f} -> {row['p50_ms']:.3f} ms)")
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in the order they are reported
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -159,6 +232,10 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
                    help="OpenCV decode processes (default: every core, less two on CUDA for the feeding threads)")
     p.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    p.add_argument("--small-batches", default="",
+                   help="comma list of batch sizes: measure only the score stage on these (see above)")
+    p.add_argument("--graphs", choices=("both", "on", "off"), default="both",
+                   help="--small-batches: with the runner's CUDA graphs on, off or both (CUDA only)")
     p.add_argument("--out", type=Path, default=Path("bench/out/scoring.json"))
     args = p.parse_args()
 
@@ -169,6 +246,8 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
         art = ModelArtifact(Autoencoder(AutoencoderConfig(image_size=args.input_size)))
     else:
         art = artifact_io.load(args.model)
+    if args.small_batches:
+        return small_batches(args, art, device)
     size = art.config.image_size
     model = fuse_conv_bn(art.model.to(device).eval())  # as the worker runs it (inspector.model.runtime)
     scoring = art.scoring
@@ -186,9 +265,7 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
     except Exception:  # FLOP counting is informative only
         pass
     results: dict = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-                    "torch_threads": torch.get_num_threads()},
+        "machine": machine(device),
         "date": time.strftime("%Y-%m-%d"),
         "model": {"input_size": size, "gflop_per_frame": round(flops / 1e9, 3) if flops else None,
                   "source": str(args.model) if not args.input_size else "fresh"},

@@ -125,6 +125,10 @@ class ModelSettings(BaseModel):
     camera_thresholds: dict[str, float] = Field(default_factory=dict)
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile, warmed up before joining the consumer group
+    # On CUDA: the scoring of each padded batch size captured as a CUDA graph at warm-up and replayed per batch, so
+    # a small batch pays one launch instead of one per kernel (inspector.model.cuda_graphs). Ignored on the CPU, and
+    # with compile, which wins: its max-autotune mode replays the forward through CUDA graphs of its own.
+    cuda_graphs: bool = True
     # On the CPU: batches scored at once, each by cores/cpu_streams threads. Two single-threaded batches beat
     # one batch on two threads on 2 cores (bench/HISTORY.md, run D); on CUDA batches are scored one at a time.
     cpu_streams: int = Field(2, ge=1, le=16)

@@ -164,9 +164,11 @@ def normalise_per_location(maps: torch.Tensor, mean: torch.Tensor, std: torch.Te
     """(B, S, S) error maps -> their excess over good images' level, in units of the spread there; maps as they
     are while the statistics are not fitted (zero spread)."""
     scale = std.float().mean()
-    if float(scale) <= 0:
-        return maps
-    return ((maps - mean.float()) / (std.float() + 0.1 * scale)).clamp_min(0)
+    # Decided on the device: a branch on the host would wait for the GPU, which a CUDA graph cannot capture.
+    fitted = scale > 0
+    floor = torch.where(fitted, 0.1 * scale, 1.0)  # 1 while not fitted keeps the unused branch finite
+    normalised = ((maps - mean.float()) / (std.float() + floor)).clamp_min(0)
+    return torch.where(fitted, normalised, maps)
 
 
 def combined_scores(config: ScoringConfig, local: _Terms, glob: _Terms) -> _Terms:

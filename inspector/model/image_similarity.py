@@ -54,7 +54,7 @@ def _float32(
     return wrapper
 
 
-@functools.lru_cache(maxsize=32)
+@functools.cache  # never evicted: a captured CUDA graph reads it at its address (inspector.model.cuda_graphs)
 def _gaussian_taps(window: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(window,) normalised 1-D Gaussian; made outside inference mode so autograd can save it later."""
     with torch.inference_mode(False):
@@ -63,7 +63,7 @@ def _gaussian_taps(window: int, sigma: float, device: torch.device, dtype: torch
         return (k / k.sum()).to(device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.cache  # never evicted, as _gaussian_taps
 def _rgb_to_normalised_xyz(device: torch.device) -> torch.Tensor:
     """(3, 3) linear sRGB -> (X/Xn, Y/Yn, Z/Zn), float32; made outside inference mode so autograd can save it."""
     with torch.inference_mode(False):

@@ -1,5 +1,5 @@
 """Runs a model artifact on a device: device choice, channels_last, bf16 autocast, optional torch.compile,
-warm-up. Shared by the worker, the scoring benchmark and evaluation."""
+warm-up, CUDA graphs. Shared by the worker, the scoring benchmark and evaluation."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from inspector.decode.preprocess import to_tensor
 from inspector.errors import ConfigError
 from inspector.model.artifact import ModelArtifact
+from inspector.model.cuda_graphs import BatchGraphs, CudaGraphBackend, GraphBackend, Scored, ScoreFn, capture_graphs
 from inspector.model.family import AnomalyModel, score_batch
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class ModelRunner:
     """Scores uint8 RGB batches with one artifact; swap artifacts with `load()` between batches."""
 
     def __init__(self, artifact: ModelArtifact, device: torch.device, *, bf16: bool = True,
-                 compile: bool = False, cpu_streams: int = 1) -> None:
+                 compile: bool = False, cpu_streams: int = 1, cuda_graphs: bool = True,
+                 graph_backend: GraphBackend | None = None) -> None:
         self.device = device
         # Batches this runner scores at once, each from a thread of its own. On the CPU each gets an equal share
         # of torch's intra-op threads (a process-wide setting): on 2 cores one thread per batch wastes nothing
@@ -67,19 +69,32 @@ class ModelRunner:
             torch.set_num_threads(max(1, torch.get_num_threads() // self.streams))
         self.bf16 = bf16 and device.type == "cuda"
         self.compile = compile
+        # On CUDA, `warm_up` captures the scoring of each padded batch size as a CUDA graph, which each batch of that
+        # size replays (inspector.model.cuda_graphs). Not with compile, which wins: its max-autotune mode replays the
+        # forward through CUDA graphs of its own, and a capture cannot hold those. A stand-in backend (tests) turns
+        # the graph path on anywhere.
+        if graph_backend is None and cuda_graphs and device.type == "cuda" and not compile:
+            graph_backend = CudaGraphBackend(device)
+        self._graph_backend = graph_backend
         # Pad every batch to a power of two, so the model sees a handful of batch shapes, all met during
         # warm-up: a compiled model specialises (recompiles) per shape, and on CUDA cuDNN plans its kernels per
         # shape too. Unpadded, a GPU worker fed at a steady rate met a new batch size every few batches and
         # stalled on each (score p99 5.3 s, end-to-end p50 4.6 s at half capacity). On the CPU padding would
         # cost compute the model is bound by, and oneDNN's per-shape set-up is cheap.
-        self.pad = compile or device.type == "cuda"
+        self.pad = compile or device.type == "cuda" or graph_backend is not None
         self.artifact = artifact
         self._model = self._prepare(artifact)
+        self._graphs: BatchGraphs | None = None  # the current model's, once warmed up
         self._warm_sizes: tuple[int, ...] = (1, 8, 32)
 
     @property
     def size(self) -> int:
         return self.artifact.config.image_size
+
+    @property
+    def graphed_batch_sizes(self) -> tuple[int, ...]:
+        """The padded batch sizes the current model scores through a CUDA graph; () for none."""
+        return self._graphs.batch_sizes if self._graphs is not None else ()
 
     def _prepare(self, artifact: ModelArtifact) -> AnomalyModel:
         model = fuse_conv_bn(artifact.model.to(self.device).eval())
@@ -92,61 +107,80 @@ class ModelRunner:
 
     def batch_shapes(self, max_batch: int) -> tuple[int, ...]:
         """The batch sizes this runner will see for batches of 1..max_batch frames: when it pads, every power
-        of two it pads to (each a compiled graph or a set of cuDNN plans), otherwise the two ends."""
+        of two it pads to (each a compiled graph, a captured CUDA graph or a set of cuDNN plans), otherwise the
+        two ends."""
         if not self.pad:
             return (1, max_batch)
         top = 1 << (max_batch - 1).bit_length()
         return tuple(1 << i for i in range(top.bit_length()))
 
     def load(self, artifact: ModelArtifact) -> None:
-        """Switch to another artifact (hot reload) and warm it up, on the same batch shapes, before it serves."""
+        """Switch to another artifact (hot reload): warm it up and capture its graphs, on the same batch shapes and
+        in the calling thread, before it serves."""
         model = self._prepare(artifact)
-        self.warm_up(self._warm_sizes, model=model, scoring_artifact=artifact)
-        self.artifact, self._model = artifact, model
+        graphs = self._warm(model, artifact, self._warm_sizes)
+        self.artifact, self._model, self._graphs = artifact, model, graphs
 
-    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32), *, model: AnomalyModel | None = None,
-                scoring_artifact: ModelArtifact | None = None) -> float:
-        """Run a few batches so kernels are chosen (and compiled) before the first real frame; seconds taken."""
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32)) -> float:
+        """Run a few batches so kernels are chosen (and compiled) before the first real frame, then capture a CUDA
+        graph per padded batch size where graphs are on; seconds taken, the capture included. Call from the thread
+        that will score: graphs replay in the thread that captured them."""
         t0 = time.perf_counter()
-        if model is None:
-            self._warm_sizes = batch_sizes
-        artifact = scoring_artifact or self.artifact
+        self._warm_sizes = batch_sizes
+        self._graphs = self._warm(self._model, self.artifact, batch_sizes)
+        return time.perf_counter() - t0
+
+    def _warm(self, model: AnomalyModel, artifact: ModelArtifact, batch_sizes: tuple[int, ...]) -> BatchGraphs | None:
         size = artifact.config.image_size
         for b in batch_sizes:
-            x = np.zeros((b, size, size, 3), np.uint8)
-            self._score(x, model or self._model, artifact)
+            self._score(np.zeros((b, size, size, 3), np.uint8), model, artifact, None)
+        graphs = None
+        # The null model launches next to nothing, and its maps are one broadcast zero a copy-out would fill in.
+        if self._graph_backend is not None and model.reads_pixels:
+            graphs = capture_graphs(self._score_fn(model, artifact), self._graph_backend, batch_sizes,
+                                    (3, size, size), self.device, f"model {artifact.model_id}")
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return graphs
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """(B, H, W, 3) uint8 RGB -> (scores (B,) float32 on the host, maps (B, H, W) float32 on the device).
 
         Maps stay on the device: the worker copies back only the few it draws a defect box from."""
-        return self._score(images, self._model, self.artifact)
+        return self._score(images, self._model, self.artifact, self._graphs)
 
     def score_tensor(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Like `score`, for a batch already on the device: (B, 3, S, S) float in [0, 1]."""
-        return self._score(x, self._model, self.artifact)
+        return self._score(x, self._model, self.artifact, self._graphs)
 
-    def _score(self, images: np.ndarray | torch.Tensor, model: AnomalyModel,
-               artifact: ModelArtifact) -> tuple[np.ndarray, torch.Tensor]:
+    def _score(self, images: np.ndarray | torch.Tensor, model: AnomalyModel, artifact: ModelArtifact,
+               graphs: BatchGraphs | None) -> tuple[np.ndarray, torch.Tensor]:
         if isinstance(images, torch.Tensor):
             x = images
         elif model.reads_pixels:
             x = to_tensor(images, self.device)
         else:  # a batch of the right length that holds no pixels
             x = torch.empty((len(images), 3, 0, 0), device=self.device)
+        if graphs is not None:
+            replayed = graphs.score(x)  # None for a batch larger than every graph
+            if replayed is not None:
+                return replayed
         n = x.shape[0]
         if self.pad:  # see __init__: a handful of shapes, all warmed up
             padded = 1 << (n - 1).bit_length()
             if padded != n:
                 x = torch.cat([x, x.new_zeros((padded - n, *x.shape[1:]))]).contiguous(
                     memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
-        with autocast:
-            scores, maps = score_batch(model, x, artifact.scoring)
+        scores, maps = self._score_fn(model, artifact)(x)
         return scores[:n].cpu().numpy(), maps[:n]
+
+    def _score_fn(self, model: AnomalyModel, artifact: ModelArtifact) -> ScoreFn:
+        """What a batch goes through, eagerly or captured: the family's scoring, under bf16 autocast where on (its
+        cast cache off, as a capture must not keep casts made outside it)."""
+        def score(x: torch.Tensor) -> Scored:
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if self.bf16 else nullcontext():
+                return score_batch(model, x, artifact.scoring)
+        return score
 
 
 def score_images(runner: ModelRunner, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -61,7 +61,7 @@ class ScoringConfig:
         return cls(**{"global_weight": 1.0, **data})  # type: ignore[arg-type]  # files before the weight: 1
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache  # never evicted: a captured CUDA graph reads it at its address (inspector.model.cuda_graphs)
 def _blur_matrix(n: int, sigma: float, device: str, dtype: torch.dtype) -> torch.Tensor:
     """(n, n) matrix M with M @ v = Gaussian blur of v along its length, reflect padding included.
 
@@ -92,7 +92,7 @@ def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return rows @ maps @ cols.T  # along H, then along W
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache  # never evicted, as _blur_matrix
 def _shift_matrix(n: int, offset: float, device: str, dtype: torch.dtype) -> torch.Tensor:
     """(n, n) matrix M with (M @ v)[i] = v at i + offset, linearly interpolated; the end values beyond the ends."""
     src = (torch.arange(n, dtype=torch.float64) + offset).clamp(0, n - 1)

@@ -114,7 +114,8 @@ class BatchScorer:
 
     def warm_up(self) -> float:
         """Run the model on every batch shape it will see, in every scoring thread (on CUDA its cuBLAS and cuDNN
-        handles are per thread). Seconds."""
+        handles are per thread, and its CUDA graphs are captured in the one scoring thread that replays them).
+        Seconds."""
         shapes = self.runner.batch_shapes(self.settings.batch.max_size)
         all_threads = threading.Barrier(self.runner.streams)  # holds each warm-up until every thread has one
 

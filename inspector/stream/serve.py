@@ -38,7 +38,7 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None,
     if settings.model.null:
         artifact = replace(artifact, model=NullModel(artifact.config), model_id="null")
     runner = ModelRunner(artifact, device, bf16=settings.model.bf16, compile=settings.model.compile,
-                         cpu_streams=settings.model.cpu_streams)
+                         cpu_streams=settings.model.cpu_streams, cuda_graphs=settings.model.cuda_graphs)
 
     worker_box: list[Worker] = []
     endpoint = HttpEndpoint(settings.http.host, settings.http.port, registry,

@@ -1,5 +1,7 @@
-"""CUDA paths: nvJPEG batch decode and bf16 scoring agree with the CPU path. Skipped without CUDA."""
+"""CUDA paths: nvJPEG batch decode, bf16 scoring and CUDA graph replay agree with the CPU and eager paths. Skipped
+without CUDA."""
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -9,9 +11,13 @@ import torch
 
 from inspector.decode.jpeg import decode_jpeg
 from inspector.decode.preprocess import DeviceJpegDecoder, decode_jpegs_on_device, to_tensor
+from inspector.model import artifact as artifact_io
 from inspector.model.artifact import ModelArtifact
 from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 from inspector.model.runtime import ModelRunner
+from inspector.model.scoring import ScoringConfig
+from inspector.paths import DEFAULT_MODEL
+from inspector.synthetic.bananas import render_scene
 
 pytestmark = pytest.mark.gpu
 
@@ -57,3 +63,52 @@ def test_decode_on_a_side_stream_in_a_thread_scores_like_the_default_stream():
     direct = runner.score_tensor(decode_jpegs_on_device(jpegs, 64, cuda))[0]
     assert side.shape == (8,)
     assert np.allclose(side, direct, rtol=1e-5)
+
+
+def _bananas(n: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([render_scene(rng, size, "brown_spots" if i % 3 == 0 else None).image for i in range(n)])
+
+
+def test_cuda_graph_replay_scores_like_eager_and_leaves_earlier_maps_alone():
+    cuda = torch.device("cuda")
+    art = artifact_io.load(DEFAULT_MODEL, cuda)
+    size = art.config.image_size
+    graphed, eager = ModelRunner(art, cuda), ModelRunner(art, cuda, cuda_graphs=False)
+    for runner in (graphed, eager):
+        runner.warm_up(runner.batch_shapes(16))
+    assert graphed.graphed_batch_sizes == (1, 2, 4, 8, 16) and eager.graphed_batch_sizes == ()
+    for n in (1, 5, 16):
+        images = _bananas(n, size, seed=n)
+        scores, maps = graphed.score(images)
+        eager_scores, eager_maps = eager.score(images)
+        assert scores.shape == (n,) and maps.shape == (n, size, size)
+        assert np.allclose(scores, eager_scores, rtol=0.02, atol=1e-3)  # both bf16; the same kernels, or near
+        assert torch.allclose(maps, eager_maps, rtol=0.02, atol=0.02 * float(eager_maps.abs().max()))
+        kept = maps.clone()
+        graphed.score(_bananas(n, size, seed=100 + n))  # the next replay rewrites the graph's own outputs ...
+        assert torch.equal(maps, kept)  # ... not the maps an earlier batch was given
+
+
+class _SyncingAutoencoder(Autoencoder):
+    """Reads a value back to the host in the middle of scoring, which a CUDA graph cannot capture."""
+
+    def score(self, x: torch.Tensor, config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, maps = super().score(x, config)
+        if float(maps.amax()) < 0:
+            raise AssertionError("an error map is never negative")
+        return scores, maps
+
+
+def test_a_model_that_cannot_be_captured_scores_eagerly_after_one_warning(caplog):
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    art = ModelArtifact(_SyncingAutoencoder(AutoencoderConfig(image_size=64, widths=(8, 16), latent_channels=4)))
+    runner = ModelRunner(art, cuda)
+    with caplog.at_level(logging.WARNING, logger="inspector.model.cuda_graphs"):
+        runner.warm_up(runner.batch_shapes(4))
+    assert runner.graphed_batch_sizes == ()
+    assert len(caplog.records) == 1 and "capture failed" in caplog.records[0].getMessage()
+    images = np.random.default_rng(1).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    expected = ModelRunner(art, cuda, cuda_graphs=False).score(images)[0]
+    assert np.allclose(runner.score(images)[0], expected, rtol=1e-3)
