@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import sys
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 def configure_logging(level: str, process_tag: str = "") -> None:
@@ -34,3 +38,14 @@ def freeze_long_lived_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def stop_on_signals(stop: Callable[[], None], stopping: str) -> None:
+    """Call `stop` on SIGTERM (a service manager's or compose's stop) and SIGINT (Ctrl-C), logging the signal and
+    what stopping means for this program (`stopping`). Call from the main thread."""
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: %s", signum, stopping)
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)

@@ -4,7 +4,6 @@ SIGTERM/SIGINT; /readyz answers 200 while the last probe reached the cluster."""
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Callable
 
@@ -14,6 +13,7 @@ from inspector.errors import ConfigError, TransportError
 from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka.cluster_health import ClusterHealth, ClusterHealthProbe
 from inspector.kafka_health.metrics import KafkaHealthMetrics, build_kafka_health_metrics
+from inspector.process import stop_on_signals
 from inspector.settings import Settings
 
 log = logging.getLogger("inspector.kafka_health")
@@ -44,12 +44,7 @@ def serve_kafka_health(settings: Settings, interval_s: float, registry: Collecto
     log.info("Kafka health of %s on http://%s/metrics, every %g s", settings.kafka.bootstrap_servers,
              endpoint.address, interval_s)
 
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_on_signals(stop.set, "stopping")
     probe = ClusterHealthProbe(settings.kafka)
     last: tuple[int, int, int] | None = None
     try:

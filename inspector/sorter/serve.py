@@ -4,13 +4,13 @@ runs the loop of `inspector.sorter.service` until SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import logging
-import signal
 
 from prometheus_client import CollectorRegistry
 
 from inspector.errors import ConfigError
 from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka.transport import client_types
+from inspector.process import stop_on_signals
 from inspector.settings import Settings
 from inspector.sorter.actuators import Actuator, build_actuator
 from inspector.sorter.line_file import load_line
@@ -50,12 +50,7 @@ def serve_sorter(settings: Settings, registry: CollectorRegistry | None = None) 
     sorter = Sorter(settings, line, consumer, producer, actuators, metrics)
     sorter_box.append(sorter)
 
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: firing what is due, then stopping", signum)
-        sorter.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_on_signals(sorter.stop, "firing what is due, then stopping")
     for lane in line.lanes:
         log.info("lane %s: cameras %s -> %s", lane.lane_id, ", ".join(c.camera_id for c in lane.cameras),
                  actuators[lane.lane_id].describe())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +18,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from inspector.errors import ConfigError
+from inspector.process import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +208,7 @@ def run_standin_plc(host: str, port: int) -> int:
     on_since: dict[int, int] = {}
     stopping = threading.Event()
 
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_on_signals(stopping.set, "stopping")
     plc = StandinPlc(host, port, on_change=lambda write: _log_change(write, on_since))
     plc.start()
     log.info("stand-in PLC listening on %s (Modbus TCP, any unit id, coils 0-%d)", plc.address, COIL_COUNT - 1)

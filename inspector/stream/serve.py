@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import signal
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from inspector.kafka.transport import client_types
 from inspector.model import artifact as artifact_io
 from inspector.model.null import NullModel
 from inspector.model.runtime import ModelRunner, pick_device
-from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval
+from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval, stop_on_signals
 from inspector.settings import Settings
 from inspector.stream.metrics import build_metrics
 from inspector.stream.worker import Worker
@@ -57,12 +56,7 @@ def serve(settings: Settings, registry: CollectorRegistry | None = None,
     worker = Worker(settings, runner, consumer, producer, metrics)
     worker_box.append(worker)
 
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: finishing the batch in hand, then stopping", signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_on_signals(worker.stop, "finishing the batch in hand, then stopping")
     try:
         # Warm up (and compile) before joining the group: a slow first batch would trigger a rebalance.
         warm_s = worker.warm_up()

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from inspector.errors import ConfigError, InspectorError
 from inspector.http_endpoint import HttpEndpoint
-from inspector.process import configure_logging
+from inspector.process import configure_logging, stop_on_signals
 from inspector.settings import Settings
 from inspector.stream.metrics import WorkerScrapes, build_supervisor_metrics
 
@@ -144,12 +144,7 @@ class Supervisor:
         log.info("%d worker processes; their metrics and health on http://%s/metrics", len(self._slots),
                  endpoint.address)
 
-        def _on_signal(signum: int, _frame: object) -> None:
-            log.info("signal %d: stopping the workers", signum)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        stop_on_signals(self.stop, "stopping the workers")
         try:
             for slot in self._slots:
                 self._start(slot)
