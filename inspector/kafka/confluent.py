@@ -175,6 +175,7 @@ class ConfluentFrameConsumer:
         self.topic = topic or settings.frames_topic  # the sorter reads the alerts topic with the same consumer
         self._max_records = max_poll_records
         self._async_commit_failing = False
+        self._committing_synchronously = False  # its report reaches on_commit too: logged where it raises instead
         self._consumer = _consumer(settings, {
             "client.id": settings.client_id,
             "group.id": settings.group_id,
@@ -215,6 +216,7 @@ class ConfluentFrameConsumer:
         deadline, warned = time.monotonic() + self.settings.delivery_timeout_s, False
         while True:
             try:
+                self._committing_synchronously = True
                 self._consumer.commit(offsets=tps, asynchronous=False)
                 return True
             except ck.KafkaException as exc:
@@ -229,6 +231,8 @@ class ConfluentFrameConsumer:
                                 self.settings.delivery_timeout_s, err.str())
                     warned = True
                 time.sleep(0.5)
+            finally:
+                self._committing_synchronously = False
 
     def commit_async(self, offsets: Offsets) -> None:
         """Send a commit without waiting; a failure is logged once per run of failures."""
@@ -241,15 +245,20 @@ class ConfluentFrameConsumer:
             self._on_commit(exc.args[0], tps)
 
     def _on_commit(self, err: object, _partitions: object) -> None:
-        """librdkafka's report of a commit (synchronous ones too, whose failures also raise): logged once per run
-        of failures, and the first success after them."""
-        if err is not None:
-            if not self._async_commit_failing:
-                log.warning("offset commit failed (the next commit carries later offsets): %s", err)
+        """librdkafka's report of how a commit ended, served in poll(); a synchronous commit's failure raises and is
+        logged where it is made. A refusal because the group moved on is logged each time, another failure once per
+        run of failures, and the first success after them."""
+        if self._committing_synchronously:
+            return
+        if err is None:
+            if self._async_commit_failing:
+                log.info("offset commits succeed again")
+                self._async_commit_failing = False
+        elif cast("ck.KafkaError", err).name() in _GROUP_MOVED_ON:
+            log.warning("offset commit refused, the group has moved on: %s", cast("ck.KafkaError", err).str())
+        elif not self._async_commit_failing:
+            log.warning("offset commit failed (the next commit carries later offsets): %s", err)
             self._async_commit_failing = True
-        elif self._async_commit_failing:
-            log.info("offset commits succeed again")
-            self._async_commit_failing = False
 
     def group_metadata(self) -> object:
         return self._consumer.consumer_group_metadata()

@@ -21,9 +21,12 @@ from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import (
     CommitFailedError,
+    FencedInstanceIdError,
+    IllegalGenerationError,
     KafkaError,
     RebalanceInProgressError,
     TopicAlreadyExistsError,
+    UnknownMemberIdError,
 )
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.producer.future import FutureRecordMetadata
@@ -164,9 +167,18 @@ def create_topics(settings: KafkaSettings, partitions: dict[str, int]) -> None:
         admin.close()
 
 
+# The group has moved on (we were evicted, or it is rebalancing): a refused commit, not a failure.
+_GROUP_MOVED_ON = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError,
+                   FencedInstanceIdError)
+
+
 def _log_commit_outcome(failing: bool, outcome: object) -> bool:
-    """Log an asynchronous commit's failure once per run of failures, and the first success after them; ->
-    whether commits are failing now."""
+    """Log how an asynchronous commit ended: a refusal because the group moved on each time (the partitions' next
+    owner reads the records again), another failure once per run of failures, and the first success after them;
+    -> whether commits are failing now."""
+    if isinstance(outcome, _GROUP_MOVED_ON):
+        log.warning("offset commit refused, the group has moved on: %s", outcome)
+        return failing
     if isinstance(outcome, Exception):
         if not failing:
             log.warning("offset commit failed (the next commit carries later offsets): %s", outcome)
@@ -297,7 +309,7 @@ class KafkaPythonFrameConsumer:
                 self._consumer.commit({TopicPartition(*partition): OffsetAndMetadata(offset, "", -1)
                                        for partition, offset in offsets.items()})
                 return True
-            except (CommitFailedError, RebalanceInProgressError) as exc:
+            except _GROUP_MOVED_ON as exc:
                 log.warning("offset commit refused, the group has moved on: %s", exc)
                 return False
             except KafkaError as exc:

@@ -188,3 +188,19 @@ def test_kafka_pythons_partitioner_remembering_key_hashes_partitions_as_the_defa
     assert [ours.partition("t", None, k, None, None, cluster) for k in keys] == [
         default.partition("t", None, k, None, None, cluster) for k in keys]
     assert ours.partition("t", None, None, None, None, cluster) in {0, 1}  # no key: an available partition
+
+
+def test_an_asynchronous_commit_refused_by_a_moved_group_is_logged_each_time_other_failures_once(caplog):
+    from kafka.errors import CommitFailedError, KafkaConnectionError
+
+    from inspector.kafka.kafka_python import _log_commit_outcome
+
+    caplog.set_level("INFO", logger="inspector.kafka.kafka_python")
+    failing = False
+    for outcome in (CommitFailedError("evicted"), CommitFailedError("again"), KafkaConnectionError("away"),
+                    KafkaConnectionError("still away"), object()):
+        failing = _log_commit_outcome(failing, outcome)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("offset commit refused" in m for m in messages) == 2  # what the eviction tests count
+    assert sum("offset commit failed" in m for m in messages) == 1
+    assert messages[-1] == "offset commits succeed again" and not failing
