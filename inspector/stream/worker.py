@@ -87,6 +87,7 @@ class Worker:
         self._stop = threading.Event()
         self._in_flight: deque[Batch] = deque()  # polled, not yet published; the oldest is published next
         self._unacknowledged: deque[Published] = deque()  # published, not yet committed; the oldest first
+        self._committed: Offsets = {}  # per partition still ours, the offset last sent for commit
         self._batcher = MicroBatcher[ConsumedRecord](settings.batch.max_size, 0)  # the batch being collected
         self._assigned = False
         self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact, self._install_model)
@@ -129,6 +130,8 @@ class Worker:
                     self.metrics.show_model(self.runner.artifact, self.settings.model)
                 self._update_lag()
             self._finish_in_flight()
+            if self._committed:  # the commits were not waited for: the last ones once more, waited for, before close
+                self.consumer.commit(self._committed)
         finally:
             # After a failure nothing more may be published: consumer.close() calls _on_revoked.
             self._in_flight.clear()
@@ -246,7 +249,7 @@ class Worker:
     def _acknowledge_then_commit(self, published: Published) -> tuple[int, float]:
         """5-6. The offsets of a batch's records, good and bad, are committed only after the broker acknowledged
         every message published for them (with exactly-once they commit in the same transaction instead). The
-        commit is not waited for: the next one carries later offsets, and at stop the last is synchronous.
+        commit is not waited for: the next one carries later offsets, and run() commits them all once more at stop.
 
         Raises TransportError when a message was not acknowledged. A refused commit (the group evicted us) is not
         fatal: the partitions' next owner scores these records again. -> the acknowledgement's time.time_ns()
@@ -256,10 +259,8 @@ class Worker:
             self.producer.commit_with_offsets(published.offsets, self.consumer.group_metadata())
         acked = time.time_ns(), time.perf_counter()
         if not self.producer.transactional:
-            if self._unacknowledged or not self._stop.is_set():
-                self.consumer.commit_async(published.offsets)
-            else:  # the last commit before the group is left: waited for, so that it is not lost at close
-                self.consumer.commit(published.offsets)
+            self._committed.update(published.offsets)
+            self.consumer.commit_async(published.offsets)
         return acked
 
     def _record_metrics(self, scored: ScoredBatch, acked_ns: int) -> None:
@@ -318,6 +319,8 @@ class Worker:
         gone = set(revoked)
         for published in self._unacknowledged:
             published.offsets = {p: o for p, o in published.offsets.items() if p not in gone}
+        for partition in gone:
+            self._committed.pop(partition, None)
         self._assigned = False
         self.metrics.ready.set(0)
 
