@@ -98,6 +98,8 @@ def _model_config(args: argparse.Namespace, mode: str, paths: list[Path]):  # un
     from inspector.training.pipeline import default_input_size
 
     fields: dict[str, object] = {"image_size": args.size or default_input_size(paths, mode)}
+    if mode == "features" and args.edge_context is not None:
+        fields["edge_context"] = args.edge_context
     if mode != "features":  # the image autoencoders' shape flags
         if args.widths:
             fields["widths"] = tuple(int(w) for w in args.widths.split(","))
@@ -332,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int)
     sp.add_argument("--global-ranks", type=int, nargs="+", metavar="RANK",
                     help="features mode: ranks of the global term to choose from (default 8 16 32)")
+    sp.add_argument("--edge-context", type=int, metavar="PX",
+                    help="features mode: pixels of replicated edge around the input, used where the map is not "
+                         "normalised per location (default 16; 0 = none)")
     sp.add_argument("--camera-jpeg-quality", type=int, metavar="Q",
                     help="set the threshold on good images as a camera sending JPEG at quality Q delivers them "
                          "(default 90, the producer's; 0 = as they are)")

@@ -54,6 +54,14 @@ def load_images(paths: list[Path], size: int) -> np.ndarray:
     return np.stack([load_image(p, size) for p in paths])
 
 
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, size, size, 3), area-averaged when shrinking as `load_images` does."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    interp = cv2.INTER_AREA if min(images.shape[1:3]) > size else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(image, (size, size), interpolation=interp) for image in images])
+
+
 def decode_jpegs_on_device(datas: list[bytes], size: int, device: torch.device) -> torch.Tensor:
     """Batch-decode already validated JPEGs on the GPU -> (B, 3, S, S) float [0, 1]: `nvjpeg_decode`, then
     `to_model_batch`."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from inspector.decode.preprocess import to_tensor
+from inspector.decode.preprocess import resize_images, to_tensor
 from inspector.model.backbone import load_pretrained
 from inspector.model.feature_reconstructor import (
     FeatureReconstructor,
@@ -52,6 +52,25 @@ class FeatureFit:
 def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.ndarray,
                       model_config: FeatureReconstructorConfig, config: TrainConfig, scoring: ScoringConfig,
                       device: torch.device, *, progress: bool = True) -> FeatureFit:
+    """Fit to the (N, S, S, 3) images with the backbone seeing S px (see `_fit_feature_model`). The model config's
+    edge context is used where the map is not normalised per location: there good parts lie anywhere, so the
+    zero-padded frame edge's response changes with what lies near it and only context removes it; where
+    per-location statistics are chosen (aligned parts), they learn the edge as it is. With the context, the
+    input shrinks by its ring (the images are resized), so that the backbone's cost stays."""
+    context = model_config.edge_context
+    fit = _fit_feature_model(images, train_idx, cal_idx, replace(model_config, edge_context=0), config, scoring,
+                             device, progress=progress)
+    if not context or fit.scoring.pixel_normalise:
+        return fit
+    size = model_config.image_size - 2 * context
+    log.info("parts lie anywhere (no per-location maps): refitting at %d px with %d px of edge context", size, context)
+    return _fit_feature_model(resize_images(images, size), train_idx, cal_idx, replace(model_config, image_size=size),
+                              config, scoring, device, progress=progress)
+
+
+def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.ndarray,
+                       model_config: FeatureReconstructorConfig, config: TrainConfig, scoring: ScoringConfig,
+                       device: torch.device, *, progress: bool = True) -> FeatureFit:
     """Fit on `train_idx` and set the references on `cal_idx`; or, when fewer than `config.cross_fit_below`
     images would be held out, cross-fit: every image scored out of fold, the final model fitted to all."""
     ranks = sorted(set(config.global_ranks)) or [model_config.global_components]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inspector.decode.preprocess import resize_images
 from inspector.model import artifact as artifact_io
 from inspector.model.artifact import ModelArtifact
 from inspector.model.autoencoder import AutoencoderConfig
@@ -37,7 +38,8 @@ def data_fingerprint(paths: list[Path]) -> str:
 
 def default_input_size(paths: list[Path], mode: str) -> int:
     """The model input side for these images: 256 px (128 for the from-scratch modes), 320 when the photos are
-    large enough that small defects would shrink below the features' reach at 256."""
+    large enough that small defects would shrink below the features' reach at 256 (the feature reconstructor's
+    backbone input: with edge context, training shrinks the input by its ring)."""
     if mode != "features":
         return 128
     import cv2
@@ -87,6 +89,7 @@ def train_and_calibrate(
     if isinstance(model_config, FeatureReconstructorConfig):
         fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, progress=progress)
         model, history, scoring, calibration = fit.model, fit.history, fit.scoring, fit.calibration
+        images = resize_images(images, model.config.image_size)  # smaller where the fit took edge context
         pixel_choice, rank_choice = fit.pixel_choice, fit.rank_choice
         if fit.cross_fitted:
             train_idx = cal_idx = np.arange(len(images))

@@ -125,6 +125,33 @@ def test_feature_files_written_before_the_global_block_score_as_they_did() -> No
     assert new(torch.rand(2, 3, 64, 64)).pooled.shape == (2, 320)
 
 
+def test_the_edge_context_makes_a_plain_frame_s_edge_look_like_its_middle() -> None:
+    from inspector.model.backbone import load_pretrained
+
+    plain = torch.full((1, 3, 128, 128), 0.3)
+    spread = {}
+    for context in (0, 16):
+        model = FeatureReconstructor(FeatureReconstructorConfig(image_size=128, edge_context=context))
+        load_pretrained(model.backbone)
+        with torch.no_grad():
+            local, _ = model.features(plain)  # (1, C, 16, 16)
+        assert local.shape[-2:] == (16, 16)
+        middle = local[..., 8, 8][..., None, None]
+        spread[context] = (local - middle).abs().mean().item()
+    # Zero padding makes a frame's edge a feature of its own (the receptive fields reach across a 128-px frame);
+    # replicated context takes much of it away: 2.8 -> 1.6 on average.
+    assert spread[16] < 0.7 * spread[0]
+
+
+def test_feature_files_written_before_the_edge_context_score_as_they_did() -> None:
+    header = FeatureReconstructorConfig(image_size=64).to_dict()
+    assert header["edge_context"] == 16
+    del header["edge_context"]
+    assert FeatureReconstructorConfig.from_dict(header).edge_context == 0
+    with pytest.raises(ValueError, match="edge_context 8"):
+        FeatureReconstructorConfig(edge_context=8)
+
+
 @pytest.mark.slow
 def test_default_training_on_one_real_paper_type(tmp_path: Path) -> None:
     root = DATASETS / "paper" / "flr01_tl"
