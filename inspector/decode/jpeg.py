@@ -91,7 +91,13 @@ def to_model_rgb(bgr: np.ndarray, size: int) -> np.ndarray:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     elif bgr.shape[2] == 4:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
-    if bgr.shape[0] != size or bgr.shape[1] != size:
-        interp = cv2.INTER_AREA if min(bgr.shape[:2]) > size else cv2.INTER_LINEAR
-        bgr = cv2.resize(bgr, (size, size), interpolation=interp)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(to_square(bgr, size), cv2.COLOR_BGR2RGB)
+
+
+def to_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An (H, W, C) image -> (size, size, C): area-averaged when shrinking, bilinear when growing; as it is when
+    already that size."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    interp = cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)

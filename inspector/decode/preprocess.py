@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from inspector.decode.jpeg import to_model_rgb
+from inspector.decode.jpeg import to_model_rgb, to_square
 from inspector.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -55,11 +55,10 @@ def load_images(paths: list[Path], size: int) -> np.ndarray:
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, size, size, 3), area-averaged when shrinking as `load_images` does."""
+    """(N, S, S, 3) uint8 -> (N, size, size, 3), resized as `load_images` resizes each file."""
     if images.shape[1] == size and images.shape[2] == size:
         return images
-    interp = cv2.INTER_AREA if min(images.shape[1:3]) > size else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(image, (size, size), interpolation=interp) for image in images])
+    return np.stack([to_square(image, size) for image in images])
 
 
 def decode_jpegs_on_device(datas: list[bytes], size: int, device: torch.device) -> torch.Tensor:
