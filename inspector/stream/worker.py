@@ -2,7 +2,8 @@
 
 Delivery guarantee (at-least-once): a frame's offset is committed only after its alert, its score and any
 dead letter are acknowledged by the broker. A crash between publish and commit repeats the results of the
-batches published and not yet committed (at most two per partition, see below); nothing is ever skipped. With
+batches published and not yet committed (up to MAX_UNACKNOWLEDGED + 1 awaiting acknowledgement and those whose
+commit was sent and not yet stored, see below); nothing is ever skipped. With
 `kafka.exactly_once` the results and the offsets go into one transaction per batch instead.
 
 Pipelining: while the main thread publishes batch N, the next batches are decoded and scored in the threads of
