@@ -260,10 +260,20 @@ def global_term(args: argparse.Namespace) -> None:
         return ((centred - (centred @ basis[:rank].T) @ basis[:rank]) ** 2).mean(axis=1)
 
     def mahalanobis(shrink: float) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda pooled: (((pooled - mean) @ basis.T) ** 2 / (variance + shrink * variance.mean())).mean(axis=1)
+        floor = shrink * variance.sum() / basis.shape[1]  # of the mean variance over all G channels
 
+        def distance(pooled: np.ndarray) -> np.ndarray:
+            projected = (pooled - mean) @ basis.T
+            # With fewer fitted rows than channels, what lies outside their span has only the floor's variance.
+            outside = np.maximum(0.0, ((pooled - mean) ** 2).sum(axis=1) - (projected**2).sum(axis=1))
+            return ((projected**2 / (variance + floor)).sum(axis=1) + outside / floor) / basis.shape[1]
+
+        return distance
+
+    lw = ledoit_wolf_shrinkage(fit_pooled - mean)
     variants = {f"residual after {rank} directions (the model's)": residual,
-                **{f"Mahalanobis, shrinkage {lam}": mahalanobis(lam) for lam in (0.01, 0.1, 1.0)}}
+                **{f"Mahalanobis, shrinkage {lam}": mahalanobis(lam) for lam in (0.01, 0.1, 1.0)},
+                f"Mahalanobis, Ledoit-Wolf ({lw:.3f})": mahalanobis(lw / max(1e-9, 1 - lw))}
     images, defective = _test_images(args.set, size)
     good = ~defective
     views = {q: _pooled_and_local(model, scoring, jpeg_copies(images, 0, (q, q)) if q else images)
@@ -280,6 +290,19 @@ def global_term(args: argparse.Namespace) -> None:
                 threshold = np.quantile(scores[good], 0.99)
                 cells.append(f"q{q} w{weight:g} {auroc(~good, scores):.4f}/{np.mean(scores[~good] > threshold):.3f}")
         print(f"{name:36s} " + "  ".join(cells))
+
+
+def ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
+    """The weight of the scaled identity in Ledoit and Wolf's shrunk covariance of (N, G) centred rows: the
+    sample covariance's expected error over its distance from the identity, in [0, 1]."""
+    n, g = centred.shape
+    covariance = centred.T @ centred / n
+    mu = np.trace(covariance) / g
+    distance = np.sum((covariance - mu * np.eye(g)) ** 2) / g
+    squared_norms = np.sum(centred**2, axis=1)
+    # The mean of ||x xT - S||_F^2 over rows, without forming each outer product.
+    spread = (np.sum(squared_norms**2) / n - np.sum(covariance**2)) / g
+    return float(min(spread / n, distance) / distance)
 
 
 @torch.inference_mode()

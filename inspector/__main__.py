@@ -112,7 +112,7 @@ def _model_config(args: argparse.Namespace, mode: str, paths: list[Path]):  # un
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from inspector.decode.preprocess import list_images, load_images
+    from inspector.decode.preprocess import list_images, list_labelled_defects, load_images
     from inspector.model.runtime import pick_device
     from inspector.training.pipeline import train_and_calibrate
 
@@ -123,12 +123,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if train_cfg.denoise and train_cfg.mode != "plain":
         raise ConfigError("--denoise trains the plain autoencoder: add --mode plain")
     cfg = _model_config(args, train_cfg.mode, paths)
+    if args.defects and train_cfg.mode != "features":
+        raise ConfigError("--defects chooses the features mode's global weight: the other modes have none")
     images = load_images(paths, cfg.image_size)
+    defects = load_images(list_labelled_defects(Path(args.defects)), cfg.image_size) if args.defects else None
     out = Path(args.out)
     print(f"training a {train_cfg.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) "
           f"-> {out}")
     artifact = train_and_calibrate(images, paths, out, cfg, train_cfg, device, model_id=args.model_id,
-                                   model_version=args.model_version)
+                                   model_version=args.model_version, defects=defects)
     cal = artifact.calibration
     assert cal is not None
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB): threshold {cal.threshold:.6f} ({cal.method}) at target "
@@ -337,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--edge-context", type=int, metavar="PX",
                     help="features mode: pixels of replicated edge around the input, used where the map is not "
                          "normalised per location (default 16; 0 = none)")
+    sp.add_argument("--defects", metavar="DIR",
+                    help="features mode: labelled defective images (a folder, or a set's test folder whose folders "
+                         "other than good/ hold them), never trained on: the global term's weight is the one that "
+                         "ranks them highest above the held-out good images (default: the weight 2)")
     sp.add_argument("--camera-jpeg-quality", type=int, metavar="Q",
                     help="set the threshold on good images as a camera sending JPEG at quality Q delivers them "
                          "(default 90, the producer's; 0 = as they are)")

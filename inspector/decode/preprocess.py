@@ -41,6 +41,18 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
+def list_labelled_defects(folder: Path) -> list[Path]:
+    """Images directly in `folder` and in its subfolders other than good/ (a set's test folder, one subfolder per
+    kind of defect), sorted; ConfigError if the folder is missing or has none."""
+    if not folder.is_dir():
+        raise ConfigError(f"image folder not found: {folder}")
+    folders = [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "good")]
+    files = [p for f in folders for p in sorted(f.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} or its folders other than good/")
+    return files
+
+
 def load_image(path: Path, size: int) -> np.ndarray:
     """Read an image file -> (size, size, 3) uint8 RGB; ConfigError if unreadable."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

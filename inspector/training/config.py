@@ -20,6 +20,8 @@ class TrainConfig:
     feature_batch: int = 2048
     # Feature mode: ranks of the global term tried; the one that ranks synthetic defects highest is kept.
     global_ranks: tuple[int, ...] = (8, 16, 32)
+    # Feature mode, with labelled defects (`inspector train --defects`): the global term's weights tried.
+    global_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     # Feature mode: when fewer good images than this would be held out, every good image is scored by a model
     # that did not see it (cross_fit_folds folds) and the final model trains on all of them.
     cross_fit_below: int = 50

@@ -43,6 +43,7 @@ class FeatureFit:
     calibration: CalibrationStats | None  # set when cross-fitted (out-of-fold scores); else calibrate held out
     pixel_choice: dict[str, float] = field(default_factory=dict)  # synthetic-defect AUROC of both map variants
     rank_choice: dict[str, float] = field(default_factory=dict)  # synthetic-defect AUROC per global rank tried
+    weight_choice: dict[str, float] = field(default_factory=dict)  # labelled defects' AUROC per global weight tried
 
     @property
     def cross_fitted(self) -> bool:
@@ -51,7 +52,8 @@ class FeatureFit:
 
 def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.ndarray,
                       model_config: FeatureReconstructorConfig, config: TrainConfig, scoring: ScoringConfig,
-                      device: torch.device, *, progress: bool = True) -> FeatureFit:
+                      device: torch.device, *, defects: np.ndarray | None = None,
+                      progress: bool = True) -> FeatureFit:
     """Fit to the (N, S, S, 3) images with the backbone seeing S px (see `_fit_feature_model`). The model config's
     edge context is used where the map is not normalised per location: there good parts lie anywhere, so the
     zero-padded frame edge's response changes with what lies near it and only context removes it; where
@@ -59,20 +61,23 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
     input shrinks by its ring (the images are resized), so that the backbone's cost stays."""
     context = model_config.edge_context
     fit = _fit_feature_model(images, train_idx, cal_idx, replace(model_config, edge_context=0), config, scoring,
-                             device, progress=progress)
+                             device, defects=defects, progress=progress)
     if not context or fit.scoring.pixel_normalise:
         return fit
     size = model_config.image_size - 2 * context
     log.info("parts lie anywhere (no per-location maps): refitting at %d px with %d px of edge context", size, context)
     return _fit_feature_model(resize_images(images, size), train_idx, cal_idx, replace(model_config, image_size=size),
-                              config, scoring, device, progress=progress)
+                              config, scoring, device,
+                              defects=None if defects is None else resize_images(defects, size), progress=progress)
 
 
 def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.ndarray,
                        model_config: FeatureReconstructorConfig, config: TrainConfig, scoring: ScoringConfig,
-                       device: torch.device, *, progress: bool = True) -> FeatureFit:
+                       device: torch.device, *, defects: np.ndarray | None = None,
+                       progress: bool = True) -> FeatureFit:
     """Fit on `train_idx` and set the references on `cal_idx`; or, when fewer than `config.cross_fit_below`
-    images would be held out, cross-fit: every image scored out of fold, the final model fitted to all."""
+    images would be held out, cross-fit: every image scored out of fold, the final model fitted to all. With
+    labelled `defects`, the global term's weight is the one that ranks them highest above the held-out images."""
     ranks = sorted(set(config.global_ranks)) or [model_config.global_components]
     model_config = replace(model_config, global_components=max(ranks))  # truncated to the chosen rank below
     raw = replace(scoring, pixel_normalise=False)
@@ -106,8 +111,15 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
     truncate_global_basis(model, rank)
     glob = good.glob[rank]
     scoring = with_references(scoring, local, glob)
+    weight_choice: dict[str, float] = {}
+    if defects is not None and len(defects):
+        held_out = images if good.out_of_fold else images[cal_idx]
+        weight, weight_choice = choose_global_weight(model, scoring, config, device, held_out, defects,
+                                                     FeatureTerms(good.maps, {rank: glob}),
+                                                     through_camera[0] if through_camera else None)
+        scoring = replace(scoring, global_weight=weight)
     if not good.out_of_fold:
-        return FeatureFit(model, history, scoring, None, pixel_choice, rank_choice)
+        return FeatureFit(model, history, scoring, None, pixel_choice, rank_choice, weight_choice)
     good_scores = combined_scores(scoring, local, glob)
     for camera_terms in through_camera:  # each image's higher score of as-is and as the camera delivers it
         camera_maps = _scoring_maps(model, camera_terms.maps, scoring)
@@ -115,7 +127,7 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
                                                               .numpy(), camera_terms.glob[rank]))
     calibration = calibrate(good_scores, pixel_sample(register(maps, scoring.map_offset).numpy()),
                             config.target_false_alarm)
-    return FeatureFit(model, history, scoring, calibration, pixel_choice, rank_choice)
+    return FeatureFit(model, history, scoring, calibration, pixel_choice, rank_choice, weight_choice)
 
 
 class BackboneFeatures(NamedTuple):
@@ -314,6 +326,40 @@ def choose_global_rank(scoring: ScoringConfig, local: np.ndarray, glob: dict[int
         by_rank[str(rank)] = round(auroc(labels, scores), 4)
     best = max(by_rank.values())
     return min(int(r) for r, a in by_rank.items() if a == best), by_rank
+
+
+def choose_global_weight(model: FeatureReconstructor, scoring: ScoringConfig, config: TrainConfig,
+                         device: torch.device, good: np.ndarray, defects: np.ndarray, good_terms: FeatureTerms,
+                         good_camera: FeatureTerms | None) -> tuple[float, dict[str, float]]:
+    """The weight of the global term (of `config.global_weights`) under which labelled defective images score
+    highest above the held-out good images (AUROC), each image scored as calibration scores it: the higher of
+    as-is and through the camera's JPEG. Which term a line's defects move is the line's: whole-fruit rot moves the
+    global term, a bruise the local one, and synthetic defects cannot tell (bench/HISTORY.md). Ties go to the
+    weight nearest the default. `good_terms` are the held-out images' raw terms at the model's rank;
+    `good_camera` their camera copies' when already scored out of fold."""
+    raw = replace(scoring, pixel_normalise=False)
+    quality = config.camera_jpeg_quality
+    views = [_feature_terms(model, defects, raw, device)]
+    good_views = [good_terms]
+    if quality:
+        views.append(_feature_terms(model, jpeg_copies(defects, seed=0, qualities=(quality, quality)), raw, device))
+        good_views.append(good_camera or _feature_terms(model, jpeg_copies(good, seed=0, qualities=(quality, quality)),
+                                                        raw, device))
+    rank = model.config.global_components
+
+    def scores(terms: list[FeatureTerms], weight: float) -> np.ndarray:
+        weighted = replace(scoring, global_weight=weight)
+        return np.max([combined_scores(weighted, image_scores(_scoring_maps(model, t.maps, scoring), scoring)
+                                       .double().numpy(), t.glob[rank]) for t in terms], axis=0)
+
+    labels = np.r_[np.zeros(len(good), bool), np.ones(len(defects), bool)]
+    by_weight = {f"{w:g}": round(auroc(labels, np.r_[scores(good_views, w), scores(views, w)]), 4)
+                 for w in config.global_weights}
+    best = max(by_weight.values())
+    weight = min((float(w) for w, a in by_weight.items() if a == best), key=lambda w: abs(w - scoring.global_weight))
+    log.info("global weight %g from %d labelled defects against %d held-out good images (AUROC by weight: %s)",
+             weight, len(defects), len(good), by_weight)
+    return weight, by_weight
 
 
 def truncate_global_basis(model: FeatureReconstructor, rank: int) -> None:

@@ -71,11 +71,13 @@ def train_and_calibrate(
     scoring: ScoringConfig | None = None,
     model_id: str = "banana-ae",
     model_version: str | None = None,
+    defects: np.ndarray | None = None,
     progress: bool = True,
 ) -> ModelArtifact:
     """The `inspector train` pipeline: hold out a calibration split (or cross-fit), train, calibrate, save.
 
-    `model_config` picks the family; the scoring, unless given, is the one `config.mode` was measured with."""
+    `model_config` picks the family; the scoring, unless given, is the one `config.mode` was measured with.
+    Labelled defective images, where given, choose the feature reconstructor's global weight."""
     t0 = time.time()
     train_idx, cal_idx = split_for_calibration(len(images), config.calibration_fraction, config.seed)
     if len(cal_idx) == 0:
@@ -86,11 +88,13 @@ def train_and_calibrate(
     calibration_scores = "held out"
     pixel_choice: dict[str, float] = {}  # synthetic-defect AUROC of the two map variants, feature mode
     rank_choice: dict[str, float] = {}  # ... and of each global rank tried
+    weight_choice: dict[str, float] = {}  # labelled defects' AUROC at each global weight tried
     if isinstance(model_config, FeatureReconstructorConfig):
-        fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, progress=progress)
+        fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, defects=defects,
+                                progress=progress)
         model, history, scoring, calibration = fit.model, fit.history, fit.scoring, fit.calibration
         images = resize_images(images, model.config.image_size)  # smaller where the fit took edge context
-        pixel_choice, rank_choice = fit.pixel_choice, fit.rank_choice
+        pixel_choice, rank_choice, weight_choice = fit.pixel_choice, fit.rank_choice, fit.weight_choice
         if fit.cross_fitted:
             train_idx = cal_idx = np.arange(len(images))
             calibration_scores = f"out of fold ({config.cross_fit_folds} folds)"
@@ -112,6 +116,8 @@ def train_and_calibrate(
             "calibration_scores": calibration_scores,
             "pixel_normalise_auroc": pixel_choice,
             "global_rank_auroc": rank_choice,
+            "global_weight_auroc": weight_choice,
+            "n_defect_examples": 0 if defects is None else int(len(defects)),
             "data_fingerprint": data_fingerprint(paths) if paths else "",
             "final_loss": history[-1] if history else None,
             "seconds": round(time.time() - t0, 1),

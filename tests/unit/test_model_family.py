@@ -46,13 +46,25 @@ def test_repair_head_loss_falls_in_a_few_steps() -> None:
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
+def _blobs(images: np.ndarray) -> np.ndarray:
+    blob = images.copy()
+    blob[:, 40:64, 56:80] = (40, 30, 20)  # a dark impurity
+    return blob
+
+
 def test_feature_model_trains_calibrates_round_trips_and_flags_a_blob(tmp_path: Path) -> None:
     good = _textures(24, 128, 1)
     out = tmp_path / "f.safetensors"
     config = FeatureReconstructorConfig(image_size=128, hidden_channels=32, latent_channels=8)
-    art = train_and_calibrate(good, [], out, config, TrainConfig(feature_steps=100, feature_batch=512),
-                              torch.device("cpu"), progress=False)
+    train = TrainConfig(feature_steps=100, feature_batch=512)
+    art = train_and_calibrate(good, [], out, config, train, torch.device("cpu"), defects=_blobs(_textures(6, 128, 3)),
+                              progress=False)
     assert art.scoring.local_reference > 0 and art.scoring.global_reference > 0
+    # The labelled defects chose the global weight: the best AUROC, ties to the weight nearest the default 2.
+    by_weight = art.training["global_weight_auroc"]
+    assert set(by_weight) == {f"{w:g}" for w in train.global_weights} and art.training["n_defect_examples"] == 6
+    best = [float(w) for w, a in by_weight.items() if a == max(by_weight.values())]
+    assert art.scoring.global_weight == min(best, key=lambda w: abs(w - 2.0))
     assert art.calibration is not None and art.calibration.method == "fitted_tail"
     loaded = artifact_io.load(out)
     assert type(loaded.model).__name__ == "FeatureReconstructor" and loaded.scoring == art.scoring
@@ -61,9 +73,7 @@ def test_feature_model_trains_calibrates_round_trips_and_flags_a_blob(tmp_path: 
     rank = loaded.model.config.global_components
     assert rank in (8, 12) and loaded.model.global_basis.shape[0] == rank
     test_good = _textures(4, 128, 2)
-    blob = test_good.copy()
-    blob[:, 40:64, 56:80] = (40, 30, 20)  # a dark impurity
-    scores, maps = ModelRunner(loaded, torch.device("cpu")).score(np.concatenate([test_good, blob]))
+    scores, maps = ModelRunner(loaded, torch.device("cpu")).score(np.concatenate([test_good, _blobs(test_good)]))
     assert scores[4:].min() > scores[:4].max()
     for m in maps[4:].numpy():  # the map's peak is on the impurity (within one feature cell of it)
         y, x = np.unravel_index(np.argmax(m), m.shape)

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import torch
 
-from inspector.decode.preprocess import list_images, load_images, to_tensor
+from inspector.decode.preprocess import list_images, list_labelled_defects, load_images, to_tensor
+from inspector.errors import ConfigError
 from inspector.model import artifact as artifact_io
 from inspector.model.autoencoder import AutoencoderConfig
 from inspector.training.config import TrainConfig
@@ -84,3 +86,13 @@ def test_denoise_command_writes_one_image_per_input(tiny_dataset, tmp_path):
                         torch.device("cpu"), progress=False)
     n = denoise_folder(out, tiny_dataset / "test" / "good", tmp_path / "clean", "cpu")
     assert n == len(list((tmp_path / "clean").glob("*.png"))) > 0
+
+
+def test_labelled_defects_are_a_folder_or_a_test_folder_s_kinds_without_its_good_images(tiny_dataset, tmp_path):
+    test = tiny_dataset / "test"
+    found = list_labelled_defects(test)
+    assert len(found) == 6 * 2 and not any(p.parent.name == "good" for p in found)
+    assert list_labelled_defects(test / "bruise") == list_images(test / "bruise")
+    (tmp_path / "good").mkdir()
+    with pytest.raises(ConfigError, match="no images"):
+        list_labelled_defects(tmp_path)
