@@ -125,8 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _model_config(args, train_cfg.mode, paths)
     if args.defects and train_cfg.mode != "features":
         raise ConfigError("--defects chooses the features mode's global weight: the other modes have none")
+    defect_paths = list_labelled_defects(Path(args.defects)) if args.defects else []
     images = load_images(paths, cfg.image_size)
-    defects = load_images(list_labelled_defects(Path(args.defects)), cfg.image_size) if args.defects else None
+    defects = load_images(defect_paths, cfg.image_size) if defect_paths else None
     out = Path(args.out)
     print(f"training a {train_cfg.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) "
           f"-> {out}")

@@ -96,3 +96,15 @@ def test_labelled_defects_are_a_folder_or_a_test_folder_s_kinds_without_its_good
     (tmp_path / "good").mkdir()
     with pytest.raises(ConfigError, match="no images"):
         list_labelled_defects(tmp_path)
+
+
+def test_train_with_defects_refuses_a_missing_folder_and_the_modes_without_a_global_term(tiny_dataset, tmp_path,
+                                                                                         capsys):
+    from inspector.__main__ import main
+
+    data, out = str(tiny_dataset / "train" / "good"), str(tmp_path / "m.safetensors")
+    assert main(["train", "--data", data, "--out", out, "--defects", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"image folder not found: {tmp_path / 'none'}")
+    assert main(["train", "--data", data, "--out", out, "--mode", "plain", "--defects", str(tiny_dataset / "test")]) == 2
+    assert "--defects chooses the features mode's global weight" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
