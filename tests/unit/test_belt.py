@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from inspector.contracts import FrameMeta
+from inspector.demo import pace_hint
 from inspector.errors import ConfigError
 from inspector.settings import KafkaSettings, ProducerSettings
 from inspector.sorter.belt_report import score_ejections
@@ -228,3 +229,11 @@ def test_a_run_without_pulses_ejects_nothing() -> None:
     assert report.recall == 0.0 and report.false_ejection_rate == 0.0
     assert report.summary_lines()[-1] == ("ejection recall 0.0 % (0/1); false ejections 0.0 % (0/1); "
                                           "fire-time error p50 n/a, p99 n/a (0 defective ejected)")
+
+
+def test_the_demo_says_when_the_machine_could_not_keep_up_with_the_cameras():
+    # 25 of 30 frames/s scored and ejections late: the line names the rate and a camera rate this machine holds.
+    hint = pace_hint(25.1, late=9, lanes=2, fps=15)
+    assert hint is not None and "25.1 of the 30 frames/s" in hint and "--fps 10" in hint
+    assert pace_hint(29.5, late=9, lanes=2, fps=15) is None  # kept up: late for another reason
+    assert pace_hint(20.0, late=0, lanes=2, fps=15) is None  # behind, yet nothing came late
