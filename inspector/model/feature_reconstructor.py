@@ -121,10 +121,11 @@ class FeatureReconstructor(AnomalyModel):
         self.register_buffer("global_mean", torch.zeros(g))
         self.register_buffer("global_basis", torch.zeros(config.global_components, g))  # orthonormal rows
 
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor, with_global: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> (local: (B, C, S/8, S/8) standardised, neighbourhood-averaged backbone features,
-        pooled: (B, G) the global block's mean feature vector, standardised)."""
-        wanted = sorted({*self.config.blocks, self.config.global_block} - {0})
+        pooled: (B, G) the global block's mean feature vector, standardised; zeros without `with_global`, when the
+        backbone stops at the last local block)."""
+        wanted = sorted({*self.config.blocks, self.config.global_block if with_global else 0} - {0})
         by_block = dict(zip(wanted, self._backbone_blocks(x, tuple(wanted))))
         maps = [by_block[b] for b in self.config.blocks]
         size = maps[0].shape[-2:]
@@ -135,6 +136,8 @@ class FeatureReconstructor(AnomalyModel):
         if k > 1:
             f = F.avg_pool2d(f, k, 1, k // 2, count_include_pad=False)
         f = (f - self.feature_mean) / self.feature_std
+        if not with_global:
+            return f, f.new_zeros((f.shape[0], self.config.global_channels))
         if not self.config.global_block:
             return f, f.mean(dim=(2, 3))
         return f, (by_block[self.config.global_block].mean(dim=(2, 3)) - self.pooled_mean) / self.pooled_std
@@ -157,14 +160,16 @@ class FeatureReconstructor(AnomalyModel):
         centred = pooled - self.global_mean
         return self.global_mean + (centred @ self.global_basis.T) @ self.global_basis  # (B, C)
 
-    def forward(self, x: torch.Tensor) -> FeatureReconstruction:
-        f, pooled = self.features(x)
-        return FeatureReconstruction(f, self.local(f), pooled, self.reconstruct_pooled(pooled))
+    def forward(self, x: torch.Tensor, with_global: bool = True) -> FeatureReconstruction:
+        f, pooled = self.features(x, with_global)
+        return FeatureReconstruction(f, self.local(f), pooled, self.reconstruct_pooled(pooled) if with_global else pooled)
 
     def score(self, x: torch.Tensor, config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """Local scores alone while the references are unset (as training first scores), else both terms
         combined; the map registered to the image."""
-        local, pooled_err, maps = feature_terms(self, x, config)
+        # A global term weighted 0 (chosen so by labelled defects) is not computed: the backbone stops at block 10.
+        uses_global = bool(config.local_reference and config.global_reference and config.global_weight)
+        local, pooled_err, maps = feature_terms(self, x, config, global_term=uses_global)
         if not config.local_reference:
             return local, maps
         return combined_scores(config, local, pooled_err), maps
@@ -203,13 +208,14 @@ def combined_scores(config: ScoringConfig, local: _Terms, glob: _Terms) -> _Term
     return scores
 
 
-def feature_terms(model: FeatureReconstructor, x: torch.Tensor,
-                  config: ScoringConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass of a feature reconstructor -> (local scores (B,), global errors (B,), maps (B, S, S) registered to
-    the image), before the references that `FeatureReconstructor.score` divides them by."""
-    out = model(x)
+def feature_terms(model: FeatureReconstructor, x: torch.Tensor, config: ScoringConfig, *,
+                  global_term: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass of a feature reconstructor -> (local scores (B,), global errors (B,) (zeros without
+    `global_term`), maps (B, S, S) registered to the image), before the references that
+    `FeatureReconstructor.score` divides them by."""
+    out = model(x, with_global=global_term)
     maps = feature_maps(model, out, x.shape[-1], config)
-    pooled_err = (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)  # (B,)
+    pooled_err = (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)  # (B,), zeros without it
     # Scored before registration: moving the map must not move the score, and the edge the move replicates would
     # (on paper, good images' top pixels lie along the bottom and right edges).
     return image_scores(maps, config), pooled_err, register(maps, config.map_offset)

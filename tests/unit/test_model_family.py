@@ -162,6 +162,27 @@ def test_feature_files_written_before_the_edge_context_score_as_they_did() -> No
         FeatureReconstructorConfig(edge_context=8)
 
 
+def test_a_global_term_weighted_zero_is_not_computed_and_scores_the_same(default_model_path: Path) -> None:
+    from dataclasses import replace
+
+    from inspector.model.feature_reconstructor import combined_scores, feature_terms
+
+    art = artifact_io.load(default_model_path)
+    model = art.model.eval()
+    x = torch.from_numpy(_textures(3, art.config.image_size, 4)).permute(0, 3, 1, 2).float() / 255
+    calls: list[int] = []
+    model.backbone._blocks[15].register_forward_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        for weight in (0.0, 2.0):
+            scoring = replace(art.scoring, global_weight=weight)
+            calls.clear()
+            scores, maps = model.score(x, scoring)
+            assert bool(calls) == (weight > 0)  # the backbone stops at block 10 when the global term weighs nothing
+            local, glob, full_maps = feature_terms(model, x, scoring)
+            assert glob.min() > 0
+            assert torch.allclose(scores, combined_scores(scoring, local, glob)) and torch.equal(maps, full_maps)
+
+
 @pytest.mark.slow
 def test_default_training_on_one_real_paper_type(tmp_path: Path) -> None:
     root = DATASETS / "paper" / "flr01_tl"
