@@ -132,7 +132,7 @@ class FrameMeta(_Strict):
 
 
 class Box(_Strict):
-    """A defect region in the frame's own pixel coordinates (x1, y1 exclusive)."""
+    """A region (a defect, or the object it lies on) in the frame's own pixel coordinates (x1, y1 exclusive)."""
 
     x0: int
     y0: int
@@ -170,17 +170,18 @@ class Alert(_Strict):
     origin: str | None = None  # "<topic>/<partition>/<offset>" of the frame, to fetch it while retained
     evidence: EvidenceRef | None = None  # None when evidence is turned off (kafka.evidence_topic = "")
     object_id: str | None = None  # ground truth passed through from the frame (belt sources)
+    object_box: Box | None = None  # the object the defect lies on, found against the belt: where the sorter aims
 
     @classmethod
     def for_frame(cls, meta: FrameMeta, *, score: float, threshold: float, box: Box | None, model_id: str,
                   model_version: str, scored_ns: int, published_ns: int, origin: str,
-                  evidence: EvidenceRef | None) -> Alert:
+                  evidence: EvidenceRef | None, object_box: Box | None = None) -> Alert:
         """The alert of one frame over its threshold; the frame's fields come from its headers."""
         return cls(
             frame_id=meta.frame_id, camera_id=meta.camera_id, sequence=meta.sequence, captured_ns=meta.captured_ns,
             scored_ns=scored_ns, published_ns=published_ns, deadline_ns=meta.deadline_ns, score=score,
             threshold=threshold, model_id=model_id, model_version=model_version, box=box, label=meta.label,
-            origin=origin, evidence=evidence, object_id=meta.object_id,
+            origin=origin, evidence=evidence, object_id=meta.object_id, object_box=object_box,
         )
 
     def to_json(self) -> bytes:

@@ -133,19 +133,27 @@ def image_scores(maps: torch.Tensor, config: ScoringConfig) -> torch.Tensor:
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 
-def defect_box(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tuple[int, int]) -> Box | None:
-    """The bounding box of the largest region above `pixel_threshold`, in the frame's pixel coordinates."""
+def defect_region(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray | None:
+    """The largest region of an (h, w) map above `pixel_threshold`, as an (h, w) bool mask; None without one."""
     above = (anomaly_map > pixel_threshold).astype(np.uint8)  # (h, w) at model resolution
-    n, _, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
     if n <= 1:
         return None
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, w, h, area = (int(v) for v in stats[largest])
-    map_h, map_w = anomaly_map.shape
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def defect_box(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tuple[int, int]) -> Box | None:
+    """The bounding box of the largest region above `pixel_threshold`, in the frame's pixel coordinates."""
+    region = defect_region(anomaly_map, pixel_threshold)
+    return None if region is None else region_box(region, frame_hw)
+
+
+def region_box(region: np.ndarray, frame_hw: tuple[int, int]) -> Box:
+    """The bounding box of a non-empty (h, w) bool region, scaled to a frame of `frame_hw` pixels."""
+    cols, rows = np.flatnonzero(region.any(axis=0)), np.flatnonzero(region.any(axis=1))
+    map_h, map_w = region.shape
     frame_h, frame_w = frame_hw
     sx, sy = frame_w / map_w, frame_h / map_h
-    return Box(
-        x0=int(x * sx), y0=int(y * sy),
-        x1=min(frame_w, int(np.ceil((x + w) * sx))), y1=min(frame_h, int(np.ceil((y + h) * sy))),
-        area_fraction=round(area / (map_h * map_w), 6),
-    )
+    return Box(x0=int(cols[0] * sx), y0=int(rows[0] * sy),
+               x1=min(frame_w, int(np.ceil((cols[-1] + 1) * sx))), y1=min(frame_h, int(np.ceil((rows[-1] + 1) * sy))),
+               area_fraction=round(float(region.mean()), 6))

@@ -1,7 +1,7 @@
 """The line file (`inspector sort --line line.yaml`, or .toml): where each camera's fruit meets its ejector.
 
     defaults: {belt_speed_m_s: 0.256, direction: +x, metres_per_pixel: 0.001, ejector_distance_m: 0.154,
-               actuation_latency_ms: 15, pulse_ms: 40, object_length_m: 0.03}
+               actuation_latency_ms: 15, pulse_ms: 40, object_length_m: 0.03, aim: object}
     lanes:
       - id: lane-1
         actuator: {protocol: modbus, host: 10.0.0.5, port: 502, unit: 1, coil: 0}
@@ -12,9 +12,10 @@
         cameras: [{id: cam-2, pulse_ms: 30}]   # ... or per camera
 
 A geometry option a camera leaves out comes from its lane, then from `defaults`. The fruit in a frame reaches the
-ejector at `captured_ns + (ejector_distance_m - offset) / belt_speed_m_s`, where offset is how far the alert's box
-centre lies downstream of the frame's centre (metres_per_pixel times pixels along `direction`); the pulse starts
-`actuation_latency_ms` before that.
+ejector at `captured_ns + (ejector_distance_m - offset) / belt_speed_m_s`, where offset is how far the point aimed at
+lies downstream of the frame's centre (metres_per_pixel times pixels along `direction`); the pulse starts
+`actuation_latency_ms` before that. The point aimed at is the middle of the alert's object box (the fruit the defect
+lies on) when the whole object is in view, else of its defect box; `aim: defect` always takes the defect's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inspector.config_file import read_config_file
+from inspector.contracts import Box
 from inspector.errors import ConfigError
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -50,10 +52,13 @@ class GeometryOptions(_Strict):
     object_length_m: float | None = Field(None, gt=0)
     # Frames of one object that must alert before it is ejected: 1 ejects on any alert; 2 needs a second look.
     min_alerts: int | None = Field(None, ge=1, le=16)
+    # Where the pulse aims: the middle of the object the defect lies on (the alert's object box, when the whole of
+    # it is in view) or the defect itself (e.g. a marker that paints the spot).
+    aim: Literal["object", "defect"] | None = None
 
 
 GEOMETRY_DEFAULTS = GeometryOptions(direction="+x", frame_width_px=256, frame_height_px=256, actuation_latency_ms=0.0,
-                                    pulse_ms=40.0, object_length_m=0.05, min_alerts=1)
+                                    pulse_ms=40.0, object_length_m=0.05, min_alerts=1, aim="object")
 REQUIRED = ("belt_speed_m_s", "metres_per_pixel", "ejector_distance_m")
 
 
@@ -133,6 +138,19 @@ class CameraGeometry:
     pulse_ms: float
     object_length_m: float
     min_alerts: int
+    aim: str
+
+    def aim_point(self, box: Box | None, object_box: Box | None) -> tuple[float, float] | None:
+        """Where in the frame an alert's pulse aims (pixels): the object's middle when the line aims at objects
+        and the object box is not cut by the frame's edges along the belt, else the defect box's; None without
+        either (the frame's centre)."""
+        along_edges = (0, self.frame_width_px) if self.direction in ("+x", "-x") else (0, self.frame_height_px)
+        if self.aim == "object" and object_box is not None:
+            lo, hi = ((object_box.x0, object_box.x1) if self.direction in ("+x", "-x")
+                      else (object_box.y0, object_box.y1))
+            if lo > along_edges[0] and hi < along_edges[1]:
+                box = object_box
+        return None if box is None else ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
 
     def downstream_offset_m(self, x_px: float, y_px: float) -> float:
         """How far a point of the frame lies downstream of the frame's centre, in metres of belt."""

@@ -97,8 +97,7 @@ class EjectionPlanner:
         self._remember_frame(alert.frame_id)
         if camera is None:
             return Decision("unknown_camera", lane, alert)
-        box = alert.box
-        x, y = ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2) if box is not None else (None, None)
+        x, y = camera.aim_point(alert.box, alert.object_box) or (None, None)
         arrival = camera.arrival_ns(alert.captured_ns, x, y)
         fire = arrival - camera.actuation_latency_ns
         plan = self.lanes[lane]

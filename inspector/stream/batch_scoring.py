@@ -16,13 +16,16 @@ import cv2
 import numpy as np
 
 from inspector.contracts import Box, FrameMeta
+from inspector.decode.jpeg import decode_jpeg
 from inspector.decode.preprocess import DeviceJpegDecoder
+from inspector.errors import BadFrame
 from inspector.evidence import Evidence, render
 from inspector.kafka.transport import ConsumedRecord
 from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner
-from inspector.model.scoring import defect_box
+from inspector.model.scoring import defect_region, region_box
 from inspector.model.threshold import is_defect
+from inspector.object_extent import object_box
 from inspector.settings import Settings
 from inspector.stream.frame_decode import (
     DecodedFrame,
@@ -52,6 +55,7 @@ class ScoredFrame:
     threshold: float  # in force for its camera
     alert: bool = False  # over its threshold: the sorter ejects it
     box: Box | None = None  # an alert's defect region, in the frame's pixels
+    object_box: Box | None = None  # the object (fruit) that defect lies on, in the frame's pixels
     evidence: Future[Evidence] | None = None  # an alert's rendering, drawn in the evidence thread
 
 
@@ -247,8 +251,25 @@ class BatchScorer:
                 verdicts.append(ScoredFrame(frame.record, frame.meta, score, threshold))
                 continue
             anomaly_map = maps[index].cpu().numpy()  # (S, S)
-            box = defect_box(anomaly_map, pixel_threshold, frame.frame_hw)
+            defect = defect_region(anomaly_map, pixel_threshold)
+            box = object_box = None
+            if defect is not None:
+                box = region_box(defect, frame.frame_hw)
+                object_box = self._object_box(frame, defect)
             evidence = self._evidence.submit(self._render_evidence, frame.record.value or b"", anomaly_map,
                                              pixel_threshold, box) if self._evidence else None
-            verdicts.append(ScoredFrame(frame.record, frame.meta, score, threshold, True, box, evidence))
+            verdicts.append(ScoredFrame(frame.record, frame.meta, score, threshold, True, box, object_box, evidence))
         return verdicts
+
+    def _object_box(self, frame: DecodedFrame, defect: np.ndarray) -> Box | None:
+        """The box of the object an alert's defect lies on, found in the frame at the map's size (decoded again
+        on the CPU when the batch was decoded on the GPU: only alerts pay for it)."""
+        image = frame.image
+        if image is None or image.shape[:2] != defect.shape:
+            limits = self.settings.limits
+            try:
+                image, _ = decode_jpeg(frame.record.value or b"", size=defect.shape[0],
+                                       max_bytes=limits.max_frame_bytes, max_pixels=limits.max_pixels)
+            except BadFrame:  # nvJPEG read what OpenCV refuses: the sorter aims at the defect instead
+                return None
+        return object_box(image, defect, frame.frame_hw)

@@ -202,7 +202,8 @@ class Worker:
                 meta, score=frame.score, threshold=frame.threshold, box=frame.box, model_id=artifact.model_id,
                 model_version=artifact.model_version, scored_ns=scored.scored_ns, published_ns=time.time_ns(),
                 origin=format_origin(record.topic, record.partition, record.offset),
-                evidence=None if frame.evidence is None else EvidenceRef(topic=kafka.evidence_topic, key=meta.frame_id))
+                evidence=None if frame.evidence is None else EvidenceRef(topic=kafka.evidence_topic, key=meta.frame_id),
+                object_box=frame.object_box)
             pending.append(self.producer.send(kafka.alerts_topic, meta.camera_id, alert.to_json(), [],
                                               f"alert for frame {meta.frame_id}"))
         if kafka.scores_topic:

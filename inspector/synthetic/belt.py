@@ -37,8 +37,8 @@ _MAX_SHAPE_DRAWS = 1000
 class BeltObject:
     """Ground truth of one object (a banana) a belt camera saw, and when it reaches the ejector.
 
-    The reference point is where the sorter aims: the centre of the defect's bounding box on a defective
-    object (an alert's box marks the defect), the centre of the banana's bounding box on a good one."""
+    The reference point is where an ejector should push it: the centre of the banana's bounding box, defect
+    or not (the sorter aims there from the alert's object box)."""
 
     object_id: str
     camera_id: str
@@ -183,9 +183,8 @@ class BeltStream:
 
 
 def _reference_point(scene: Scene) -> tuple[float, float]:
-    """The centre of the defect's bounding box, or of the banana's when it has no visible defect (pixel edges)."""
-    region = scene.mask if scene.mask.any() else scene.fruit
-    cols, rows = np.flatnonzero(region.any(axis=0)), np.flatnonzero(region.any(axis=1))
+    """The centre of the banana's bounding box, stem and defect included (pixel edges)."""
+    cols, rows = np.flatnonzero(scene.fruit.any(axis=0)), np.flatnonzero(scene.fruit.any(axis=1))
     return float(cols[0] + cols[-1] + 1) / 2, float(rows[0] + rows[-1] + 1) / 2
 
 

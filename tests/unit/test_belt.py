@@ -87,9 +87,9 @@ def test_truth_arrival_agrees_with_the_line_geometry_in_every_frame_of_an_object
         truth = frame.object
         # The physics: the reference point moves with the belt, so every frame gives the same arrival.
         assert abs(geometry.arrival_ns(frame.offset_ns, *frame.reference_px) - truth.arrival_ns) <= 1e6
-        # The picture: the reference point is the centre of the defect's box, or of the banana's when good.
+        # The picture: the reference point is the centre of the banana's box, defect or not.
         scene = frame.render()
-        drawn = _box_centre(scene.mask if truth.defective else scene.fruit)
+        drawn = _box_centre(scene.fruit)
         assert abs(geometry.arrival_ns(frame.offset_ns, *drawn) - truth.arrival_ns) <= pixel_ns
         assert np.hypot(drawn[0] - frame.reference_px[0], drawn[1] - frame.reference_px[1]) <= 1.0
         if frame.index == truth.frames[0]:

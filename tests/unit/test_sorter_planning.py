@@ -29,10 +29,14 @@ def _line(**geometry: object) -> Line:
         {"id": "lane-2", "actuator": {"protocol": "log"}, "cameras": [{"id": "cam-2"}]}]})
 
 
-def _alert(frame_id: str, captured_ns: int, camera: str = "cam-1", x: int | None = None) -> Alert:
+def _alert(frame_id: str, captured_ns: int, camera: str = "cam-1", x: int | None = None,
+           object_x: tuple[int, int] | None = None) -> Alert:
     box = Box(x0=x - 5, y0=100, x1=x + 5, y1=110, area_fraction=0.01) if x is not None else None
+    object_box = (Box(x0=object_x[0], y0=60, x1=object_x[1], y1=160, area_fraction=0.1)
+                  if object_x is not None else None)
     return Alert(frame_id=frame_id, camera_id=camera, sequence=0, captured_ns=captured_ns, scored_ns=captured_ns,
-                 published_ns=captured_ns, score=1.0, threshold=0.5, model_id="m", model_version="1", box=box)
+                 published_ns=captured_ns, score=1.0, threshold=0.5, model_id="m", model_version="1", box=box,
+                 object_box=object_box)
 
 
 def test_the_fruit_arrives_after_its_distance_less_the_box_offset_downstream() -> None:
@@ -43,6 +47,21 @@ def test_the_fruit_arrives_after_its_distance_less_the_box_offset_downstream() -
     assert decision.outcome == "scheduled"
     assert decision.arrival_ns == t0 + 272 * MS
     assert decision.fire_ns == t0 + 252 * MS  # 20 ms of actuation latency earlier
+
+
+@pytest.mark.parametrize(("aim", "object_x", "aimed_x"), [
+    ("object", (100, 180), 140),  # the fruit's middle, not its defect at 156
+    ("object", (0, 180), 156),  # the fruit is cut by the frame's upstream edge: its middle is unknown
+    ("object", (100, 256), 156),  # ... or by the downstream edge
+    ("defect", (100, 180), 156),  # the line aims at defects
+    ("object", None, 156),  # no object box (the border was not belt)
+])
+def test_the_pulse_aims_at_the_whole_object_in_view_else_at_the_defect(
+        aim: str, object_x: tuple[int, int] | None, aimed_x: int) -> None:
+    planner = EjectionPlanner(_line(aim=aim), 1000)
+    t0 = 10_000 * MS
+    decision = planner.decide(_alert("f1", t0, x=156, object_x=object_x), now_ns=t0)
+    assert decision.arrival_ns == t0 + (300 - (aimed_x - 128)) * MS
 
 
 def test_frames_of_one_object_make_one_ejection_and_a_repeated_frame_is_a_duplicate() -> None:
