@@ -8,6 +8,11 @@ Two lanes, a camera each (15 fps: 30 frames/s in all), about 4 bananas a second 
 
     .venv/bin/python bench/belt.py                       # 60 s at 15 fps per lane, then 60 s at 22 fps per lane
     .venv/bin/python bench/belt.py --seconds 20 --fast-fps 0
+    .venv/bin/python bench/belt.py --calibrate-seconds 90  # each rate's line calibrated first (below)
+
+With --calibrate-seconds S each measured run follows one of S seconds on another stretch of the same belt (another
+seed), after which the thresholds are calibrated on the line as `inspector calibrate --from-line` does: per camera,
+the conformal quantile at --target-far of the frames the worker scored, the belt's labelled defects left out.
 
 Prints a table and writes JSON to bench/out/belt.json; see bench/RESULTS.md ("The line's last metre").
 """
@@ -28,8 +33,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inspector.kafka.local_broker import LocalKafka
-from inspector.settings import load_settings
+from inspector.model import artifact as artifact_io
+from inspector.settings import Settings, load_settings
 from inspector.sorter.belt_run import BeltPlan, BeltRun, run_belt
+from inspector.training.line_calibration import proposal_table, propose_from_line, with_line_thresholds
 
 
 def histogram_quantile(metrics_text: str, name: str, quantile: float) -> float:
@@ -72,6 +79,9 @@ def figures(run: BeltRun, plan: BeltPlan) -> dict[str, object]:
         "not_ejected_defective": report.count("not_ejected", defective=True),
         "ejected_off_time_defective": report.count("ejected_off_time", defective=True),
         "spurious_pulses": report.spurious_pulses, "repeated_pulses": report.repeated_pulses,
+        "defective_missed": [{"object": r.object.object_id, "label": r.object.label, "outcome": r.outcome,
+                              "error_ms": None if r.error_ns is None else round(r.error_ns / 1e6, 1)}
+                             for r in report.results if r.object.defective and r.outcome != "ejected_on_time"],
         "fire_error_ms": {"p50": round(report.fire_error_ms(0.5), 1), "p99": round(report.fire_error_ms(0.99), 1)},
         "sorter_plc_timing_ms": {"p50": round(run.schedule_error_ms(0.5), 2),
                                  "p99": round(run.schedule_error_ms(0.99), 2)},
@@ -79,6 +89,34 @@ def figures(run: BeltRun, plan: BeltPlan) -> dict[str, object]:
             "p50": round(1000 * histogram_quantile(run.sorter_metrics, "inspector_sorter_decision_seconds", 0.5), 3),
             "p99": round(1000 * histogram_quantile(run.sorter_metrics, "inspector_sorter_decision_seconds", 0.99), 3)},
     }
+
+
+def run_settings(bootstrap_servers: str, run: str, model: Path | None = None) -> Settings:
+    """A run's settings: topics and groups of its own on the one broker, the CPU, and the model file given."""
+    return load_settings(kafka={"bootstrap_servers": bootstrap_servers, "frames_topic": f"frames-{run}",
+                                "alerts_topic": f"alerts-{run}", "scores_topic": f"scores-{run}",
+                                "group_id": f"inspector-{run}", "ejections_topic": f"ejections-{run}"},
+                         sorter={"late_topic": f"late-{run}", "group_id": f"sorter-{run}"},
+                         model={"device": "cpu", **({"path": str(model)} if model else {})})
+
+
+def calibrate_on_the_line(settings: Settings, plan: BeltPlan, seconds: float, target_far: float,
+                          work_dir: Path) -> tuple[Path, dict[str, float]]:
+    """Run `seconds` of another stretch of the belt, then calibrate each camera's threshold on the frames the
+    worker scored -> (the recalibrated model file, each camera's threshold)."""
+    calibration = BeltPlan(duration_s=seconds, lanes=plan.lanes, fps=plan.fps,
+                           objects_per_second=plan.objects_per_second, defect_rate=plan.defect_rate,
+                           seed=plan.seed + 1000, geometry=plan.geometry)
+    (work_dir / "calibration").mkdir()
+    run_belt(settings, calibration, work_dir / "calibration", progress=lambda text: print(text, flush=True))
+    artifact = artifact_io.load(Path(settings.model.path))
+    line = propose_from_line(settings, artifact, seconds + 600, target_far)
+    print("\n".join(proposal_table(line.cameras)))
+    if not line.any_proposed:
+        raise SystemExit(f"{seconds:g} s of belt hold too few good frames for a threshold at {target_far:.2%}")
+    path = work_dir / "line-calibrated.safetensors"
+    artifact_io.save(with_line_thresholds(artifact, line.cameras), path)
+    return path, {p.camera_id: round(p.proposed, 4) for p in line.cameras if p.proposed is not None}
 
 
 def main() -> int:
@@ -90,6 +128,9 @@ def main() -> int:
     p.add_argument("--defect-rate", type=float, default=0.05)
     p.add_argument("--geometry", action="append", default=[], metavar="KEY=VALUE",
                    help="a line-file geometry option over the belt's (e.g. min_alerts=2), repeatable")
+    p.add_argument("--calibrate-seconds", type=float, default=0.0,
+                   help="calibrate the thresholds on this much of the line before each measured run (0: the stored)")
+    p.add_argument("--target-far", type=float, default=0.01, help="the line calibration's false-alarm target")
     p.add_argument("--out", type=Path, default=Path("bench/out/belt.json"))
     args = p.parse_args()
     results = {"machine": platform.node(), "cpu_count": os.cpu_count(),
@@ -97,20 +138,20 @@ def main() -> int:
     rates = [args.fps] + ([args.fast_fps] if args.fast_fps else [])
     with LocalKafka() as broker:
         for i, fps in enumerate(rates):
-            settings = load_settings(kafka={"bootstrap_servers": broker.bootstrap_servers,
-                                            "frames_topic": f"frames-{i}", "alerts_topic": f"alerts-{i}",
-                                            "scores_topic": f"scores-{i}", "group_id": f"inspector-{i}",
-                                            "ejections_topic": f"ejections-{i}"},
-                                     sorter={"late_topic": f"late-{i}", "group_id": f"sorter-{i}"},
-                                     model={"device": "cpu"})
+            settings = run_settings(broker.bootstrap_servers, str(i))
             geometry = {key: yaml.safe_load(value) for key, value in (g.split("=", 1) for g in args.geometry)}
             plan = BeltPlan(duration_s=args.seconds, fps=fps, objects_per_second=args.objects_per_second,
                             defect_rate=args.defect_rate, geometry=geometry)
+            thresholds: dict[str, float] = {}
             with tempfile.TemporaryDirectory(prefix="belt-") as tmp:
+                if args.calibrate_seconds:
+                    model, thresholds = calibrate_on_the_line(run_settings(broker.bootstrap_servers, f"{i}-line"),
+                                                              plan, args.calibrate_seconds, args.target_far, Path(tmp))
+                    settings = run_settings(broker.bootstrap_servers, str(i), model)
                 run = run_belt(settings, plan, Path(tmp), progress=lambda text: print(text, flush=True))
                 for line in [*run.summary_lines(), run.timing_line()]:
                     print(line)
-            results["runs"].append(figures(run, plan))
+            results["runs"].append({**figures(run, plan), "line_calibrated_thresholds": thresholds or None})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

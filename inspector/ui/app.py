@@ -183,13 +183,13 @@ async def alert_page(request: web.Request) -> web.Response:
     if view is None:
         raise web.HTTPNotFound(text="no such alert among the recent ones")
     alert, quoted_id = view.alert, quote(frame_id, safe="")
-    box = alert.box
-    box_text = f"{box.x0},{box.y0} – {box.x1},{box.y1} ({box.area_fraction:.2%})" if box else "none"
+    box_text, object_text = (f"{b.x0},{b.y0} – {b.x1},{b.y1} ({b.area_fraction:.2%})" if b else "none"
+                             for b in (alert.box, alert.object_box))
     rows = [("camera", alert.camera_id), ("frame", alert.frame_id), ("score", f"{alert.score:.6f}"),
             ("threshold", f"{alert.threshold:.6f}"), ("model", f"{alert.model_id}:{alert.model_version}"),
             ("captured", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(alert.captured_ns / 1e9)) + " UTC"),
             ("capture to alert", f"{max(0, alert.published_ns - alert.captured_ns) / 1e6:.1f} ms"), ("box", box_text),
-            ("frame origin", alert.origin or "unknown"), ("verdict", view.verdict or "none yet")]
+            ("object", object_text), ("frame origin", alert.origin or "unknown"), ("verdict", view.verdict or "none yet")]
     if ui.settings.kafka.ejections_topic:
         rows.append(("ejection", ejection_detail(view.ejection) if view.ejection else "none yet"))
     table = "".join(f"<tr><th>{_escape(name)}</th><td>{_escape(value)}</td></tr>" for name, value in rows)
