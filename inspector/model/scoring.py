@@ -142,6 +142,14 @@ def defect_region(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
+def peak_region(anomaly_map: np.ndarray) -> np.ndarray:
+    """The map's highest pixel as an (h, w) bool region: where an alert points when its score crossed the
+    threshold but no pixel crossed the pixel threshold."""
+    region = np.zeros(anomaly_map.shape, bool)
+    region[np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)] = True
+    return region
+
+
 def defect_box(anomaly_map: np.ndarray, pixel_threshold: float, frame_hw: tuple[int, int]) -> Box | None:
     """The bounding box of the largest region above `pixel_threshold`, in the frame's pixel coordinates."""
     region = defect_region(anomaly_map, pixel_threshold)

@@ -31,11 +31,14 @@ class PlannedEjection:
     state: EjectionState = "scheduled"
     fired_ns: int | None = None  # when the pulse started (fired) or was tried (failed)
     finalised: bool = False  # its members' outcomes were handed on
+    unlocated_ns: list[int] = field(default_factory=list)  # estimates of alerts without a box (the frame's centre)
 
     @property
     def arrival_ns(self) -> int:
-        """The mean of the members' estimates: each frame saw the fruit at another place of the belt."""
-        return sum(self.arrivals_ns) // len(self.arrivals_ns)
+        """The mean of the members' estimates (each frame saw the fruit at another place of the belt); an alert
+        without a box places the fruit at the frame's centre, so it counts only while no member has a box."""
+        estimates = self.arrivals_ns or self.unlocated_ns
+        return sum(estimates) // len(estimates)
 
     @property
     def fire_ns(self) -> int:
@@ -97,8 +100,8 @@ class EjectionPlanner:
         self._remember_frame(alert.frame_id)
         if camera is None:
             return Decision("unknown_camera", lane, alert)
-        x, y = camera.aim_point(alert.box, alert.object_box) or (None, None)
-        arrival = camera.arrival_ns(alert.captured_ns, x, y)
+        point = camera.aim_point(alert.box, alert.object_box)
+        arrival = camera.arrival_ns(alert.captured_ns, *(point or (None, None)))
         fire = arrival - camera.actuation_latency_ns
         plan = self.lanes[lane]
         plan.forget_before(now_ns)
@@ -106,12 +109,13 @@ class EjectionPlanner:
         if same_object is not None:
             same_object.frame_ids.append(alert.frame_id)
             same_object.alerts.append(alert)
-            if same_object.state == "scheduled":
-                same_object.arrivals_ns.append(arrival)  # a better estimate while it can still move the pulse
+            if same_object.state == "scheduled":  # a better estimate while it can still move the pulse
+                (same_object.arrivals_ns if point else same_object.unlocated_ns).append(arrival)
             return Decision("merged", lane, alert, same_object, arrival, fire)
         if fire < now_ns:
             return Decision("late", lane, alert, None, arrival, fire)
-        ejection = PlannedEjection(lane, camera, [arrival], [alert.frame_id], [alert])
+        ejection = PlannedEjection(lane, camera, [arrival] if point else [], [alert.frame_id], [alert],
+                                   unlocated_ns=[] if point else [arrival])
         plan.ejections.append(ejection)
         return Decision("scheduled", lane, alert, ejection, arrival, fire)
 

@@ -23,7 +23,7 @@ from inspector.evidence import Evidence, render
 from inspector.kafka.transport import ConsumedRecord
 from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner
-from inspector.model.scoring import defect_region, region_box
+from inspector.model.scoring import defect_region, peak_region, region_box
 from inspector.model.threshold import is_defect
 from inspector.object_extent import object_box
 from inspector.settings import Settings
@@ -252,10 +252,9 @@ class BatchScorer:
                 continue
             anomaly_map = maps[index].cpu().numpy()  # (S, S)
             defect = defect_region(anomaly_map, pixel_threshold)
-            box = object_box = None
-            if defect is not None:
-                box = region_box(defect, frame.frame_hw)
-                object_box = self._object_box(frame, defect)
+            box = None if defect is None else region_box(defect, frame.frame_hw)
+            # Without a region over the pixel threshold the map's peak still says which object alerted.
+            object_box = self._object_box(frame, peak_region(anomaly_map) if defect is None else defect)
             evidence = self._evidence.submit(self._render_evidence, frame.record.value or b"", anomaly_map,
                                              pixel_threshold, box) if self._evidence else None
             verdicts.append(ScoredFrame(frame.record, frame.meta, score, threshold, True, box, object_box, evidence))

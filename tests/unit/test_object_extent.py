@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from inspector.decode.jpeg import decode_jpeg
+from inspector.model.scoring import peak_region
 from inspector.object_extent import object_box, object_region
 from inspector.sorter.line_file import parse_line
 from inspector.synthetic.bananas import DEFECT_KINDS
@@ -48,6 +49,22 @@ def test_the_object_box_is_centred_on_the_banana_whatever_the_defect() -> None:
         kinds.add(kind)
     assert kinds == set(DEFECT_KINDS)
     assert np.median(errors) <= 1.0
+
+
+def test_the_maps_peak_alone_finds_the_same_object() -> None:
+    # An alert whose score crossed the threshold with no pixel over the pixel threshold seeds with its map's peak.
+    for image, defect, fruit, _ in _belt_frames(12, seed=2):
+        amap = cv2.GaussianBlur(defect.astype(np.float32), (0, 0), 3)  # (H, W), highest inside the defect
+        from_peak = object_box(image, peak_region(amap), (256, 256))
+        from_region = object_box(image, defect, (256, 256))
+        assert from_peak is not None and from_region is not None
+        assert abs((from_peak.x0 + from_peak.x1) / 2 - _middle_x(fruit)) <= 3.5
+        assert abs(from_peak.x0 - from_region.x0) <= 2 and abs(from_peak.x1 - from_region.x1) <= 2
+    # A peak on the belt, away from every object, names no object.
+    image, _, fruit, _ = _belt_frames(1, seed=2)[0]
+    belt = np.zeros(fruit.shape, bool)
+    belt[5, 5] = True
+    assert not fruit[:20, :20].any() and object_region(image, belt) is None
 
 
 def test_without_a_belt_around_it_the_object_is_the_defect_or_nothing() -> None:

@@ -64,6 +64,21 @@ def test_the_pulse_aims_at_the_whole_object_in_view_else_at_the_defect(
     assert decision.arrival_ns == t0 + (300 - (aimed_x - 128)) * MS
 
 
+def test_an_alert_without_a_box_does_not_move_a_located_fruit() -> None:
+    planner = EjectionPlanner(_line(), 1000)
+    t0 = 10_000 * MS
+    # Over its threshold with no region over the pixel threshold: it places the fruit at the frame's centre.
+    blind = planner.decide(_alert("f1", t0), now_ns=t0)
+    assert blind.ejection is not None and blind.ejection.arrival_ns == t0 + 300 * MS
+    # The same fruit's next frame has a box: the fruit is where that box puts it ...
+    located = planner.decide(_alert("f2", t0 + 40 * MS, x=138), now_ns=t0 + 50 * MS)
+    assert located.ejection is blind.ejection and blind.ejection.arrival_ns == t0 + 330 * MS
+    # ... and a further blind frame does not pull it back to the centre.
+    planner.decide(_alert("f3", t0 + 80 * MS), now_ns=t0 + 90 * MS)
+    assert blind.ejection.arrival_ns == t0 + 330 * MS
+    assert blind.ejection.frame_ids == ["f1", "f2", "f3"]
+
+
 def test_frames_of_one_object_make_one_ejection_and_a_repeated_frame_is_a_duplicate() -> None:
     planner = EjectionPlanner(_line(), 1000)
     t0 = 10_000 * MS
