@@ -31,9 +31,13 @@ def object_region(image: np.ndarray, defect: np.ndarray) -> np.ndarray | None:
                              lab[:, :ring].reshape(-1, 3), lab[:, -ring:].reshape(-1, 3)])
     belt = np.median(border, axis=0)
     spread = 1.4826 * np.median(np.abs(border - belt), axis=0) + 1.0  # +1: JPEG's quantisation on a flat belt
-    distance = np.sqrt((((lab - belt) / spread) ** 2).sum(axis=-1))  # (H, W)
-    foreground = (distance > FOREGROUND_SIGMAS).astype(np.uint8)
-    foreground = cv2.morphologyEx(foreground, cv2.MORPH_OPEN, _disc(3))  # the belt's own specks
+    # ((lab - belt) / spread)^2 summed over channels, in two OpenCV passes (numpy's broadcasting took 2 ms).
+    standardise = np.zeros((3, 4), np.float32)
+    standardise[:, :3], standardise[:, 3] = np.diag(1 / spread), -belt / spread
+    scaled = cv2.transform(lab, standardise)  # (H, W, 3)
+    squared = cv2.transform(cv2.multiply(scaled, scaled), np.ones((1, 3), np.float32))  # (H, W)
+    far = (squared > FOREGROUND_SIGMAS**2).astype(np.uint8)
+    foreground = cv2.morphologyEx(far, cv2.MORPH_OPEN, _disc(3))  # the belt's own specks
     # The defect joins the parts of its object it splits (a dark rot) without adding to it: the map's smoothing
     # spreads it a few pixels onto the belt.
     joined = cv2.morphologyEx(foreground | defect.astype(np.uint8), cv2.MORPH_CLOSE,
