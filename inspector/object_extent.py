@@ -3,8 +3,8 @@ fruit and not at the spot: a rot at a banana's tip lies half a banana from the m
 
 The belt is what the frame's border shows (its median colour and spread, robust to an object touching the border);
 the object is every pixel far from it, joined across the gaps a defect or a thin stem leaves, that connects to the
-defect. Where the border is not belt (a web or a part filling the view) there is no object box and the sorter aims
-at the defect, as it does where the box is cut by the frame's edge.
+defect. Where the border is not belt (a web or a part filling the view) the object found is the defect's own
+far-coloured pixels or nothing, so the sorter aims at the defect, as it does where the box is cut by the frame's edge.
 """
 
 from __future__ import annotations

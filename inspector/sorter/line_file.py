@@ -144,11 +144,10 @@ class CameraGeometry:
         """Where in the frame an alert's pulse aims (pixels): the object's middle when the line aims at objects
         and the object box is not cut by the frame's edges along the belt, else the defect box's; None without
         either (the frame's centre)."""
-        along_edges = (0, self.frame_width_px) if self.direction in ("+x", "-x") else (0, self.frame_height_px)
         if self.aim == "object" and object_box is not None:
-            lo, hi = ((object_box.x0, object_box.x1) if self.direction in ("+x", "-x")
-                      else (object_box.y0, object_box.y1))
-            if lo > along_edges[0] and hi < along_edges[1]:
+            lo, hi, size = ((object_box.x0, object_box.x1, self.frame_width_px) if self.direction in ("+x", "-x")
+                            else (object_box.y0, object_box.y1, self.frame_height_px))
+            if lo > 0 and hi < size:
                 box = object_box
         return None if box is None else ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
 
