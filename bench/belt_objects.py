@@ -24,6 +24,7 @@ from inspector.decode.jpeg import decode_jpeg
 from inspector.model.artifact import load
 from inspector.model.runtime import ModelRunner
 from inspector.paths import DEFAULT_MODEL
+from inspector.settings import prepare_torch_runtime
 from inspector.sorter.belt_run import BELT_GEOMETRY
 from inspector.sorter.line_file import parse_line
 from inspector.synthetic.belt import BeltStream, prerender
@@ -37,6 +38,7 @@ RULES: dict[str, Callable[[list[float]], float]] = {
 
 
 def main() -> int:
+    prepare_torch_runtime()  # as the CLI does for every command
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=1800)
     p.add_argument("--fps", type=float, default=15.0)

@@ -27,7 +27,7 @@ from inspector.decode.jpeg import decode_jpeg
 from inspector.model.artifact import load
 from inspector.model.runtime import ModelRunner
 from inspector.paths import DEFAULT_MODEL
-from inspector.settings import ProducerSettings
+from inspector.settings import ProducerSettings, prepare_torch_runtime
 from inspector.training.line_calibration import proposal_table, propose_thresholds
 from producers.synthetic import planned_stream
 
@@ -60,6 +60,7 @@ def rates(scores: list[FrameScore], threshold: float) -> tuple[float, float, flo
 
 
 def main() -> int:
+    prepare_torch_runtime()  # as the CLI does for every command
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fps", type=float, default=5.0)
     p.add_argument("--minutes", type=float, default=5.0, help="each window: calibrate on one, measure the next")

@@ -41,10 +41,11 @@ from pipeline_runs import alert_latency_run, bare_model, drain, latency_run, mak
 
 from inspector.kafka.local_broker import LocalKafka
 from inspector.model.runtime import pick_device
-from inspector.settings import ModelSettings
+from inspector.settings import ModelSettings, prepare_torch_runtime
 
 
 def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in the order they are reported
+    prepare_torch_runtime()  # as the CLI does for every command
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=3000, help="backlog per drain run")
     ap.add_argument("--naive-frames", type=int, default=300)

@@ -34,9 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
-# As the worker does (settings.prepare_thread_runtime): idle OpenMP threads must not spin on the cores that
-# the decode threads need. Only effective before torch starts its thread pool, hence before the import.
+# As the worker does (settings.prepare_torch_runtime): idle OpenMP threads must not spin on the cores that
+# the decode threads need (only effective before torch starts its thread pool, hence before the import), and
+# large tensors sit on huge pages.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import cv2
 import numpy as np

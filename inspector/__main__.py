@@ -14,7 +14,7 @@ from pathlib import Path
 
 from inspector.errors import ConfigError, InspectorError, TransportError
 from inspector.process import configure_logging
-from inspector.settings import Settings, load_settings, prepare_thread_runtime
+from inspector.settings import Settings, load_settings, prepare_torch_runtime
 
 log = logging.getLogger("inspector")
 
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prepare_thread_runtime()
+    prepare_torch_runtime()
     args = build_parser().parse_args(argv)
     try:
         configure_logging(_settings(args).log_level)

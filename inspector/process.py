@@ -1,5 +1,5 @@
-"""Process-wide runtime choices, made once at an entry point (the environment-based one, OpenMP's waiting
-policy, lives with the settings: `settings.prepare_thread_runtime`)."""
+"""Process-wide runtime choices, made once at an entry point (the environment-based ones, OpenMP's waiting
+policy and huge pages for tensors, live with the settings: `settings.prepare_torch_runtime`)."""
 
 from __future__ import annotations
 

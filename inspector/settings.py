@@ -270,11 +270,17 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"bad setting {where}: {first['msg']}") from None
 
 
-def prepare_thread_runtime() -> None:
-    """Before torch is imported: OpenMP threads that spin while waiting fight the decode threads for the
-    CPU cores (measured on 2 cores: a 32-frame batch took 630 ms instead of 180 ms). A value the operator
-    set is kept."""
+def prepare_torch_runtime() -> None:
+    """Before torch is imported (values the operator set are kept):
+    - OpenMP threads that spin while waiting fight the decode threads for the CPU cores (measured on 2 cores: a
+      32-frame batch took 630 ms instead of 180 ms).
+    - Every tensor of 2 MiB or more on transparent huge pages (where the kernel offers them, "madvise" or "always"):
+      the model's activations are fresh memory each batch, and faulting it in 4 KiB pages cost more than the
+      arithmetic on it (an out-of-place relu6 over an 8-frame batch's features 44 ms, 9 ms on huge pages; the
+      default model 2.3x the frames/s on 2 cores, bench/RESULTS.md).
+    """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def quiet_capture_library() -> None:

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
+
+from inspector.settings import prepare_torch_runtime
+
+prepare_torch_runtime()  # as the CLI does, before torch allocates: the tests score at the worker's speed
+
+import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
