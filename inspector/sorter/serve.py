@@ -3,6 +3,7 @@ runs the loop of `inspector.sorter.service` until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from prometheus_client import CollectorRegistry
@@ -10,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from inspector.errors import ConfigError
 from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka.transport import client_types
-from inspector.process import stop_on_signals
+from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval, stop_on_signals
 from inspector.settings import Settings
 from inspector.sorter.actuators import Actuator, build_actuator
 from inspector.sorter.line_file import load_line
@@ -22,6 +23,8 @@ log = logging.getLogger("inspector.sorter")
 
 def serve_sorter(settings: Settings, registry: CollectorRegistry | None = None) -> int:
     """Read the line file, connect the actuators (in the background) and Kafka, then sort until a signal."""
+    # As the worker does: a lane's thread that wakes to fire waits for the GIL behind the Kafka client's Python.
+    shorten_gil_switch_interval()
     if settings.sorter.line_file is None:
         raise ConfigError("the sorter needs a line file: --line FILE or INSPECTOR_SORTER__LINE_FILE")
     line = load_line(settings.sorter.line_file)
@@ -55,8 +58,10 @@ def serve_sorter(settings: Settings, registry: CollectorRegistry | None = None) 
         log.info("lane %s: cameras %s -> %s", lane.lane_id, ", ".join(c.camera_id for c in lane.cameras),
                  actuators[lane.lane_id].describe())
     try:
+        freeze_long_lived_objects()  # a full collection's pause would land between an alert and its decision
         sorter.run()
     finally:
+        gc.unfreeze()  # see freeze_long_lived_objects
         producer.close()
         consumer.close()
         endpoint.close()
