@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 from inspector.errors import ConfigError, InspectorError
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     belt.add_argument("--truth-out", type=Path, help="write every object's ground truth here (JSON lines)")
     belt.add_argument("--prerender", action="store_true",
                       help="render every frame before publishing (needs --duration-s or --count)")
+    belt.add_argument("--start-file", type=Path,
+                      help="with --prerender: once rendered, create START_FILE.CAMERA_ID.ready, then wait for "
+                      "START_FILE before the first frame (cameras rendering side by side start together)")
     return p
 
 
@@ -79,6 +83,8 @@ def belt_source(args: argparse.Namespace, settings: ProducerSettings) -> tuple[B
     count = round(args.duration_s * settings.fps) if args.duration_s is not None else settings.count
     if args.prerender and not count:
         raise ConfigError("--prerender needs --duration-s or --count")
+    if args.start_file is not None and not args.prerender:
+        raise ConfigError("--start-file needs --prerender")
     settings = settings.model_copy(update={"width": geometry.frame_width_px, "height": geometry.frame_height_px,
                                            "count": count})
     source = BeltSource(geometry, settings, objects_per_second=args.objects_per_second,
@@ -86,11 +92,16 @@ def belt_source(args: argparse.Namespace, settings: ProducerSettings) -> tuple[B
     return source, settings
 
 
-def run_belt(source: BeltSource, publisher: Publisher, truth_out: Path | None) -> PublishStats:
+def run_belt(source: BeltSource, publisher: Publisher, truth_out: Path | None,
+             start_file: Path | None = None) -> PublishStats:
     """Publish the belt until it ends or a signal stops it, then write the truth of every object shown."""
     signal.signal(signal.SIGTERM, lambda *_: source.stop())
     signal.signal(signal.SIGINT, lambda *_: source.stop())
     try:
+        if start_file is not None:
+            start_file.with_name(f"{start_file.name}.{publisher.settings.camera_id}.ready").touch()
+            while not start_file.exists() and not source.stopped:
+                time.sleep(0.005)
         stats = publisher.publish(source)
     finally:
         publisher.close()
@@ -123,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level)
         if args.source == "belt":
             source, producer = belt_source(args, settings.producer)
-            stats = {producer.camera_id: run_belt(source, Publisher(settings.kafka, producer), args.truth_out)}
+            stats = {producer.camera_id: run_belt(source, Publisher(settings.kafka, producer), args.truth_out,
+                                                  args.start_file)}
             return report(stats)
         line = LineProducer(settings, cameras_of(args, settings))
     except InspectorError as exc:

@@ -227,15 +227,23 @@ def run_belt(settings: Settings, plan: BeltPlan, work_dir: Path,
                     raise TransportError(f"the {name}: {exc}; see {work_dir / (name + '.log')}") from None
             say(f"worker and sorter ready; rendering {plan.duration_s:g} s of belt for {plan.lanes} lane(s) ...")
             follower.start()
-            cameras = []
+            cameras, start_file = [], work_dir / "start"
             for lane in line.lanes:
                 camera = lane.cameras[0].camera_id
                 cameras.append(children.start(
                     ["-m", "producers", "belt", "--line", str(line_path), "--camera-id", camera, "--prerender",
                      "--duration-s", f"{plan.duration_s:g}", "--fps", f"{plan.fps:g}", "--objects-per-second",
                      f"{plan.objects_per_second:g}", "--defect-rate", f"{plan.defect_rate:g}", "--seed",
-                     str(plan.seed + int(camera.rsplit("-", 1)[1])), "--truth-out", str(work_dir / f"{camera}.jsonl")],
+                     str(plan.seed + int(camera.rsplit("-", 1)[1])), "--truth-out", str(work_dir / f"{camera}.jsonl"),
+                     "--start-file", str(start_file)],
                     env, work_dir / f"{camera}.log"))
+            # The cameras start together once all have rendered: one still rendering would take the worker's cores.
+            while not all(start_file.with_name(f"{start_file.name}.{c.camera_id}.ready").exists()
+                          for lane in line.lanes for c in lane.cameras[:1]):
+                if any(c.poll() is not None for c in cameras):
+                    break  # a camera failed: reported below
+                time.sleep(0.05)
+            start_file.touch()
             while any(c.poll() is None for c in cameras):
                 time.sleep(1.0)
                 for process, name in ((worker, "worker"), (sorter, "sorter")):
