@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import cast
 
@@ -20,6 +22,7 @@ from inspector.settings import KafkaSettings, ProducerSettings
 from inspector.sorter.belt_report import score_ejections
 from inspector.sorter.line_file import CameraGeometry, Line, parse_line
 from inspector.synthetic.belt import BeltFrame, BeltObject, BeltStream, prerender, read_truth, write_truth
+from producers.__main__ import run_belt
 from producers.base import Publisher
 from producers.belt import BeltSource
 from producers.sender import FrameSender, OutgoingFrame
@@ -172,13 +175,37 @@ def test_belt_source_publishes_planned_capture_times_labels_and_object_ids(prere
     assert [obj.frames for obj in truth] == [obj.frames for obj in plan]
 
 
+def test_a_rendered_belt_camera_says_so_and_waits_for_the_start_file(tmp_path: Path) -> None:
+    settings = ProducerSettings(camera_id="cam-1", fps=0, count=4, seed=8)
+    source = BeltSource(_camera(), settings.model_copy(update={"fps": 15}), prerender_frames=4)
+    sender = _RecordingSender()
+    start, ready = tmp_path / "start", tmp_path / "start.cam-1.ready"
+    seen_while_waiting: list[int] = []
+
+    def starter() -> None:  # the harness: waits for the camera's word, then starts it
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        seen_while_waiting.append(len(sender.frames))
+        start.touch()
+
+    harness = threading.Thread(target=starter)
+    harness.start()
+    run_belt(source, Publisher(KafkaSettings(), settings, sender=cast(FrameSender, sender)), None, start)  # signals
+    harness.join()
+    assert ready.exists() and seen_while_waiting == [0] and len(sender.frames) == 4
+
+
 def test_the_belt_command_needs_a_line_file_and_a_camera_of_it(tmp_path: Path) -> None:
     line_file = tmp_path / "line.yaml"
     line_file.write_text("defaults: {belt_speed_m_s: 0.256, metres_per_pixel: 0.001, ejector_distance_m: 0.154}\n"
                          "lanes: [{id: lane-1, actuator: {protocol: log}, cameras: [{id: cam-1}]}]\n")
     for args, message in ((["belt"], "needs --line"),
                           (["belt", "--line", str(line_file), "--camera-id", "cam-9"], "no lane has camera cam-9"),
-                          (["belt", "--line", str(line_file), "--prerender"], "--prerender needs")):
+                          (["belt", "--line", str(line_file), "--prerender"], "--prerender needs"),
+                          (["belt", "--line", str(line_file), "--count", "3", "--start-file", str(tmp_path / "go")],
+                           "--start-file needs --prerender")):
         done = subprocess.run([sys.executable, "-m", "producers", *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "Traceback" not in done.stderr and message in done.stderr
 
