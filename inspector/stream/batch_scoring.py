@@ -129,7 +129,22 @@ class BatchScorer:
             return seconds
 
         warming = [self._scorer.submit(warm_up_one_thread) for _ in range(self.runner.streams)]
-        return max(future.result() for future in warming)
+        seconds = max(future.result() for future in warming)
+        t0 = time.perf_counter()
+        self._warm_alert_path()
+        return seconds + time.perf_counter() - t0
+
+    def _warm_alert_path(self) -> None:
+        """An alert's own steps once on a blank frame: OpenCV's first call in a process took 120 ms (cpu-2), which
+        the line's first alert would otherwise pay on the scoring thread."""
+        size = self.runner.size
+        blank = np.zeros((size, size, 3), np.uint8)
+        defect = np.zeros((size, size), bool)
+        defect[size // 2, size // 2] = True
+        object_box(blank, defect, (size, size))
+        ok, jpeg = cv2.imencode(".jpg", blank)
+        if ok:
+            render(jpeg.tobytes(), np.zeros((size, size), np.float32), 1.0, None)
 
     def score_ahead(self, batch: Batch) -> None:
         """Score the batch in a scoring thread as soon as one is free, before it is asked for."""
