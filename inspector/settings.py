@@ -277,7 +277,7 @@ def prepare_torch_runtime() -> None:
     - Every tensor of 2 MiB or more on transparent huge pages (where the kernel offers them, "madvise" or "always"):
       the model's activations are fresh memory each batch, and faulting it in 4 KiB pages cost more than the
       arithmetic on it (an out-of-place relu6 over an 8-frame batch's features 44 ms, 9 ms on huge pages; the
-      default model 2.3x the frames/s on 2 cores, bench/RESULTS.md).
+      worker 2.06x the frames/s on 2 cores, bench/RESULTS.md).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

@@ -18,7 +18,7 @@ from inspector.errors import ConfigError, InspectorError
 from inspector.process import configure_logging
 from inspector.settings import ProducerSettings, Settings, load_settings, quiet_capture_library
 from inspector.sorter.line_file import load_line
-from inspector.synthetic.belt import write_truth
+from inspector.synthetic.belt import camera_ready_file, write_truth
 from producers.base import Publisher, PublishStats
 from producers.belt import BeltSource
 from producers.cameras import CameraConfig, load_cameras
@@ -99,7 +99,7 @@ def run_belt(source: BeltSource, publisher: Publisher, truth_out: Path | None,
     signal.signal(signal.SIGINT, lambda *_: source.stop())
     try:
         if start_file is not None:
-            start_file.with_name(f"{start_file.name}.{publisher.settings.camera_id}.ready").touch()
+            camera_ready_file(start_file, publisher.settings.camera_id).touch()
             while not start_file.exists() and not source.stopped:
                 time.sleep(0.005)
         stats = publisher.publish(source)

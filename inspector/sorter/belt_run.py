@@ -27,7 +27,7 @@ from inspector.settings import Settings, child_environment
 from inspector.sorter.belt_report import BeltReport, score_ejections
 from inspector.sorter.line_file import Line, parse_line
 from inspector.sorter.standin_plc import StandinPlc
-from inspector.synthetic.belt import BeltObject, read_truth
+from inspector.synthetic.belt import BeltObject, camera_ready_file, read_truth
 
 # The belt of the demo and the benchmark: 256-px frames, 1 mm a pixel, 0.256 m/s (a pixel every 3.9 ms), so that a
 # banana fits the frame while it travels its share of the belt at 4 a second; the ejector 0.6 s downstream.
@@ -238,8 +238,7 @@ def run_belt(settings: Settings, plan: BeltPlan, work_dir: Path,
                      "--start-file", str(start_file)],
                     env, work_dir / f"{camera}.log"))
             # The cameras start together once all have rendered: one still rendering would take the worker's cores.
-            while not all(start_file.with_name(f"{start_file.name}.{c.camera_id}.ready").exists()
-                          for lane in line.lanes for c in lane.cameras[:1]):
+            while not all(camera_ready_file(start_file, lane.cameras[0].camera_id).exists() for lane in line.lanes):
                 if any(c.poll() is not None for c in cameras):
                     break  # a camera failed: reported below
                 time.sleep(0.05)

@@ -241,6 +241,12 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def camera_ready_file(start_file: Path, camera_id: str) -> Path:
+    """Where a pre-rendered belt camera says it has rendered and waits for `start_file` (`producers belt
+    --start-file`), so that a run starts its cameras together."""
+    return start_file.with_name(f"{start_file.name}.{camera_id}.ready")
+
+
 def write_truth(path: Path, objects: Iterable[BeltObject]) -> None:
     """One JSON line per object."""
     path.write_text("".join(obj.to_json() + "\n" for obj in objects))
