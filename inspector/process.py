@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -38,6 +39,22 @@ def freeze_long_lived_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def raise_scheduling_priority(nice: int, who: str) -> int:
+    """Lower this thread's nice value to `nice` (never raise it), before any other thread starts: Linux keeps a
+    nice value per thread and new threads take their creator's. Going below 0 needs CAP_SYS_NICE or a nice
+    rlimit; without them the process runs on at its own and says so. -> the nice value in effect."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice >= current:
+        return current
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        log.warning("%s stays at nice %d: nice %d needs CAP_SYS_NICE or a nice rlimit of %d (ulimit -e)", who,
+                    current, nice, 20 - nice)
+        return current
+    return nice
 
 
 def stop_on_signals(stop: Callable[[], None], stopping: str) -> None:

@@ -192,6 +192,9 @@ class SorterSettings(BaseModel):
     remember_frames: int = Field(100_000, ge=100)  # frame ids kept to drop at-least-once duplicates
     reconnect_min_s: float = Field(0.5, gt=0)  # first wait before reconnecting a lost actuator; doubles ...
     reconnect_max_s: float = Field(10.0, gt=0)  # ... up to this
+    # Scheduling priority: ahead of a worker that keeps the host's cores busy, an alert is decided when it arrives
+    # (where the process may: CAP_SYS_NICE or `ulimit -e`; else it runs at its own and logs why).
+    nice: int = Field(-5, ge=-20, le=19)
 
 
 class WorkerProcessSettings(BaseModel):

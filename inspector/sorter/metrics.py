@@ -22,7 +22,8 @@ UNKNOWN_LANE = "unknown"
 # Margin: fire time minus now when the alert is scheduled; the ejector's distance sets its scale.
 _MARGIN_BUCKETS = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0)
 _ERROR_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5)
-_DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05)
+# Decision: alert received -> fire scheduled, resolved around its 2-ms target.
+_DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.05)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,12 @@ from prometheus_client import CollectorRegistry
 from inspector.errors import ConfigError
 from inspector.http_endpoint import HttpEndpoint
 from inspector.kafka.transport import client_types
-from inspector.process import freeze_long_lived_objects, shorten_gil_switch_interval, stop_on_signals
+from inspector.process import (
+    freeze_long_lived_objects,
+    raise_scheduling_priority,
+    shorten_gil_switch_interval,
+    stop_on_signals,
+)
 from inspector.settings import Settings
 from inspector.sorter.actuators import Actuator, build_actuator
 from inspector.sorter.line_file import load_line
@@ -25,6 +30,7 @@ def serve_sorter(settings: Settings, registry: CollectorRegistry | None = None) 
     """Read the line file, connect the actuators (in the background) and Kafka, then sort until a signal."""
     # As the worker does: a lane's thread that wakes to fire waits for the GIL behind the Kafka client's Python.
     shorten_gil_switch_interval()
+    nice = raise_scheduling_priority(settings.sorter.nice, "the sorter")  # first: its threads inherit it
     if settings.sorter.line_file is None:
         raise ConfigError("the sorter needs a line file: --line FILE or INSPECTOR_SORTER__LINE_FILE")
     line = load_line(settings.sorter.line_file)
@@ -35,7 +41,7 @@ def serve_sorter(settings: Settings, registry: CollectorRegistry | None = None) 
     sorter_box: list[Sorter] = []
     endpoint = HttpEndpoint(settings.sorter.host, settings.sorter.port, registry,
                             ready=lambda: bool(sorter_box) and sorter_box[0].ready()).start()
-    log.info("sorter metrics and health on http://%s/metrics", endpoint.address)
+    log.info("sorter metrics and health on http://%s/metrics (nice %d)", endpoint.address, nice)
     kafka = settings.kafka.model_copy(update={"group_id": settings.sorter.group_id,
                                               "client_id": f"{settings.kafka.client_id}-sorter"})
     consumer_type, producer_type = client_types(kafka.transport)
