@@ -58,7 +58,9 @@ def _java() -> str:
 
 class LocalKafka:
     """Start/stop one KRaft broker+controller process; use as a context manager. Alone by default; a node of a
-    cluster when given its `node_id`, the quorum's `voters` and the shared `cluster_id`."""
+    cluster when given its `node_id`, the quorum's `voters` and the shared `cluster_id`. `long_running` for a
+    broker meant to run for hours (the JVM's full JIT: cheaper per record once it has compiled, for a minute
+    dearer)."""
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class LocalKafka:
         extra_config: dict[str, str] | None = None,
         heap: str = "768m",
         log_level: str = "WARN",
+        long_running: bool = False,
         scram_users: dict[str, str] | None = None,
         node_id: int = 1,
         controller_port: int | None = None,
@@ -88,6 +91,7 @@ class LocalKafka:
         self.extra_config = dict(extra_config or {})
         self.heap = heap
         self.log_level = log_level
+        self.long_running = long_running
         self._proc: subprocess.Popen[bytes] | None = None
         self._formatted = False
 
@@ -159,6 +163,9 @@ class LocalKafka:
             _java(),
             f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
+            # A broker that lives minutes (tests, the demo, benchmarks) compiles with C1 alone: on 2 cores C2's
+            # first minute took up to a core from the worker beside it (bench/RESULTS.md, "A broker for minutes").
+            *([] if self.long_running else ["-XX:TieredStopAtLevel=1"]),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",
             "-cp",
@@ -265,7 +272,7 @@ class LocalKafkaCluster:
     fewer required, so any one node may fail without losing or refusing an acknowledged record. Each node is
     killable and restartable (`node(i)`); use as a context manager."""
 
-    def __init__(self, nodes: int = 3, *, data_dir: Path | None = None, heap: str = "512m",
+    def __init__(self, nodes: int = 3, *, data_dir: Path | None = None, heap: str = "512m", long_running: bool = False,
                  log_level: str = "WARN", extra_config: dict[str, str] | None = None) -> None:
         if nodes < 1:
             raise ConfigError("a cluster needs at least one node")
@@ -289,7 +296,7 @@ class LocalKafkaCluster:
         self.nodes = [
             LocalKafka(port=port, controller_port=controller, node_id=i, voters=voters, cluster_id=cluster_id,
                        data_dir=self.work_dir / f"node-{i}", heap=heap, log_level=log_level,
-                       extra_config={**config, "broker.rack": f"rack-{i}"})
+                       long_running=long_running, extra_config={**config, "broker.rack": f"rack-{i}"})
             for i, (port, controller) in enumerate(ports, start=1)
         ]
 
@@ -354,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     broker: LocalKafka | LocalKafkaCluster
     try:
-        broker = LocalKafka(port=args.port).start() if args.nodes == 1 else LocalKafkaCluster(args.nodes).start()
+        broker = (LocalKafka(port=args.port, long_running=True).start() if args.nodes == 1
+                  else LocalKafkaCluster(args.nodes, long_running=True).start())
     except (ConfigError, TransportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
