@@ -12,8 +12,9 @@ Two lanes, a camera each (15 fps: 30 frames/s in all), about 4 bananas a second 
 
 The broker is fresh, so the belt first runs --warm-up-seconds (30) on topics of its own, not measured: a new
 broker's JVM compiles its produce and fetch paths in the first half minute of traffic and took up to one of the
-two cores meanwhile (2026-12-06), which a line's long-running broker has long done. --warm-up-seconds 0 measures a
-cold broker.
+two cores meanwhile (2026-12-06), which a line's long-running broker has long done. The local broker now compiles
+with C1 alone, which halves that, and the warm-up stays: a fresh worker and broker still stall at times (bench/
+RESULTS.md, "A broker for minutes"). --warm-up-seconds 0 measures a cold broker.
 
 With --calibrate-seconds S each measured run follows one of S seconds on another stretch of the same belt (another
 seed), after which the thresholds are calibrated on the line as `inspector calibrate --from-line` does: per camera,
