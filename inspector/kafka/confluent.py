@@ -122,9 +122,10 @@ def _close(consumer: ck.Consumer) -> None:
 
 
 def _poll(consumer: ck.Consumer, timeout_s: float, max_records: int,
-          revocations: Callable[[], int] = lambda: 0) -> list[FrameRecord]:
+          revocations: Sequence[frozenset[tuple[str, int]]] = ()) -> list[FrameRecord]:
     """Up to `max_records` records, waiting at most `timeout_s` for the first (partition order kept).
-    `revocations` counts the group's revocations of this consumer's partitions (its revoke callback)."""
+    `revocations`: the partitions the group took back from this consumer, one set per revocation, appended to by
+    its revoke callback."""
     # consume(n, timeout) waits until it has n messages or the timeout passes; kafka-python's poll returns as
     # soon as there are any. The caller decides how long to wait, so: block for the first message only, then
     # take what is already fetched.
@@ -132,14 +133,14 @@ def _poll(consumer: ck.Consumer, timeout_s: float, max_records: int,
         first = consumer.poll(max(0.0, timeout_s))
         messages = [] if first is None else [first]
         if first is not None and max_records > 1:
-            revoked_before = revocations()
+            seen = len(revocations)
             messages += consumer.consume(num_messages=max_records - 1, timeout=0)
-            if revocations() != revoked_before:
-                # The group took the partitions back inside consume(): what was fetched before is no longer ours
+            if len(revocations) != seen:
+                # The group took partitions back inside consume(): their records fetched before are no longer ours
                 # (scored, the first record would be scored again by the partition's next owner, which starts at
-                # the committed offset). The eager protocol assigns nothing until the next rejoin, so nothing
-                # after the revocation came back with it either.
-                return []
+                # the committed offset).
+                gone = frozenset().union(*revocations[seen:])
+                messages = [m for m in messages if (m.topic(), m.partition()) not in gone]
     except ck.KafkaException as exc:
         raise _transport_error("poll", exc) from None
     records = []
@@ -185,7 +186,7 @@ class ConfluentFrameConsumer:
         self._max_records = max_poll_records
         self._async_commit_failing = False
         self._committing_synchronously = False  # its report reaches on_commit too: logged where it raises instead
-        self._revocations = 0  # times the group took this consumer's partitions back
+        self._revocations: list[frozenset[tuple[str, int]]] = []  # partitions the group took back during a poll
         self._consumer = _consumer(settings, {
             "client.id": settings.client_id,
             "group.id": settings.group_id,
@@ -209,7 +210,7 @@ class ConfluentFrameConsumer:
             on_assigned(_partitions(partitions))
 
         def revoke(_consumer: object, partitions: list[ck.TopicPartition]) -> None:
-            self._revocations += 1
+            self._revocations.append(frozenset((p.topic, p.partition) for p in partitions))
             on_revoked(_partitions(partitions))
             self._consumer.unassign()
 
@@ -217,7 +218,8 @@ class ConfluentFrameConsumer:
 
     def poll(self, timeout_s: float, max_records: int) -> list[FrameRecord]:
         """Up to `max_records` records, waiting at most `timeout_s` (partition order kept)."""
-        return _poll(self._consumer, timeout_s, min(max_records, self._max_records), lambda: self._revocations)
+        self._revocations.clear()  # only those made during this call matter
+        return _poll(self._consumer, timeout_s, min(max_records, self._max_records), self._revocations)
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit; False when the group has moved on. TransportError for anything not retriable in time."""

@@ -209,8 +209,8 @@ def test_an_asynchronous_commit_refused_by_a_moved_group_is_logged_each_time_oth
 class _Message:
     """A consumed librdkafka message, as `_poll` reads it."""
 
-    def __init__(self, offset: int) -> None:
-        self._offset = offset
+    def __init__(self, offset: int, partition: int = 0) -> None:
+        self._offset, self._partition = offset, partition
 
     def error(self) -> None:
         return None
@@ -219,7 +219,7 @@ class _Message:
         return "frames"
 
     def partition(self) -> int:
-        return 0
+        return self._partition
 
     def offset(self) -> int:
         return self._offset
@@ -238,12 +238,12 @@ class _Message:
 
 
 class _RevokingConsumer:
-    """librdkafka's consumer where the group takes the partitions back inside `consume`, after `poll` handed out a
-    record: what the rebalance test with exactly-once caught as one frame scored twice."""
+    """librdkafka's consumer where the group takes partition 0 back inside `consume`, after `poll` handed out a
+    record of it: what the rebalance test with exactly-once caught as one frame scored twice."""
 
     def __init__(self, revoke_in_consume: bool) -> None:
         self.revoke_in_consume = revoke_in_consume
-        self.revocations = 0
+        self.revocations: list[frozenset[tuple[str, int]]] = []
 
     def poll(self, _timeout: float) -> _Message:
         return _Message(7)
@@ -251,13 +251,13 @@ class _RevokingConsumer:
     def consume(self, num_messages: int, timeout: float) -> list[_Message]:
         assert timeout == 0 and num_messages == 9
         if self.revoke_in_consume:
-            self.revocations += 1  # the revoke callback runs here
-        return [_Message(8)]
+            self.revocations.append(frozenset({("frames", 0)}))  # the revoke callback runs here
+        return [_Message(8), _Message(3, partition=1)]
 
 
-def test_records_fetched_before_the_group_took_the_partitions_back_are_not_handed_out():
+def test_records_fetched_before_the_group_took_their_partition_back_are_not_handed_out():
     confluent = pytest.importorskip("inspector.kafka.confluent")
-    for revoked, offsets in ((False, [7, 8]), (True, [])):
+    for revoked, kept in ((False, [(0, 7), (0, 8), (1, 3)]), (True, [(1, 3)])):
         consumer = _RevokingConsumer(revoked)
-        records = confluent._poll(consumer, 0.1, 10, lambda c=consumer: c.revocations)
-        assert [r.offset for r in records] == offsets  # the next owner reads them from the committed offset
+        records = confluent._poll(consumer, 0.1, 10, consumer.revocations)
+        assert [(r.partition, r.offset) for r in records] == kept  # the next owner reads them from the committed offset
