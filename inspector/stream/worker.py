@@ -173,6 +173,10 @@ class Worker:
                         batcher.add(record, time.monotonic())
                     if len(batcher) >= (2 if busy else 1) or time.monotonic() >= deadline:
                         break
+            elif self.runner.streams == 1 and len(self._in_flight) == 1:
+                # One scoring thread (CUDA): the next batch is taken and decoded while this one scores.
+                for record in self.consumer.poll(0, batcher.room()):
+                    batcher.add(record, time.monotonic())
         else:
             idle_until = time.monotonic() + 0.2  # come back to check stop/reload even when idle
             while not self._stop.is_set():

@@ -164,13 +164,16 @@ class _Runner:
         self.artifact, self.streams = artifact, streams
 
 
-@pytest.fixture
-def line(default_model_path: Path):  # type: ignore[no-untyped-def]
-    """A worker with two scoring threads running in a thread of its own, and its stand-ins."""
-    settings = load_settings(model={"path": default_model_path, "device": "cpu"}, kafka={"evidence_topic": ""})
+@pytest.fixture(params=[(2, 32)])
+def line(default_model_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A worker with (scoring threads, batch size) of `request.param` running in a thread of its own, and its
+    stand-ins."""
+    streams, max_size = request.param
+    settings = load_settings(model={"path": default_model_path, "device": "cpu"}, kafka={"evidence_topic": ""},
+                             batch={"max_size": max_size})
     artifact = load(default_model_path)
     consumer, producer = _Consumer(), _Producer()
-    worker = Worker(settings, _Runner(artifact, 2), consumer, producer,  # type: ignore[arg-type]
+    worker = Worker(settings, _Runner(artifact, streams), consumer, producer,  # type: ignore[arg-type]
                     build_metrics(CollectorRegistry()))
     worker.scorer.shutdown()  # the real one's threads; the stand-in takes its place
     scorer = worker.scorer = _Scorer(artifact)  # type: ignore[assignment]
@@ -208,3 +211,19 @@ def test_frames_are_shared_among_the_idle_scoring_threads_and_one_slow_batch_hol
         deadline.wait(0.01)
     assert producer.scored == [f"f-{i}" for i in range(16)]  # published in record order all the same
     assert consumer.committed[Partition("frames", 0)] == 16
+
+
+@pytest.mark.parametrize("line", [(1, 4)], indirect=True)
+def test_with_one_scoring_thread_the_next_batch_is_taken_while_one_scores(line) -> None:
+    consumer, producer, scorer = line
+    consumer.release(_records(0, 1))
+    assert scorer.wait_started(1) == [1]  # scored at once: the overlap comes on
+    consumer.release(_records(1, 7))
+    assert scorer.wait_started(3)[1:] == [4, 3]  # the second taken (decoding, on CUDA) while the first scores
+    scorer.finish(1)
+    scorer.finish(2)
+    for _ in range(int(WAIT_S / 0.01)):
+        if len(producer.scored) == 8:
+            break
+        threading.Event().wait(0.01)
+    assert producer.scored == [f"f-{i}" for i in range(8)]
