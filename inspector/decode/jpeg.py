@@ -95,9 +95,13 @@ def to_model_rgb(bgr: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_square(image: np.ndarray, size: int) -> np.ndarray:
-    """An (H, W, C) image -> (size, size, C): area-averaged when shrinking, bilinear when growing; as it is when
-    already that size."""
-    if image.shape[0] == size and image.shape[1] == size:
+    """An (H, W, C) image -> (size, size, C): area-averaged when both sides shrink, by more than 1.25x on one,
+    else bilinear; as it is when already that size."""
+    height, width = image.shape[:2]
+    if height == size and width == size:
         return image
-    interp = cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
+    # Under 1.25x (the producer's 256-px frames into the default 224-px model) an output pixel's box spans little
+    # more than one source pixel: bilinear scores the same there, and OpenCV's area path for a non-integer factor
+    # cost 1.5x the frame's JPEG decode (850 against 220 us).
+    area = min(height, width) > size and max(height, width) > 1.25 * size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)

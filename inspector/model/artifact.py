@@ -76,7 +76,7 @@ class ModelArtifact:
             "model_version": self.model_version,
             "architecture": {"name": type(self.model).__name__, **self.config.to_dict()},
             "preprocessing": {"size": self.config.image_size, "channels": "RGB", "scale": "x/255",
-                              "resize": "INTER_AREA down, INTER_LINEAR up, aspect not kept"},
+                              "resize": "INTER_AREA down (by more than 1.25x), else INTER_LINEAR; aspect not kept"},
             "scoring": self.scoring.to_dict(),
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "training": self.training,
