@@ -1,0 +1,266 @@
+"""The CLI's model commands: train, calibrate (from held-out images or from the line), evaluate, denoise and synth,
+their flags and what each does. `inspector/__main__.py` builds the parser and the settings and calls them; the
+imports inside each command keep `inspector --help` fast."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from inspector.errors import ConfigError
+from inspector.settings import Settings
+
+AddFlags = Callable[[argparse.ArgumentParser], None]
+
+
+def add_model_commands(sub: argparse._SubParsersAction, with_model: AddFlags, with_kafka: AddFlags) -> None:
+    """The model commands' subparsers; `with_model` and `with_kafka` add the flags every command shares."""
+    sp = sub.add_parser("train", help="train a model on a folder of good images, then calibrate")
+    with_model(sp)
+    sp.add_argument("--data", required=True, help="folder of good images (e.g. DATA/train/good)")
+    sp.add_argument("--extra-good", action="append", default=[], metavar="DIR",
+                    help="more good images, e.g. the false alarms of `calibrate --feedback --feedback-frames DIR` "
+                         "(repeatable)")
+    sp.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    # Flags left out keep TrainConfig's and the model config's defaults (inspector/training/config.py).
+    sp.add_argument("--mode", choices=["features", "repair", "plain"],
+                    help="features: reconstruct pretrained features (default); repair: DRAEM-style autoencoder "
+                         "and head, from scratch; plain: the plain autoencoder (--denoise for the denoising one)")
+    sp.add_argument("--size", type=int, default=None,
+                    help="model input side in pixels (default: chosen from the images' size and the mode)")
+    sp.add_argument("--widths", default=None, help="channels per stage, e.g. 16,32,64,64")
+    sp.add_argument("--latent-channels", type=int)
+    sp.add_argument("--epochs", type=int, help="epochs of the repair and plain modes")
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--lr", type=float)
+    sp.add_argument("--loss", choices=["l2", "l1", "ssim", "l2+ssim", "l1+ssim"])
+    sp.add_argument("--denoise", action="store_true", help="denoising autoencoder: noisy input, clean target")
+    sp.add_argument("--target-far", type=float, help="target false-alarm rate on good images")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--global-ranks", type=int, nargs="+", metavar="RANK",
+                    help="features mode: ranks of the global term to choose from (default 8 16 32)")
+    sp.add_argument("--edge-context", type=int, metavar="PX",
+                    help="features mode: pixels of replicated edge around the input, used where the map is not "
+                         "normalised per location (default 16; 0 = none)")
+    sp.add_argument("--defects", metavar="DIR",
+                    help="features mode: labelled defective images (a folder, or a set's test folder whose folders "
+                         "other than good/ hold them), never trained on: the global term's weight is the one that "
+                         "ranks them highest above the held-out good images (default: the weight 2)")
+    sp.add_argument("--camera-jpeg-quality", type=int, metavar="Q",
+                    help="set the threshold on good images as a camera sending JPEG at quality Q delivers them "
+                         "(default 90, the producer's; 0 = as they are)")
+    sp.add_argument("--model-id", default="banana-ae")
+    sp.add_argument("--model-version", default=None)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("calibrate", help="set the threshold from held-out good images")
+    with_model(sp)
+    sp.add_argument("--good", help="folder of good images not used in training")
+    sp.add_argument("--from-line", action="store_true",
+                    help="instead: per-camera thresholds from the good frames the workers scored (kafka.scores_topic) "
+                         "in the last --window-minutes, leaving out frames operators confirmed as defects")
+    sp.add_argument("--window-minutes", type=float, default=60.0)
+    sp.add_argument("--dry-run", action="store_true", help="with --from-line: print the proposal, write nothing")
+    sp.add_argument("--defects", help="optional folder of labelled defects: F1-optimal threshold instead")
+    sp.add_argument("--target-far", type=float, default=0.01)
+    sp.add_argument("--camera-jpeg-quality", type=int, default=90, metavar="Q",
+                    help="score the good images also through JPEG at the camera's quality Q (0 = as they are)")
+    sp.add_argument("--out", help="write here instead of updating the model file in place")
+    sp.add_argument("--feedback", action="store_true",
+                    help="add the frames operators confirmed as false alarms (kafka.feedback_topic, frames fetched "
+                         "from kafka.frames_topic while retained) to the good images")
+    sp.add_argument("--feedback-frames", metavar="DIR", help="with --feedback: also save those frames here")
+    with_kafka(sp)
+    sp.set_defaults(func=cmd_calibrate)
+
+    sp = sub.add_parser("evaluate", help="score a labelled folder and write report.json/html with plots")
+    with_model(sp)
+    sp.add_argument("--data", required=True, help="data set root with test/good and test/<defect kind>")
+    sp.add_argument("--out", required=True, help="report folder")
+    sp.add_argument("--no-baseline", action="store_true", help="skip the colour-statistics baseline")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("denoise", help="run a (denoising) autoencoder over a folder of images")
+    with_model(sp)
+    sp.add_argument("--input", required=True)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_denoise)
+
+    sp = sub.add_parser("synth", help="write the synthetic banana data set")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--train", type=int, default=400)
+    sp.add_argument("--test-good", type=int, default=100)
+    sp.add_argument("--test-per-defect", type=int, default=25)
+    sp.add_argument("--calibration", type=int, default=0)
+    sp.add_argument("--size", type=int, default=256)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--belt-frames", type=int, default=0, metavar="N",
+                    help="also N good frames of the synthetic belt camera (JPEG), the demo's line, in calibration/good")
+    sp.set_defaults(func=cmd_synth)
+
+
+def _train_config(args: argparse.Namespace):  # untyped: local imports keep `--help` fast
+    """TrainConfig from the flags given; a flag left out keeps TrainConfig's default (the one home of them)."""
+    from inspector.training.config import TrainConfig
+
+    flags = {"mode": args.mode, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+             "loss": args.loss, "denoise": args.denoise or None, "target_false_alarm": args.target_far,
+             "seed": args.seed, "camera_jpeg_quality": args.camera_jpeg_quality,
+             "global_ranks": tuple(args.global_ranks) if args.global_ranks else None}
+    return TrainConfig(**{name: value for name, value in flags.items() if value is not None})
+
+
+def _model_config(args: argparse.Namespace, mode: str, paths: list[Path]):  # untyped: as above
+    from inspector.model.registry import family_for_mode
+    from inspector.training.pipeline import default_input_size
+
+    fields: dict[str, object] = {"image_size": args.size or default_input_size(paths, mode)}
+    if mode == "features" and args.edge_context is not None:
+        fields["edge_context"] = args.edge_context
+    if mode != "features":  # the image autoencoders' shape flags
+        if args.widths:
+            fields["widths"] = tuple(int(w) for w in args.widths.split(","))
+        if args.latent_channels is not None:
+            fields["latent_channels"] = args.latent_channels
+    try:
+        return family_for_mode(mode).config(**fields)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.decode.preprocess import list_images, list_labelled_defects, load_images
+    from inspector.model.runtime import pick_device
+    from inspector.training.pipeline import train_and_calibrate
+
+    device = pick_device(settings.model.device)
+    paths = list_images(Path(args.data)) + [p for d in args.extra_good for p in list_images(Path(d))]
+    train_cfg = _train_config(args)
+    if train_cfg.denoise and train_cfg.mode != "plain":
+        raise ConfigError("--denoise trains the plain autoencoder: add --mode plain")
+    cfg = _model_config(args, train_cfg.mode, paths)
+    if args.defects and train_cfg.mode != "features":
+        raise ConfigError("--defects chooses the features mode's global weight: the other modes have none")
+    defect_paths = list_labelled_defects(Path(args.defects)) if args.defects else []
+    images = load_images(paths, cfg.image_size)
+    defects = load_images(defect_paths, cfg.image_size) if defect_paths else None
+    out = Path(args.out)
+    print(f"training a {train_cfg.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) "
+          f"-> {out}")
+    artifact = train_and_calibrate(images, paths, out, cfg, train_cfg, device, model_id=args.model_id,
+                                   model_version=args.model_version, defects=defects)
+    cal = artifact.calibration
+    assert cal is not None
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB): threshold {cal.threshold:.6f} ({cal.method}) at target "
+          f"false-alarm {cal.target_false_alarm:.2%} from {cal.n_good} held-out good images (at most "
+          f"{cal.false_alarm_bound:.2%} with 95 % confidence from those images alone)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    if args.from_line:
+        return _calibrate_from_line(args, settings)
+    if not args.good:
+        raise ConfigError("calibrate needs --good DIR (held-out good images) or --from-line")
+    from inspector.decode.preprocess import list_images, load_images
+    from inspector.model import artifact as artifact_io
+    from inspector.model.runtime import pick_device
+    from inspector.training.calibration import calibrate_artifact, with_confirmed_false_alarms
+
+    device = pick_device(settings.model.device)
+    path = Path(settings.model.path)
+    artifact = artifact_io.load(path)
+    size = artifact.config.image_size
+    good = load_images(list_images(Path(args.good)), size)
+    if args.feedback:
+        good = with_confirmed_false_alarms(settings, good,
+                                           Path(args.feedback_frames) if args.feedback_frames else None)
+    defects = load_images(list_images(Path(args.defects)), size) if args.defects else None
+    artifact = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects,
+                                  camera_jpeg_quality=args.camera_jpeg_quality)
+    out = Path(args.out) if args.out else path
+    artifact_io.save(artifact, out)
+    cal = artifact.calibration
+    assert cal is not None
+    warn = (f" (only {cal.n_good} good images, too few for a conformal guarantee at this target: a fitted tail)"
+            if cal.method == "fitted_tail" else "")
+    print(f"{out}: threshold {cal.threshold:.6f} ({cal.method} on {cal.n_good} good images, target false-alarm "
+          f"{cal.target_false_alarm:.2%}, at most {cal.false_alarm_bound:.2%} with 95 % confidence from these "
+          f"images alone){warn}")
+    return 0
+
+
+def _calibrate_from_line(args: argparse.Namespace, settings: Settings) -> int:
+    """Per-camera thresholds from the scores the line published in the last --window-minutes: printed, and written
+    as a new model version (the workers hot-reload it) unless --dry-run."""
+    from inspector.model import artifact as artifact_io
+    from inspector.training.line_calibration import proposal_table, propose_from_line, with_line_thresholds
+
+    path = Path(settings.model.path)
+    artifact = artifact_io.load(path)
+    line = propose_from_line(settings, artifact, args.window_minutes * 60, args.target_far)
+    print(f"{line.scores} scores in the last {args.window_minutes:g} min of {settings.kafka.scores_topic}; "
+          f"{line.confirmed_defects} frames confirmed defective by operators; target false-alarm "
+          f"{args.target_far:.2%}")
+    print("\n".join(proposal_table(line.cameras)))
+    if note := line.override_note():
+        print(f"note: {note}")
+    if not line.any_proposed:
+        print("no camera has enough good frames in the window for a threshold at this target: nothing written")
+        return 1
+    if args.dry_run:
+        return 0
+    out = Path(args.out) if args.out else path
+    saved = artifact_io.save(with_line_thresholds(artifact, line.cameras), out)
+    print(f"{out}: version {saved.model_version} with per-camera thresholds (workers watching it reload it)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.training.evaluation import evaluate_folder
+
+    report = evaluate_folder(Path(settings.model.path), Path(args.data), Path(args.out), settings.model.device,
+                             baseline=not args.no_baseline)
+    img = report["image"]
+    bound = img.get("false_alarm_bound")
+    print(f"image AUROC {img['auroc']:.4f}  AUPR {img['aupr']:.4f}  false-alarm {img['false_alarm_rate']:.2%}"
+          + (f" (bound {bound:.2%})" if bound is not None else "") + "  "
+          f"detection {img['detection_rate']:.2%}  pixel AUROC {report.get('pixel', {}).get('auroc', float('nan')):.4f}")
+    if "colour_baseline" in report:
+        print(f"colour baseline image AUROC {report['colour_baseline']['auroc']:.4f}")
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_denoise(args: argparse.Namespace, settings: Settings) -> int:
+    from inspector.training.evaluation import denoise_folder
+
+    n = denoise_folder(Path(settings.model.path), Path(args.input), Path(args.out), settings.model.device)
+    print(f"wrote {n} denoised images to {args.out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace, _settings: Settings) -> int:
+    from inspector.synthetic.bananas import write_dataset
+
+    counts = write_dataset(Path(args.out), n_train=args.train, n_test_good=args.test_good,
+                           n_test_per_defect=args.test_per_defect, size=args.size, seed=args.seed,
+                           n_calibration=args.calibration)
+    if args.belt_frames:
+        from inspector.sorter.belt_run import BELT_GEOMETRY
+        from inspector.sorter.line_file import parse_line
+        from inspector.synthetic.belt import BeltStream, write_good_frames
+
+        line = parse_line({"defaults": {**BELT_GEOMETRY, "frame_width_px": args.size, "frame_height_px": args.size},
+                           "lanes": [{"id": "synth", "actuator": {"protocol": "log"}, "cameras": [{"id": "belt"}]}]})
+        geometry = line.camera("belt")
+        assert geometry is not None  # the line just parsed has it
+        # 6 frames/s of 4 bananas/s: each banana in one or two frames, so the frames are 600 different bananas.
+        stream = BeltStream(geometry, fps=6.0, defect_rate=0.0, seed=args.seed + 1000)
+        counts["calibration/good (belt)"] = write_good_frames(Path(args.out) / "calibration" / "good", stream,
+                                                              args.belt_frames)
+    print(f"wrote {sum(counts.values())} images to {args.out}: {counts}")
+    return 0
