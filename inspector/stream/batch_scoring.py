@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -149,6 +150,12 @@ class BatchScorer:
     def score_ahead(self, batch: Batch) -> None:
         """Score the batch in a scoring thread as soon as one is free, before it is asked for."""
         batch.scoring = self._scorer.submit(self._score_stage, batch)
+
+    def wait_for_any(self, batches: Iterable[Batch]) -> None:
+        """Block until one more of the batches scored ahead is scored (at once if none is still scoring)."""
+        scoring = [batch.scoring for batch in batches if batch.scoring is not None and not batch.scoring.done()]
+        if scoring:
+            wait(scoring, return_when=FIRST_COMPLETED)
 
     def scored(self, batch: Batch) -> ScoredBatch:
         """The batch's verdicts, once scored (now, if it was not scored ahead). Only for a batch still held: one a

@@ -48,7 +48,7 @@ from inspector.settings import Settings
 from inspector.stream.batch_scoring import Batch, BatchScorer, ScoredBatch, ScoredFrame
 from inspector.stream.batcher import MicroBatcher
 from inspector.stream.flow_control import BatchSizeGovernor
-from inspector.stream.frame_decode import Rejected
+from inspector.stream.frame_decode import Rejected, split_among
 from inspector.stream.metrics import WorkerMetrics
 from inspector.stream.model_reload import ModelFileWatch
 from inspector.stream.score_window import RollingScoreQuantiles
@@ -56,6 +56,7 @@ from inspector.stream.score_window import RollingScoreQuantiles
 log = logging.getLogger(__name__)
 
 MAX_UNACKNOWLEDGED = 2  # published batches awaiting the broker: the one just published and the one before it
+IDLE_THREAD_POLL_S = 0.005  # how long a poll waits for frames while a scoring thread idles and others still score
 
 
 @dataclass(slots=True)
@@ -115,16 +116,21 @@ class Worker:
         try:
             while not self._stop.is_set():
                 records = self._collect()
-                # Start decoding (and scoring) the new batch in threads, then finish the oldest one meanwhile:
-                # once every scoring thread has a batch, when nothing new came in, or as soon as it is scored.
+                # Start decoding (and scoring) the new records in threads, a share for each idle scoring thread, then
+                # publish the oldest batch as soon as it is scored. With every scoring thread busy, wait until one is
+                # through (not for the oldest: a thread done first would idle while frames queue).
                 if records:
-                    batch = self.scorer.start(records)
-                    if self._batch_size.overlap:
-                        self.scorer.score_ahead(batch)
-                    self._in_flight.append(batch)
-                depth = self.runner.streams if self._batch_size.overlap else 0
-                if self._in_flight and (len(self._in_flight) > depth or not records or self._in_flight[0].is_scored()):
-                    self._publish(self._in_flight.popleft())
+                    overlap = self._batch_size.overlap
+                    for share in split_among(records, self._batch_size.shares(self._idle_scoring_threads())):
+                        batch = self.scorer.start(share)
+                        if overlap:
+                            self.scorer.score_ahead(batch)
+                        self._in_flight.append(batch)
+                if self._in_flight:
+                    if not self._batch_size.overlap or self._in_flight[0].is_scored():
+                        self._publish(self._in_flight.popleft())
+                    elif not self._idle_scoring_threads() and (not records or len(self._in_flight) > self.runner.streams):
+                        self.scorer.wait_for_any(self._in_flight)
                 # With nothing left in flight the next poll may wait for frames: settle every published batch first.
                 self._settle(wait=not self._in_flight)
                 if self._model_file.poll():
@@ -141,6 +147,10 @@ class Worker:
             self.metrics.ready.set(0)
             self.scorer.shutdown()
 
+    def _idle_scoring_threads(self) -> int:
+        """Scoring threads with no batch of ours to score (every batch in flight is scored ahead when overlapping)."""
+        return max(0, self.runner.streams - sum(not batch.is_scored() for batch in self._in_flight))
+
     # ---- 1. poll and batch ------------------------------------------------------------------------
 
     def _collect(self) -> list[ConsumedRecord]:
@@ -152,8 +162,21 @@ class Worker:
         max_size, max_wait_s = self._batch_size.max_size, self.settings.batch.max_wait_ms / 1000
         self._batcher = batcher = MicroBatcher[ConsumedRecord](max_size, max_wait_s)
         if self._in_flight:
-            for record in self.consumer.poll(0, batcher.room()):
-                batcher.add(record, time.monotonic())
+            idle = self._idle_scoring_threads() if self._batch_size.overlap else 1
+            if idle:
+                # While another thread scores, a batch of one frame costs a third more a frame: wait for two.
+                busy = idle < self.runner.streams
+                deadline = time.monotonic() + (0.035 if busy else IDLE_THREAD_POLL_S)
+                while True:
+                    for record in self.consumer.poll(max(0.0, deadline - time.monotonic()) if len(batcher) < 2 else 0,
+                                                     batcher.room()):
+                        batcher.add(record, time.monotonic())
+                    if len(batcher) >= (2 if busy else 1) or time.monotonic() >= deadline:
+                        break
+            elif self.runner.streams == 1 and len(self._in_flight) == 1:
+                # One scoring thread (CUDA): the next batch is taken and decoded while this one scores.
+                for record in self.consumer.poll(0, batcher.room()):
+                    batcher.add(record, time.monotonic())
         else:
             idle_until = time.monotonic() + 0.2  # come back to check stop/reload even when idle
             while not self._stop.is_set():

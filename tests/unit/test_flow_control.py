@@ -68,3 +68,10 @@ def test_the_overlap_starts_off_comes_on_after_a_fast_batch_and_goes_off_after_a
 def test_a_batch_size_below_one_is_refused():
     with pytest.raises(ValueError):
         BatchSizeGovernor(LIMIT_S, max_size=0)
+
+
+def test_records_are_shared_among_the_idle_scoring_threads_only_while_batches_overlap():
+    governor = BatchSizeGovernor(LIMIT_S, max_size=8)
+    assert governor.shares(2) == 1  # the overlap is off: one batch, scored before the next is taken
+    governor.observe(3, 0.1)
+    assert [governor.shares(idle) for idle in (0, 1, 2)] == [1, 1, 2]
