@@ -221,6 +221,17 @@ class ConfluentFrameConsumer:
         self._revocations.clear()  # only those made during this call matter
         return _poll(self._consumer, timeout_s, min(max_records, self._max_records), self._revocations)
 
+    def rewind(self) -> None:
+        try:
+            assigned = self._consumer.assignment()
+            # With read_committed the lookup waits for pending transactional offsets (KIP-447's require_stable).
+            for tp in self._consumer.committed(assigned, timeout=self.settings.request_timeout_ms / 1000):
+                # A partition with no commit yet starts over from its first record (auto.offset.reset=earliest).
+                self._consumer.seek(ck.TopicPartition(tp.topic, tp.partition,
+                                                      tp.offset if tp.offset >= 0 else ck.OFFSET_BEGINNING))
+        except ck.KafkaException as exc:
+            raise _transport_error("rewind to the committed offsets", exc) from None
+
     def commit(self, offsets: Offsets) -> bool:
         """Commit; False when the group has moved on. TransportError for anything not retriable in time."""
         if not offsets:
@@ -311,6 +322,14 @@ class _Delivery:
         return self.exception is not None
 
 
+def _discard(producer: ck.Producer) -> None:
+    try:
+        producer.purge()
+        producer.flush(1.0)
+    except Exception as exc:  # a fenced client may fail in many ways; nothing depends on it
+        log.debug("discarding a fenced producer: %s", exc)
+
+
 class ConfluentResultProducer:
     """Alerts, scores and dead letters: acks=all, idempotent, optionally transactional (librdkafka)."""
 
@@ -322,13 +341,26 @@ class ConfluentResultProducer:
         if self.transactional:
             config["transactional.id"] = settings.transactional_id or (
                 f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
-        self._producer = _producer(settings, config)
+        self._config = config
+        self._producer = self._registered()
+        self._healthy = True
+
+    def _registered(self) -> ck.Producer:
+        """A new client; with exactly-once, registered under the transactional id (which fences any earlier one)."""
+        producer = _producer(self.settings, self._config)
         if self.transactional:
             try:
-                self._producer.init_transactions(self._timeout_s)
+                producer.init_transactions(self._timeout_s)
             except ck.KafkaException as exc:
-                raise TransportError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
+                raise TransportError(f"cannot reach Kafka at {self.settings.bootstrap_servers}: "
                                      f"{_transport_error('connect', exc)}") from None
+        return producer
+
+    def renew(self) -> None:
+        old, self._producer = self._producer, self._registered()
+        # What the old client still holds belongs to the transaction given up: purged, and the client destroyed,
+        # in the background (librdkafka's destroy may wait for its brokers).
+        threading.Thread(target=_discard, args=(old,), name="kafka-close-fenced", daemon=True).start()
         self._healthy = True
 
     def connected(self) -> bool:

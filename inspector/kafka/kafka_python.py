@@ -223,7 +223,7 @@ class KafkaPythonFrameConsumer:
         )
         self._async_commit_failing = False
         self._poll_failing_since: float | None = None  # time.monotonic() of the first of a run of failed polls
-        self._to_resume: set[Partition] = set()  # assigned during the last poll: start them at the committed offset
+        self._to_resume: set[Partition] = set()  # assigned during the last poll or rewound: read from the committed offset
 
     def subscribe(self, on_revoked: Callable[[list[Partition]], None],
                   on_assigned: Callable[[list[Partition]], None]) -> None:
@@ -295,6 +295,9 @@ class KafkaPythonFrameConsumer:
             else:
                 self._consumer.seek(tp, committed)
         return tps
+
+    def rewind(self) -> None:
+        self._to_resume.update(_partitions(self._consumer.assignment()))
 
     def commit(self, offsets: Offsets) -> bool:
         """Commit; False when the group has moved on (we were evicted or it is rebalancing): the partitions'
@@ -371,13 +374,25 @@ class KafkaPythonResultProducer:
         if self.transactional:
             extra["transactional_id"] = settings.transactional_id or (
                 f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
-        self._producer = _producer(settings, client_id=f"{settings.client_id}-results",
-                                   max_request_size=max_request_bytes, **extra)
+        self._options: dict[str, object] = {"client_id": f"{settings.client_id}-results",
+                                            "max_request_size": max_request_bytes, **extra}
+        self._producer = self._registered()
+        self._healthy = True
+
+    def _registered(self) -> KafkaProducer:
+        """A new client; with exactly-once, registered under the transactional id (which fences any earlier one)."""
+        producer = _producer(self.settings, **self._options)
         if self.transactional:
             try:
-                self._producer.init_transactions()
+                producer.init_transactions()
             except (KafkaError, OSError) as exc:
-                raise unreachable_error(settings, exc) from None
+                raise unreachable_error(self.settings, exc) from None
+        return producer
+
+    def renew(self) -> None:
+        old, self._producer = self._producer, self._registered()
+        # The old client may be stuck on the request it lost: closed in the background, not waited for.
+        threading.Thread(target=_close_quietly, args=(old,), name="kafka-close-fenced", daemon=True).start()
         self._healthy = True
 
     def connected(self) -> bool:
@@ -467,6 +482,13 @@ class KafkaPythonResultProducer:
             self._producer.close(timeout=timeout_s)
         except KafkaError as exc:
             log.warning("producer close: %s", exc)
+
+
+def _close_quietly(producer: KafkaProducer) -> None:
+    try:
+        producer.close(timeout=1.0)
+    except Exception as exc:  # a fenced client may fail its close in many ways; nothing depends on it
+        log.debug("closing a fenced producer: %s", exc)
 
 
 class KafkaPythonFrameProducer:

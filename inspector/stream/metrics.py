@@ -53,6 +53,7 @@ class WorkerMetrics:
     model_info: Gauge
     model_reloads: Counter
     evidence_failed: Counter
+    transactions_given_up: Counter
     ready: Gauge
     assigned_partitions: Gauge
 
@@ -122,6 +123,8 @@ def build_metrics(registry: CollectorRegistry) -> WorkerMetrics:
         model_info=gauge("model_info", "The model being served (value 1).", ("model_id", "model_version")),
         model_reloads=counter("model_reloads", "Hot reloads of the model file, by result.", ("result",)),
         evidence_failed=counter("evidence_failed", "Alerts whose evidence could not be drawn (the alert went out)."),
+        transactions_given_up=counter("transactions_given_up", "Exactly-once transactions that could not commit "
+                                      "in time, given up and their frames scored again."),
         ready=gauge("ready", "1 when the model is loaded, partitions are assigned and the producer is connected."),
         assigned_partitions=gauge("assigned_partitions", "Partitions of the frames topic assigned to this worker."),
     )

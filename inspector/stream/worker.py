@@ -33,6 +33,7 @@ from inspector.contracts import (
     frame_score_json,
     header_value,
 )
+from inspector.errors import TransportError
 from inspector.kafka.transport import (
     ConsumedRecord,
     FrameConsumer,
@@ -56,6 +57,7 @@ from inspector.stream.score_window import RollingScoreQuantiles
 log = logging.getLogger(__name__)
 
 MAX_UNACKNOWLEDGED = 2  # published batches awaiting the broker: the one just published and the one before it
+MAX_TRANSACTIONS_GIVEN_UP = 3  # in a row, before a transaction's failure stops the worker
 IDLE_THREAD_POLL_S = 0.005  # how long a poll waits for frames while a scoring thread idles and others still score
 
 
@@ -92,6 +94,7 @@ class Worker:
         self._committed: Offsets = {}  # per partition still ours, the offset last sent for commit
         self._batcher = MicroBatcher[ConsumedRecord](settings.batch.max_size, 0)  # the batch being collected
         self._assigned = False
+        self._given_up_in_a_row = 0  # exactly-once transactions given up since the last one committed
         self._model_file = ModelFileWatch(settings.model, metrics, lambda: runner.artifact, self._install_model)
         self._next_lag_update = 0.0
         metrics.show_model(runner.artifact, settings.model)
@@ -195,7 +198,18 @@ class Worker:
 
     def _publish(self, batch: Batch) -> None:
         """4. Once the oldest batch is scored, send its alerts, scores and dead letters, then the alerts' evidence
-        (drawn meanwhile in a thread of its own); the sends are asynchronous, nothing is acknowledged yet."""
+        (drawn meanwhile in a thread of its own); the sends are asynchronous, nothing is acknowledged yet. With
+        exactly-once the batch is one transaction, committed here."""
+        if not self.producer.transactional:
+            self._send_results(batch)
+            return
+        try:
+            self._send_results(batch)
+            self._settle(wait=True)
+        except TransportError as exc:
+            self._give_up_transaction(exc)
+
+    def _send_results(self, batch: Batch) -> None:
         taken = time.perf_counter()
         scored = self.scorer.scored(batch)
         self.producer.begin()
@@ -206,8 +220,28 @@ class Worker:
         pending.extend(self._publish_evidence(scored))
         self._unacknowledged.append(Published(scored, pending, next_offsets(batch.records), taken,
                                               time.perf_counter()))
-        if self.producer.transactional:  # one transaction per batch: it commits before the next one begins
-            self._settle(wait=True)
+
+    def _give_up_transaction(self, failure: TransportError) -> None:
+        """Exactly-once, a transaction that could not commit in time (kafka-python 3.0.12 can lose one of its
+        requests for good when the broker dies as it is sent): its results are discarded with the batches in flight,
+        a new producer client fences and aborts it, and every partition is read again from its committed offset.
+        The worker stops (the error stands) when MAX_TRANSACTIONS_GIVEN_UP in a row fail, or the new client
+        cannot register."""
+        self._given_up_in_a_row += 1
+        if self._given_up_in_a_row > MAX_TRANSACTIONS_GIVEN_UP:
+            raise failure
+        frames = sum(len(b.records) for b in self._in_flight) + sum(
+            len(p.scored.frames) + len(p.scored.rejected) for p in self._unacknowledged)
+        log.warning("transaction given up (%s): a new producer aborts it; %d frames are read and scored again",
+                    failure, frames)
+        self.metrics.transactions_given_up.inc()
+        for batch in self._in_flight:
+            batch.dropped.set()
+        self._in_flight.clear()
+        self._unacknowledged.clear()
+        self._batcher.take()
+        self.producer.renew()
+        self.consumer.rewind()
 
     def _finish_in_flight(self) -> None:
         """Publish every batch in flight and settle them all (stopping, or before a model reload)."""
@@ -282,6 +316,7 @@ class Worker:
         self.producer.wait_acknowledged(published.pending)
         if self.producer.transactional:
             self.producer.commit_with_offsets(published.offsets, self.consumer.group_metadata())
+            self._given_up_in_a_row = 0
         acked = time.time_ns(), time.perf_counter()
         if not self.producer.transactional:
             self._committed.update(published.offsets)
