@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
 from inspector.contracts import H_FRAME_ID, Feedback, header_value
 from inspector.kafka.transport import Partition, client_types
@@ -105,3 +105,50 @@ def test_a_partition_kept_across_a_rebalance_is_read_again_from_its_committed_of
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("transport", ["kafka-python", "confluent"])
+def test_a_transaction_given_up_is_aborted_by_the_renewed_producer_and_the_consumer_reads_again(topics, transport):
+    """What the worker does with an exactly-once transaction that cannot commit: renew() registers a new client
+    under the transactional id, whose coordinator aborts what the old one left open, and rewind() reads every
+    assigned partition again from its committed offset."""
+    if transport == "confluent":
+        pytest.importorskip("confluent_kafka")
+    kafka = topics.kafka_settings(transport=transport, exactly_once=True, transactional_id=f"{topics.group}-renew")
+    producer = KafkaProducer(bootstrap_servers=topics.bootstrap)
+    for partition in (0, 1):
+        for i in range(6):
+            producer.send(topics.frames, key=b"k", value=f"{partition}-{i}".encode(), partition=partition)
+    producer.flush()
+    producer.close()
+    consumer_type, producer_type = client_types(transport)
+    consumer = consumer_type(kafka, max_poll_records=50)
+    results = producer_type(kafka, max_request_bytes=1_000_000)
+    committed_reader = KafkaConsumer(topics.scores, bootstrap_servers=topics.bootstrap, auto_offset_reset="earliest",
+                                     isolation_level="read_committed", consumer_timeout_ms=3000)
+    try:
+        consumer.subscribe(on_revoked=lambda _p: None, on_assigned=lambda _p: None)
+        polled: list = []
+        deadline = time.monotonic() + 60
+        while len(polled) < 12 and time.monotonic() < deadline:
+            polled.extend(consumer.poll(0.5, 50))
+        assert len(polled) == 12
+
+        results.begin()
+        results.wait_acknowledged([results.send(topics.scores, "k", b"given up", [], "given up")])
+        results.renew()  # the transaction above stays open on the old client: the new one's registration aborts it
+        results.begin()
+        results.wait_acknowledged([results.send(topics.scores, "k", b"committed", [], "committed")])
+        results.commit_with_offsets({Partition(topics.frames, 0): 2, Partition(topics.frames, 1): 5},
+                                    consumer.group_metadata())
+
+        consumer.rewind()
+        again: list = []
+        while len(again) < 5 and time.monotonic() < deadline:
+            again.extend(consumer.poll(0.5, 50))
+        assert sorted((r.partition, r.offset) for r in again) == [(0, 2), (0, 3), (0, 4), (0, 5), (1, 5)]
+        assert [record.value for record in committed_reader] == [b"committed"]
+    finally:
+        committed_reader.close()
+        results.close()
+        consumer.close()
