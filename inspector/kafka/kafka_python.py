@@ -260,12 +260,15 @@ class KafkaPythonFrameConsumer:
         The broker away is no error for kafka.delivery_timeout_s (kafka-python reconnects itself): nothing is read
         meanwhile. The worker polls while its results' acknowledgements are on their way, so an outage meets it
         here as often as in its wait for them, which rides out the same time."""
+        batches: dict[TopicPartition, list[ConsumedRecord]] = {}
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
             if self._to_resume:
                 resumed = self._resume()
                 batches = {tp: records for tp, records in batches.items() if tp not in resumed}
         except KafkaError as exc:
+            # Records this poll took and cannot hand out (the seek failed) are read again from the committed offset.
+            self._to_resume.update(_partitions(batches))
             now = time.monotonic()
             if not exc.retriable or now - (self._poll_failing_since or now) >= self.settings.delivery_timeout_s:
                 raise TransportError(f"poll failed: {exc}") from None
@@ -286,7 +289,6 @@ class KafkaPythonFrameConsumer:
         partition: only the committed offset is right in every case. Here, after the poll: the rebalance listener
         runs inside kafka-python's poll, where its offset requests may not be made."""
         tps = {TopicPartition(*partition) for partition in self._to_resume}
-        self._to_resume.clear()
         for tp in tps & self._consumer.assignment():
             # With read_committed the fetch waits for pending transactional offsets (KIP-447's require_stable).
             committed = self._consumer.committed(tp, timeout_ms=self.settings.request_timeout_ms)
@@ -294,6 +296,8 @@ class KafkaPythonFrameConsumer:
                 self._consumer.seek_to_beginning(tp)  # auto_offset_reset="earliest"
             else:
                 self._consumer.seek(tp, committed)
+            self._to_resume.discard(Partition(tp.topic, tp.partition))  # a lookup that fails leaves the rest to do
+        self._to_resume.clear()  # what is left is no longer assigned
         return tps
 
     def rewind(self) -> None:
