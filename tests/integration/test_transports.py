@@ -77,21 +77,13 @@ def test_a_partition_kept_across_a_rebalance_is_read_again_from_its_committed_of
     if transport == "confluent":
         pytest.importorskip("confluent_kafka")
     kafka = topics.kafka_settings(transport=transport)
-    producer = KafkaProducer(bootstrap_servers=topics.bootstrap)
-    for partition in (0, 1):
-        for i in range(12):
-            producer.send(topics.frames, key=b"k", value=f"{partition}-{i}".encode(), partition=partition)
-    producer.flush()
-    producer.close()
+    _fill_both_partitions(topics, 12)
     consumer_type, _ = client_types(transport)
     first, second = (consumer_type(kafka, max_poll_records=50) for _ in range(2))
     try:
         first.subscribe(on_revoked=lambda _p: None, on_assigned=lambda _p: None)
-        polled: list = []
         deadline = time.monotonic() + 60
-        while len(polled) < 24 and time.monotonic() < deadline:
-            polled.extend(first.poll(0.5, 50))
-        assert len(polled) == 24
+        assert len(_poll_until(first, 24, deadline)) == 24
         # Only the first four of each partition were published and committed; the rest is still in hand.
         assert first.commit({Partition(topics.frames, 0): 4, Partition(topics.frames, 1): 4})
         second.subscribe(on_revoked=lambda _p: None, on_assigned=lambda _p: None)
@@ -115,12 +107,7 @@ def test_a_transaction_given_up_is_aborted_by_the_renewed_producer_and_the_consu
     if transport == "confluent":
         pytest.importorskip("confluent_kafka")
     kafka = topics.kafka_settings(transport=transport, exactly_once=True, transactional_id=f"{topics.group}-renew")
-    producer = KafkaProducer(bootstrap_servers=topics.bootstrap)
-    for partition in (0, 1):
-        for i in range(6):
-            producer.send(topics.frames, key=b"k", value=f"{partition}-{i}".encode(), partition=partition)
-    producer.flush()
-    producer.close()
+    _fill_both_partitions(topics, 6)
     consumer_type, producer_type = client_types(transport)
     consumer = consumer_type(kafka, max_poll_records=50)
     results = producer_type(kafka, max_request_bytes=1_000_000)
@@ -128,11 +115,8 @@ def test_a_transaction_given_up_is_aborted_by_the_renewed_producer_and_the_consu
                                      isolation_level="read_committed", consumer_timeout_ms=3000)
     try:
         consumer.subscribe(on_revoked=lambda _p: None, on_assigned=lambda _p: None)
-        polled: list = []
         deadline = time.monotonic() + 60
-        while len(polled) < 12 and time.monotonic() < deadline:
-            polled.extend(consumer.poll(0.5, 50))
-        assert len(polled) == 12
+        assert len(_poll_until(consumer, 12, deadline)) == 12
 
         results.begin()
         results.wait_acknowledged([results.send(topics.scores, "k", b"given up", [], "given up")])
@@ -143,12 +127,27 @@ def test_a_transaction_given_up_is_aborted_by_the_renewed_producer_and_the_consu
                                     consumer.group_metadata())
 
         consumer.rewind()
-        again: list = []
-        while len(again) < 5 and time.monotonic() < deadline:
-            again.extend(consumer.poll(0.5, 50))
+        again = _poll_until(consumer, 5, deadline)
         assert sorted((r.partition, r.offset) for r in again) == [(0, 2), (0, 3), (0, 4), (0, 5), (1, 5)]
         assert [record.value for record in committed_reader] == [b"committed"]
     finally:
         committed_reader.close()
         results.close()
         consumer.close()
+
+
+def _fill_both_partitions(topics, per_partition: int) -> None:
+    """`per_partition` records into each of the frames topic's two partitions."""
+    producer = KafkaProducer(bootstrap_servers=topics.bootstrap)
+    for partition in (0, 1):
+        for i in range(per_partition):
+            producer.send(topics.frames, key=b"k", value=f"{partition}-{i}".encode(), partition=partition)
+    producer.flush()
+    producer.close()
+
+
+def _poll_until(consumer, count: int, deadline: float) -> list:
+    polled: list = []
+    while len(polled) < count and time.monotonic() < deadline:
+        polled.extend(consumer.poll(0.5, 50))
+    return polled

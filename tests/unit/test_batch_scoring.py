@@ -4,7 +4,7 @@ box of the banana it lies on, also when the batch was decoded on the GPU and the
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +20,7 @@ from inspector.sorter.line_file import parse_line
 from inspector.stream.batch_scoring import BatchScorer
 from inspector.stream.metrics import build_metrics
 from inspector.synthetic.belt import BeltStream, encode_jpeg
-
-
-@dataclass(frozen=True)
-class _Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
+from tests.consumed import ConsumedFrame
 
 
 def test_alerts_carry_the_box_of_the_banana_they_lie_on(default_model_path: Path) -> None:
@@ -41,7 +32,7 @@ def test_alerts_carry_the_box_of_the_banana_they_lie_on(default_model_path: Path
     camera = line.camera("cam-1")
     assert camera is not None
     plans = list(itertools.islice(BeltStream(camera, fps=15, defect_rate=1.0, seed=2).frames(), 8))
-    records = [_Record("frames", 0, plan.index, b"cam-1", encode_jpeg(plan.render().image, 90),
+    records = [ConsumedFrame("frames", 0, plan.index, b"cam-1", encode_jpeg(plan.render().image, 90),
                        FrameMeta(frame_id=f"f-{plan.index}", camera_id="cam-1", sequence=plan.index,
                                  captured_ns=1).to_headers()) for plan in plans]
     try:

@@ -24,22 +24,14 @@ from inspector.settings import load_settings
 from inspector.stream.batch_scoring import Batch, BatchScorer, ScoredBatch, ScoredFrame
 from inspector.stream.metrics import build_metrics
 from inspector.stream.worker import MAX_TRANSACTIONS_GIVEN_UP, Worker
+from tests.consumed import ConsumedFrame
 
 WAIT_S = 10.0  # a bound on each wait for the worker's next step, so a wrong decision fails instead of hanging
 
 
-@dataclass(frozen=True)
-class _Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
 
 def _records(first: int, count: int) -> list[ConsumedRecord]:
-    return [_Record("frames", 0, i, b"cam-1", b"", FrameMeta(frame_id=f"f-{i}", camera_id="cam-1", sequence=i,
+    return [ConsumedFrame("frames", 0, i, b"cam-1", b"", FrameMeta(frame_id=f"f-{i}", camera_id="cam-1", sequence=i,
                                                            captured_ns=1).to_headers()) for i in range(first, first + count)]
 
 
