@@ -82,6 +82,7 @@ T = TypeVar("T")
 ALERT_PROOFS = {
     "InspectorWorkerDown": "fault",  # SIGTERM the worker: up == 0; then drop its target: absent(up)
     "InspectorDeadLetterRate": "live",
+    "InspectorTransactionsGivenUp": "bool",  # a broker lost mid-transaction (tests/integration/test_faults_broker.py)
     "InspectorConsumerLagGrowing": "bool",
     "InspectorDefectRateSpike": "bool",
     "InspectorLatencyOverBudget": "bool",
