@@ -4,7 +4,6 @@ the worker ride out, and SASL/SCRAM."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from producers.synthetic import ListSource, planned_stream
 
 from .conftest import TopicReader, producer_settings, restartable_broker
 from .fault_scenarios import (
+    metric,
     new_topics,
     score_ids,
     summary,
@@ -80,8 +80,7 @@ def test_a_broker_outage_is_ridden_out_by_producer_and_worker(own_broker, start_
         duplicated = sum(ids.values()) - len(ids)
         assert duplicated <= (0 if exactly_once else 2 * 8), f"{duplicated} duplicates from one outage"
         # kafka-python can lose a transaction's request as the broker dies: given up, fenced, its frames scored again.
-        given_up = re.search(r"^inspector_transactions_given_up_total (\S+)", worker.metrics_text(), re.M)
-        assert given_up is not None
+        given_up = metric(worker, "inspector_transactions_given_up_total")
         assert worker.terminate() == 0
     finally:
         scores.close()
@@ -89,7 +88,7 @@ def test_a_broker_outage_is_ridden_out_by_producer_and_worker(own_broker, start_
     summary(capsys, "broker-outage" + ("-eos" if exactly_once else ""), runs=1, down_s=down_s, restart_s=round(restart_s, 1), sent=n,
              sent_before=sent_before, sent_during=sent_down, sent_after=n - sent_before - sent_down,
              scored_before=scored_before, scored=len(ids), lost=len(sent_ids - set(ids)), duplicated=duplicated,
-             dead_lettered=0, transactions_given_up=int(float(given_up.group(1))))
+             dead_lettered=0, transactions_given_up=int(given_up))
 
 
 # ---- security: SASL_PLAINTEXT + SCRAM-SHA-256 -------------------------------------------------------------

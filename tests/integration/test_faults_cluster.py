@@ -24,7 +24,7 @@ from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 
 from .conftest import TopicReader, Topics, WorkerProcess, producer_settings
-from .fault_scenarios import camera_on_partition, parse_alerts, parse_scores, score_ids, summary
+from .fault_scenarios import camera_on_partition, metric, parse_alerts, parse_scores, score_ids, summary
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -132,8 +132,10 @@ class LineRun:
         alerts = TopicReader(self.topics.bootstrap, self.topics.alerts)
         alerts.until(lambda rs: alerted <= {a.frame_id for a in parse_alerts(rs)}, timeout_s=60)
         alert_ids = Counter(a.frame_id for a in parse_alerts(alerts.records))
+        given_up = 0.0
         for worker in self.workers:
             if worker.proc.poll() is None:
+                given_up += metric(worker, "inspector_transactions_given_up_total")
                 assert worker.terminate() == 0
         self.publisher.close()
         self.scores.close()
@@ -146,7 +148,7 @@ class LineRun:
                 duplicated=duplicated, alerts_lost=len(alerted - set(alert_ids)),
                 defects_alerted=f"{len(defects & set(alert_ids))}/{len(defects)}",
                 resume_s_p50_max="-" if not resume else f"{resume[len(resume) // 2]:.1f}/{resume[-1]:.1f}",
-                worker_restarts=self.restarts, **extra)
+                worker_restarts=self.restarts, transactions_given_up=int(given_up), **extra)
         assert not lost, f"{len(lost)} acknowledged frames were never scored"
         assert alerted <= set(alert_ids), f"{len(alerted - set(alert_ids))} defect verdicts never reached the alerts"
         if exactly_once:
@@ -155,7 +157,8 @@ class LineRun:
 
 
 def _env(exactly_once: bool) -> dict[str, str]:
-    # A worker whose transaction hangs gives up after the delivery timeout, and is restarted (`LineRun.scored`).
+    # A worker whose transaction hangs gives it up after the delivery timeout (its frames are scored again); one
+    # that stops (three in a row) is restarted (`LineRun.scored`).
     return {"INSPECTOR_BATCH__MAX_SIZE": "8", "INSPECTOR_KAFKA__EXACTLY_ONCE": str(exactly_once).lower(),
             "INSPECTOR_KAFKA__SESSION_TIMEOUT_MS": "6000", "INSPECTOR_KAFKA__DELIVERY_TIMEOUT_S": "15",
             "INSPECTOR_KAFKA__REQUEST_TIMEOUT_MS": "10000"}
