@@ -57,7 +57,7 @@ from inspector.stream.score_window import RollingScoreQuantiles
 log = logging.getLogger(__name__)
 
 MAX_UNACKNOWLEDGED = 2  # published batches awaiting the broker: the one just published and the one before it
-MAX_TRANSACTIONS_GIVEN_UP = 3  # in a row, before a transaction's failure stops the worker
+MAX_TRANSACTIONS_GIVEN_UP = 3  # in a row (no commit between them); the next failure stops the worker
 IDLE_THREAD_POLL_S = 0.005  # how long a poll waits for frames while a scoring thread idles and others still score
 
 
@@ -225,8 +225,8 @@ class Worker:
         """Exactly-once, a transaction that could not commit in time (kafka-python 3.0.12 can lose one of its
         requests for good when the broker dies as it is sent): its results are discarded with the batches in flight,
         a new producer client fences and aborts it, and every partition is read again from its committed offset.
-        The worker stops (the error stands) when MAX_TRANSACTIONS_GIVEN_UP in a row fail, or the new client
-        cannot register."""
+        The worker stops (the error stands) at the failure after MAX_TRANSACTIONS_GIVEN_UP given up in a row, or when
+        the new client cannot register."""
         self._given_up_in_a_row += 1
         if self._given_up_in_a_row > MAX_TRANSACTIONS_GIVEN_UP:
             raise failure
