@@ -30,7 +30,7 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 from inspector.contracts import Alert, FrameMeta, FrameScore
 from inspector.decode.jpeg import decode_jpeg
 from inspector.http_endpoint import wait_until_ready
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from inspector.kafka.local_broker import LocalKafka, free_port
 from inspector.model import artifact as artifact_io
 from inspector.model.runtime import ModelRunner, pick_device

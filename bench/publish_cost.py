@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 from inspector.camera_labels import CameraLabels
 from inspector.contracts import FrameMeta, FrameScore, frame_score_json
 from inspector.decode.jpeg import decode_jpeg
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from inspector.kafka.local_broker import LocalKafka
 from inspector.kafka.transport import client_types
 from inspector.settings import KafkaSettings, Settings

@@ -70,7 +70,7 @@ def cmd_kafka_health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from inspector.kafka.kafka_python import create_topics
+    from inspector.kafka.kafka_python.clients import create_topics
 
     s, sorter = settings.kafka, settings.sorter
     create_topics(s, {s.frames_topic: args.frames_partitions, s.alerts_topic: 1, s.scores_topic: 1,

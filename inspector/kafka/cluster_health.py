@@ -16,7 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 
 from inspector.errors import TransportError
-from inspector.kafka.kafka_python import client_config, unreachable_error
+from inspector.kafka.kafka_python.clients import client_config, unreachable_error
 from inspector.settings import KafkaSettings
 
 log = logging.getLogger(__name__)

@@ -258,7 +258,8 @@ def client_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable
         from inspector.kafka.confluent import ConfluentFrameConsumer, ConfluentResultProducer
 
         return ConfluentFrameConsumer, ConfluentResultProducer
-    from inspector.kafka.kafka_python import KafkaPythonFrameConsumer, KafkaPythonResultProducer
+    from inspector.kafka.kafka_python.group_consumer import KafkaPythonFrameConsumer
+    from inspector.kafka.kafka_python.producers import KafkaPythonResultProducer
 
     return KafkaPythonFrameConsumer, KafkaPythonResultProducer
 
@@ -269,7 +270,7 @@ def frame_producer(settings: KafkaSettings, *, client_id: str) -> FrameProducer:
         from inspector.kafka.confluent import ConfluentFrameProducer
 
         return ConfluentFrameProducer(settings, client_id=client_id)
-    from inspector.kafka.kafka_python import KafkaPythonFrameProducer
+    from inspector.kafka.kafka_python.producers import KafkaPythonFrameProducer
 
     return KafkaPythonFrameProducer(settings, client_id=client_id)
 
@@ -282,7 +283,7 @@ def history_feed(settings: KafkaSettings, *, topics: Sequence[str], group_id: st
 
         return ConfluentHistoryFeed(settings, topics=topics, group_id=group_id, history_s=history_s,
                                     client_id=client_id)
-    from inspector.kafka.kafka_python import KafkaPythonHistoryFeed
+    from inspector.kafka.kafka_python.readers import KafkaPythonHistoryFeed
 
     return KafkaPythonHistoryFeed(settings, topics=topics, group_id=group_id, history_s=history_s,
                                   client_id=client_id)
@@ -294,6 +295,6 @@ def partition_reader(settings: KafkaSettings, *, client_id: str, read_committed:
         from inspector.kafka.confluent import ConfluentPartitionReader
 
         return ConfluentPartitionReader(settings, client_id=client_id, read_committed=read_committed)
-    from inspector.kafka.kafka_python import KafkaPythonPartitionReader
+    from inspector.kafka.kafka_python.readers import KafkaPythonPartitionReader
 
     return KafkaPythonPartitionReader(settings, client_id=client_id, read_committed=read_committed)

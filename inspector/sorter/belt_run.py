@@ -20,7 +20,7 @@ import yaml
 
 from inspector.errors import TransportError
 from inspector.http_endpoint import wait_until_ready
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from inspector.kafka.local_broker import free_port
 from inspector.kafka.transport import assign_from_start, partition_reader
 from inspector.settings import Settings, child_environment

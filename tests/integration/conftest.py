@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from inspector.kafka.local_broker import LocalKafka, free_port
 from inspector.settings import KafkaSettings, ProducerSettings
 

@@ -20,7 +20,7 @@ from inspector.contracts import (
     Alert,
     FrameScore,
 )
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
 

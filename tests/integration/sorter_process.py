@@ -16,7 +16,7 @@ import yaml
 from kafka import KafkaProducer
 
 from inspector.contracts import Alert, Box
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from inspector.kafka.local_broker import free_port
 from tests.integration.conftest import Topics
 

@@ -27,7 +27,7 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from inspector.contracts import FrameMeta
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from inspector.kafka.local_broker import free_port
 from tests.live_cameras import MjpegCamera, RtspCamera, age_ms, rtsp_server_missing, stamped_ms
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from inspector.kafka.local_broker import LocalKafka, LocalKafkaCluster
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from inspector.kafka.kafka_python import create_topics
+from inspector.kafka.kafka_python.clients import create_topics
 from inspector.kafka.local_broker import free_port
 from inspector.sorter.standin_plc import StandinPlc
 from producers.base import Publisher, SourceFrame

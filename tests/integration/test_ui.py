@@ -126,7 +126,7 @@ def test_a_hostile_camera_id_renders_as_text_on_the_wall_and_the_alert_page(topi
 
 
 def test_the_sorters_ejection_shows_on_the_wall_and_the_alert_page(topics, start_ui, browser):
-    from inspector.kafka.kafka_python import create_topics
+    from inspector.kafka.kafka_python.clients import create_topics
 
     ejections = f"ejections-{topics.group}"
     create_topics(topics.kafka_settings(), {ejections: 1})
@@ -187,7 +187,7 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 def test_the_page_survives_a_broker_restart_and_shows_alerts_after_it(own_broker, start_ui, browser):
-    from inspector.kafka.kafka_python import create_topics
+    from inspector.kafka.kafka_python.clients import create_topics
 
     tag = uuid.uuid4().hex[:6]
     topics = Topics(own_broker.bootstrap_servers, f"frames-{tag}", f"alerts-{tag}", f"scores-{tag}", f"dlq-{tag}",

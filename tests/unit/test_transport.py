@@ -158,7 +158,7 @@ def test_the_fetch_wait_defaults_to_what_each_transport_was_measured_best_with()
 def test_a_transaction_request_that_never_ends_stops_the_worker_after_the_delivery_timeout():
     from kafka.errors import KafkaTimeoutError
 
-    from inspector.kafka.kafka_python import KafkaPythonResultProducer
+    from inspector.kafka.kafka_python.producers import KafkaPythonResultProducer
 
     producer = object.__new__(KafkaPythonResultProducer)  # no broker: only the bounded wait is under test
     producer.settings, producer._healthy = KafkaSettings.model_construct(delivery_timeout_s=0.3), True
@@ -179,7 +179,7 @@ def test_a_transaction_request_that_never_ends_stops_the_worker_after_the_delive
 def test_kafka_pythons_partitioner_remembering_key_hashes_partitions_as_the_default_one():
     from kafka.partitioner.default import DefaultPartitioner
 
-    from inspector.kafka.kafka_python import _KeyHashingPartitioner
+    from inspector.kafka.kafka_python.clients import _KeyHashingPartitioner
 
     cluster = SimpleNamespace(topics=lambda: {"t"}, partitions_for_topic=lambda _t: {3, 0, 2, 1, 4, 5, 6},
                               available_partitions_for_topic=lambda _t: {0, 1})
@@ -193,9 +193,9 @@ def test_kafka_pythons_partitioner_remembering_key_hashes_partitions_as_the_defa
 def test_an_asynchronous_commit_refused_by_a_moved_group_is_logged_each_time_other_failures_once(caplog):
     from kafka.errors import CommitFailedError, KafkaConnectionError
 
-    from inspector.kafka.kafka_python import _log_commit_outcome
+    from inspector.kafka.kafka_python.group_consumer import _log_commit_outcome
 
-    caplog.set_level("INFO", logger="inspector.kafka.kafka_python")
+    caplog.set_level("INFO", logger="inspector.kafka.kafka_python.group_consumer")
     failing = False
     for outcome in (CommitFailedError("evicted"), CommitFailedError("again"), KafkaConnectionError("away"),
                     KafkaConnectionError("still away"), object()):
