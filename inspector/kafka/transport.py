@@ -255,7 +255,8 @@ def client_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable
     """(consumer class, producer class) of the chosen Kafka client library (mypy checks both implement the
     protocols above); imported here, on demand, so that librdkafka is needed only when chosen."""
     if transport == "confluent":
-        from inspector.kafka.confluent import ConfluentFrameConsumer, ConfluentResultProducer
+        from inspector.kafka.confluent.group_consumer import ConfluentFrameConsumer
+        from inspector.kafka.confluent.producers import ConfluentResultProducer
 
         return ConfluentFrameConsumer, ConfluentResultProducer
     from inspector.kafka.kafka_python.group_consumer import KafkaPythonFrameConsumer
@@ -267,7 +268,7 @@ def client_types(transport: str) -> tuple[Callable[..., FrameConsumer], Callable
 def frame_producer(settings: KafkaSettings, *, client_id: str) -> FrameProducer:
     """The producers' frames topic writer, on the client library `settings.transport` names."""
     if settings.transport == "confluent":
-        from inspector.kafka.confluent import ConfluentFrameProducer
+        from inspector.kafka.confluent.producers import ConfluentFrameProducer
 
         return ConfluentFrameProducer(settings, client_id=client_id)
     from inspector.kafka.kafka_python.producers import KafkaPythonFrameProducer
@@ -279,7 +280,7 @@ def history_feed(settings: KafkaSettings, *, topics: Sequence[str], group_id: st
                  client_id: str) -> HistoryFeed:
     """A follower of `topics` in group `group_id` that starts each partition `history_s` back (the UI's feed)."""
     if settings.transport == "confluent":
-        from inspector.kafka.confluent import ConfluentHistoryFeed
+        from inspector.kafka.confluent.readers import ConfluentHistoryFeed
 
         return ConfluentHistoryFeed(settings, topics=topics, group_id=group_id, history_s=history_s,
                                     client_id=client_id)
@@ -292,7 +293,7 @@ def history_feed(settings: KafkaSettings, *, topics: Sequence[str], group_id: st
 def partition_reader(settings: KafkaSettings, *, client_id: str, read_committed: bool = False) -> PartitionReader:
     """A reader with no group (records of aborted transactions skipped when `read_committed`)."""
     if settings.transport == "confluent":
-        from inspector.kafka.confluent import ConfluentPartitionReader
+        from inspector.kafka.confluent.readers import ConfluentPartitionReader
 
         return ConfluentPartitionReader(settings, client_id=client_id, read_committed=read_committed)
     from inspector.kafka.kafka_python.readers import KafkaPythonPartitionReader

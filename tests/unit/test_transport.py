@@ -115,30 +115,30 @@ def test_a_tail_starts_every_partition_of_its_topics_at_its_first_retained_recor
 
 
 def test_librdkafka_settings_carry_sasl_and_tls_under_their_own_names(tmp_path):
-    confluent = pytest.importorskip("inspector.kafka.confluent")
+    clients = pytest.importorskip("inspector.kafka.confluent.clients")
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    cfg = confluent.librdkafka_config(KafkaSettings(
+    cfg = clients.librdkafka_config(KafkaSettings(
         bootstrap_servers="a:9093,b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
         sasl_username="line-7", sasl_password="s3cret", ssl_cafile=ca))
     assert cfg["bootstrap.servers"] == "a:9093,b:9093"
     assert (cfg["security.protocol"], cfg["sasl.mechanisms"]) == ("SASL_SSL", "SCRAM-SHA-512")
     assert (cfg["sasl.username"], cfg["sasl.password"]) == ("line-7", "s3cret")
     assert cfg["ssl.ca.location"] == str(ca)
-    assert not any(k.startswith("sasl") for k in confluent.librdkafka_config(KafkaSettings()))
+    assert not any(k.startswith("sasl") for k in clients.librdkafka_config(KafkaSettings()))
 
 
 def test_librdkafka_settings_refuse_what_kafka_python_refuses(tmp_path):
-    confluent = pytest.importorskip("inspector.kafka.confluent")
+    clients = pytest.importorskip("inspector.kafka.confluent.clients")
     with pytest.raises(ConfigError, match="SASL needs"):
-        confluent.librdkafka_config(KafkaSettings(security_protocol="SASL_PLAINTEXT"))
+        clients.librdkafka_config(KafkaSettings(security_protocol="SASL_PLAINTEXT"))
     with pytest.raises(ConfigError, match="does not exist"):
-        confluent.librdkafka_config(KafkaSettings(security_protocol="SSL", ssl_cafile=tmp_path / "missing.pem"))
+        clients.librdkafka_config(KafkaSettings(security_protocol="SSL", ssl_cafile=tmp_path / "missing.pem"))
 
 
 def test_a_delivery_report_reads_like_a_kafka_python_future():
-    confluent = pytest.importorskip("inspector.kafka.confluent")
-    ok, bad = confluent._Delivery(), confluent._Delivery()
+    producers = pytest.importorskip("inspector.kafka.confluent.producers")
+    ok, bad = producers._Delivery(), producers._Delivery()
     assert not ok.is_done
     ok(None, object())
     bad("MSG_TIMED_OUT", None)
@@ -256,8 +256,8 @@ class _RevokingConsumer:
 
 
 def test_records_fetched_before_the_group_took_their_partition_back_are_not_handed_out():
-    confluent = pytest.importorskip("inspector.kafka.confluent")
+    clients = pytest.importorskip("inspector.kafka.confluent.clients")
     for revoked, kept in ((False, [(0, 7), (0, 8), (1, 3)]), (True, [(1, 3)])):
         consumer = _RevokingConsumer(revoked)
-        records = confluent._poll(consumer, 0.1, 10, consumer.revocations)
+        records = clients._poll(consumer, 0.1, 10, consumer.revocations)
         assert [(r.partition, r.offset) for r in records] == kept  # the next owner reads them from the committed offset
