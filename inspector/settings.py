@@ -4,6 +4,7 @@ environment. Every field can be set as INSPECTOR_<SECTION>__<FIELD>, e.g. INSPEC
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -57,7 +58,7 @@ class KafkaSettings(BaseModel):
     # bench/RESULTS.md; needs the `confluent` extra.
     transport: Literal["kafka-python", "confluent"] = "kafka-python"
     exactly_once: bool = False  # transactional alerts+scores with offsets in the transaction
-    transactional_id: str | None = None  # defaults to "<group_id>-<hostname>-<pid>"
+    transactional_id: str | None = None  # unset: "<group_id>-<hostname>-<pid>" (effective_transactional_id)
 
     @model_validator(mode="after")
     def _limits_fit(self) -> KafkaSettings:
@@ -78,6 +79,12 @@ class KafkaSettings(BaseModel):
         if self.fetch_max_wait_ms is not None:
             return self.fetch_max_wait_ms
         return 50 if self.transport == "confluent" else 5
+
+    def effective_transactional_id(self, pid: int | None = None) -> str:
+        """The id an exactly-once producer registers under: transactional_id, or "<group_id>-<hostname>-<pid>" with
+        this process's pid (the supervisor passes its own, for the ids of its workers)."""
+        process = os.getpid() if pid is None else pid
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{process}"
 
     def client_config(self) -> dict[str, object]:
         """Connection keyword arguments shared by kafka-python producers, consumers and admin clients."""

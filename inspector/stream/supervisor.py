@@ -14,7 +14,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -65,7 +64,7 @@ def worker_settings(settings: Settings, index: int, supervisor_pid: int) -> Sett
     worker fences its killed predecessor's open transaction at once."""
     kafka = settings.kafka
     if kafka.exactly_once:
-        base = kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}-{supervisor_pid}"
+        base = kafka.effective_transactional_id(pid=supervisor_pid)
         kafka = kafka.model_copy(update={"transactional_id": f"{base}-{index}"})
     http = settings.http.model_copy(update={"host": "127.0.0.1", "port": 0})
     return settings.model_copy(update={"kafka": kafka, "http": http})

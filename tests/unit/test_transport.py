@@ -1,6 +1,8 @@
 """Kafka boundary helpers that need no broker: the offsets a batch commits, the readers written once over
 `PartitionReader`, and librdkafka's settings."""
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -153,6 +155,13 @@ def test_the_fetch_wait_defaults_to_what_each_transport_was_measured_best_with()
     assert KafkaSettings(transport="confluent", fetch_max_wait_ms=0).fetch_wait_ms() == 0
     with pytest.raises(ValueError):
         KafkaSettings(fetch_max_wait_ms=60_000)
+
+
+def test_the_transactional_id_is_the_one_set_or_the_groups_on_this_host_and_process():
+    host = socket.gethostname()
+    assert KafkaSettings(transactional_id="line-3").effective_transactional_id() == "line-3"
+    assert KafkaSettings(group_id="g").effective_transactional_id() == f"g-{host}-{os.getpid()}"
+    assert KafkaSettings(group_id="g").effective_transactional_id(pid=77) == f"g-{host}-77"
 
 
 def test_a_transaction_request_that_never_ends_stops_the_worker_after_the_delivery_timeout():

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -58,8 +56,7 @@ class ConfluentResultProducer:
         self._timeout_s = settings.request_timeout_ms / 1000
         config: dict[str, object] = {"client.id": f"{settings.client_id}-results", "message.max.bytes": max_request_bytes}
         if self.transactional:
-            config["transactional.id"] = settings.transactional_id or (
-                f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
+            config["transactional.id"] = settings.effective_transactional_id()
         self._config = config
         self._producer = self._registered()
         self._healthy = True

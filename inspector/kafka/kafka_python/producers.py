@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -32,8 +30,7 @@ class KafkaPythonResultProducer:
         self.transactional = settings.exactly_once
         extra: dict[str, object] = {}
         if self.transactional:
-            extra["transactional_id"] = settings.transactional_id or (
-                f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}")
+            extra["transactional_id"] = settings.effective_transactional_id()
         self._options: dict[str, object] = {"client_id": f"{settings.client_id}-results",
                                             "max_request_size": max_request_bytes, **extra}
         self._producer = self._registered()
