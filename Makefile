@@ -86,12 +86,13 @@ system-deps:
 
 # The default model: the synthetic data set, training (the global term's weight chosen on the set's labelled
 # defects, seed 0, which no benchmark reads), then its threshold set on 1,200 more good frames as the synthetic
-# cameras send them, single bananas and the demo's belt: a conformal quantile (see models/README.md).
+# cameras send them, single bananas and the demo's belt: a conformal quantile (see models/README.md). Lite0 alone:
+# the belt needs its frames/s more than a wider backbone's gain.
 model: install
 	$(BIN)/inspector synth --out data/bananas --train 600 --calibration 600 --belt-frames 600 --test-good 100 \
 	  --test-per-defect 25
 	$(BIN)/inspector train --data data/bananas/train/good --out models/banana-ae-v1.safetensors \
-	  --defects data/bananas/test --model-version 6 --device cpu
+	  --defects data/bananas/test --backbones efficientnet-lite0 --model-version 6 --device cpu
 	$(BIN)/inspector calibrate --model models/banana-ae-v1.safetensors --good data/bananas/calibration/good \
 	  --device cpu
 

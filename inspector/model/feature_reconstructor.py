@@ -1,5 +1,5 @@
 """The feature reconstructor (the default family): reconstruction in a pretrained feature space. Its config,
-its module (frozen EfficientNet-Lite0 features rebuilt through two bottlenecks) and its score: the region error
+its module (frozen EfficientNet-Lite features rebuilt through two bottlenecks) and its score: the region error
 map, normalised per location and registered to the image, and the local and global terms combined."""
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inspector.model.backbone import BLOCK_CHANNELS, EfficientNetLite0Features
+from inspector.model.backbone import (
+    BACKBONES,
+    BLOCK_STAGES,
+    DEFAULT_BACKBONE,
+    BackboneVariant,
+    EfficientNetLiteFeatures,
+)
 from inspector.model.family import AnomalyModel, config_from_dict
 from inspector.model.scoring import ScoringConfig, image_scores, register, smooth
 
@@ -21,7 +27,7 @@ _Terms = TypeVar("_Terms", torch.Tensor, np.ndarray)
 
 @dataclass(frozen=True)
 class FeatureReconstructorConfig:
-    """Reconstruction in a pretrained feature space: frozen EfficientNet-Lite0 features of each image region
+    """Reconstruction in a pretrained feature space: frozen EfficientNet-Lite features of each image region
     are squeezed through a bottleneck and rebuilt; what the bottleneck of good images cannot rebuild is the
     anomaly. A linear autoencoder does the same for the mean feature vector of a deeper block (whole-object
     changes: rot, bruising, a wrong colour)."""
@@ -42,37 +48,47 @@ class FeatureReconstructorConfig:
     # quantile 0.90 -> 0.97 with the local term alone; bench/HISTORY.md, "The frame's edge"). Training keeps it
     # only where maps are not normalised per location (`training.features.fit_feature_model`).
     edge_context: int = 16
+    # The pretrained feature extractor (backbone.BACKBONES): Lite0 is the fast one; training tries Lite2 as well and
+    # keeps it where synthetic defects say it earns its doubled cost (`training.features.fit_feature_model`).
+    backbone: str = DEFAULT_BACKBONE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
-        if not self.blocks or any(b not in BLOCK_CHANNELS for b in self.blocks):
-            raise ValueError(f"blocks must be taken from {sorted(BLOCK_CHANNELS)}, got {self.blocks}")
-        if self.global_block and self.global_block not in BLOCK_CHANNELS:
-            raise ValueError(f"global_block must be 0 or one of {sorted(BLOCK_CHANNELS)}, got {self.global_block}")
+        if not self.blocks or any(b not in BLOCK_STAGES for b in self.blocks):
+            raise ValueError(f"blocks must be taken from {sorted(BLOCK_STAGES)}, got {self.blocks}")
+        if self.global_block and self.global_block not in BLOCK_STAGES:
+            raise ValueError(f"global_block must be 0 or one of {sorted(BLOCK_STAGES)}, got {self.global_block}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
         if self.image_size % 16:
             raise ValueError(f"image_size {self.image_size} is not divisible by 16")
         if self.edge_context < 0 or self.edge_context % 16:
             raise ValueError(f"edge_context {self.edge_context} is not a non-negative multiple of 16")
 
     @property
+    def variant(self) -> BackboneVariant:
+        return BACKBONES[self.backbone]
+
+    @property
     def feature_channels(self) -> int:
-        return sum(BLOCK_CHANNELS[b][0] for b in self.blocks)
+        return sum(self.variant.block_channels(b)[0] for b in self.blocks)
 
     @property
     def global_channels(self) -> int:
-        return BLOCK_CHANNELS[self.global_block][0] if self.global_block else self.feature_channels
+        return self.variant.block_channels(self.global_block)[0] if self.global_block else self.feature_channels
 
     @property
     def feature_size(self) -> int:
-        return self.image_size // min(BLOCK_CHANNELS[b][1] for b in self.blocks)
+        return self.image_size // min(self.variant.block_channels(b)[1] for b in self.blocks)
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "blocks": list(self.blocks)}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> FeatureReconstructorConfig:
-        # A file without global_block pooled the local features; one without edge_context padded with zeros.
-        return config_from_dict(cls, {"global_block": 0, "edge_context": 0, **data})
+        # A file without global_block pooled the local features; one without edge_context padded with zeros; one
+        # without backbone used Lite0.
+        return config_from_dict(cls, {"global_block": 0, "edge_context": 0, "backbone": DEFAULT_BACKBONE, **data})
 
 
 class FeatureReconstruction(NamedTuple):
@@ -101,7 +117,7 @@ class FeatureReconstructor(AnomalyModel):
         config = config or FeatureReconstructorConfig()
         self.config = config
         c = config.feature_channels
-        self.backbone = EfficientNetLite0Features(last_block=max(*config.blocks, config.global_block))
+        self.backbone = EfficientNetLiteFeatures(config.variant, last_block=max(*config.blocks, config.global_block))
         self.register_buffer("feature_mean", torch.zeros(1, c, 1, 1))
         self.register_buffer("feature_std", torch.ones(1, c, 1, 1))
         h, z = config.hidden_channels, config.latent_channels

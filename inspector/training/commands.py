@@ -40,6 +40,10 @@ def add_model_commands(sub: argparse._SubParsersAction, with_model: AddFlags, wi
     sp.add_argument("--seed", type=int)
     sp.add_argument("--global-ranks", type=int, nargs="+", metavar="RANK",
                     help="features mode: ranks of the global term to choose from (default 8 16 32)")
+    sp.add_argument("--backbones", nargs="+", metavar="NAME",
+                    help="features mode: pretrained feature extractors to try, in order of preference; a later one "
+                         "is kept only where it ranks synthetic (or --defects) defects clearly higher (default "
+                         "efficientnet-lite0 efficientnet-lite2; name one alone for a model at its speed)")
     sp.add_argument("--edge-context", type=int, metavar="PX",
                     help="features mode: pixels of replicated edge around the input, used where the map is not "
                          "normalised per location (default 16; 0 = none)")
@@ -107,7 +111,13 @@ def _train_config(args: argparse.Namespace):  # untyped: local imports keep `--h
     flags = {"mode": args.mode, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
              "loss": args.loss, "denoise": args.denoise or None, "target_false_alarm": args.target_far,
              "seed": args.seed, "camera_jpeg_quality": args.camera_jpeg_quality,
-             "global_ranks": tuple(args.global_ranks) if args.global_ranks else None}
+             "global_ranks": tuple(args.global_ranks) if args.global_ranks else None,
+             "backbones": tuple(args.backbones) if args.backbones else None}
+    from inspector.model.backbone import BACKBONES
+
+    unknown = sorted(set(args.backbones or ()) - set(BACKBONES))
+    if unknown:
+        raise ConfigError(f"--backbones: unknown {', '.join(unknown)} (known: {', '.join(sorted(BACKBONES))})")
     return TrainConfig(**{name: value for name, value in flags.items() if value is not None})
 
 

@@ -20,6 +20,10 @@ class TrainConfig:
     feature_batch: int = 2048
     # Feature mode: ranks of the global term tried; the one that ranks synthetic defects highest is kept.
     global_ranks: tuple[int, ...] = (8, 16, 32)
+    # Feature mode: the pretrained backbones tried, in order of preference (backbone.BACKBONES); a later one is kept
+    # only where it ranks the defects that choose the options (synthetic, or labelled) backbone_margin higher.
+    backbones: tuple[str, ...] = ("efficientnet-lite0", "efficientnet-lite2")
+    backbone_margin: float = 0.005
     # Feature mode, with labelled defects (`inspector train --defects`): the global term's weights tried.
     global_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     # Feature mode: when fewer good images than this would be held out, every good image is scored by a model

@@ -44,16 +44,49 @@ class FeatureFit:
     pixel_choice: dict[str, float] = field(default_factory=dict)  # synthetic-defect AUROC of both map variants
     rank_choice: dict[str, float] = field(default_factory=dict)  # synthetic-defect AUROC per global rank tried
     weight_choice: dict[str, float] = field(default_factory=dict)  # labelled defects' AUROC per global weight tried
+    backbone_choice: dict[str, float] = field(default_factory=dict)  # the same defects' AUROC per backbone tried
 
     @property
     def cross_fitted(self) -> bool:
         return self.calibration is not None
+
+    @property
+    def defect_auroc(self) -> float:
+        """How well the fitted model ranks the defects that chose its options above good images."""
+        return max((self.weight_choice or self.rank_choice).values(), default=0.0)
 
 
 def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.ndarray,
                       model_config: FeatureReconstructorConfig, config: TrainConfig, scoring: ScoringConfig,
                       device: torch.device, *, defects: np.ndarray | None = None,
                       progress: bool = True) -> FeatureFit:
+    """Fit once with each of `config.backbones` and keep the first, unless a later one ranks the defects that chose
+    the model's options (labelled ones where given, else synthetic) at least `config.backbone_margin` higher in
+    AUROC: a wider backbone costs twice the frames/s, and on some sets loses on real defects what it gains on
+    synthetic ones by less than the margin (bench/HISTORY.md, "A wider backbone")."""
+    backbones = config.backbones or (model_config.backbone,)
+    chosen: FeatureFit | None = None
+    by_backbone: dict[str, float] = {}
+    for name in backbones:
+        if len(backbones) > 1:
+            log.info("fitting with the %s backbone (%d of %d)", name, len(by_backbone) + 1, len(backbones))
+        fit = _fit_with_edge_context(images, train_idx, cal_idx, replace(model_config, backbone=name), config,
+                                     scoring, device, defects=defects, progress=progress)
+        by_backbone[name] = fit.defect_auroc
+        if chosen is None or fit.defect_auroc >= chosen.defect_auroc + config.backbone_margin:
+            chosen = fit
+    assert chosen is not None
+    if len(backbones) > 1:
+        log.info("backbone %s (AUROC on the defects that chose it: %s)", chosen.model.config.backbone,
+                 ", ".join(f"{k} {v:.4f}" for k, v in by_backbone.items()))
+    chosen.backbone_choice = by_backbone
+    return chosen
+
+
+def _fit_with_edge_context(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.ndarray,
+                           model_config: FeatureReconstructorConfig, config: TrainConfig, scoring: ScoringConfig,
+                           device: torch.device, *, defects: np.ndarray | None = None,
+                           progress: bool = True) -> FeatureFit:
     """Fit to the (N, S, S, 3) images with the backbone seeing S px (see `_fit_feature_model`). The model config's
     edge context is used where the map is not normalised per location: there good parts lie anywhere, so the
     zero-padded frame edge's response changes with what lies near it and only context removes it; where

@@ -89,12 +89,14 @@ def train_and_calibrate(
     pixel_choice: dict[str, float] = {}  # synthetic-defect AUROC of the two map variants, feature mode
     rank_choice: dict[str, float] = {}  # ... and of each global rank tried
     weight_choice: dict[str, float] = {}  # labelled defects' AUROC at each global weight tried
+    backbone_choice: dict[str, float] = {}  # the same defects' AUROC with each backbone tried
     if isinstance(model_config, FeatureReconstructorConfig):
         fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, defects=defects,
                                 progress=progress)
         model, history, scoring, calibration = fit.model, fit.history, fit.scoring, fit.calibration
         images = resize_images(images, model.config.image_size)  # smaller where the fit took edge context
         pixel_choice, rank_choice, weight_choice = fit.pixel_choice, fit.rank_choice, fit.weight_choice
+        backbone_choice = fit.backbone_choice
         if fit.cross_fitted:
             train_idx = cal_idx = np.arange(len(images))
             calibration_scores = f"out of fold ({config.cross_fit_folds} folds)"
@@ -117,6 +119,7 @@ def train_and_calibrate(
             "pixel_normalise_auroc": pixel_choice,
             "global_rank_auroc": rank_choice,
             "global_weight_auroc": weight_choice,
+            "backbone_auroc": backbone_choice,
             "n_defect_examples": 0 if defects is None else int(len(defects)),
             "data_fingerprint": data_fingerprint(paths) if paths else "",
             "final_loss": history[-1] if history else None,

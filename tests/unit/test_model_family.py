@@ -153,6 +153,44 @@ def test_the_edge_context_makes_a_plain_frame_s_edge_look_like_its_middle() -> N
     assert spread[16] < 0.7 * spread[0]
 
 
+def test_each_backbone_loads_its_pinned_weights_and_gives_its_stages_at_the_config_s_block_ids() -> None:
+    from inspector.model.backbone import BACKBONES, BLOCK_STAGES, EfficientNetLiteFeatures, load_pretrained
+
+    x = torch.rand(1, 3, 64, 64)
+    for variant in BACKBONES.values():
+        backbone = load_pretrained(EfficientNetLiteFeatures(variant, last_block=15))  # strict: every weight named
+        with torch.no_grad():
+            outs = backbone(x, tuple(BLOCK_STAGES))
+        assert [(o.shape[1], 64 // o.shape[-1]) for o in outs] == [variant.block_channels(b) for b in BLOCK_STAGES]
+    lite0, lite2 = BACKBONES["efficientnet-lite0"], BACKBONES["efficientnet-lite2"]
+    assert all(lite0.own_block(b) == b for b in BLOCK_STAGES)  # the ids are Lite0's block indices
+    assert [lite2.own_block(b) for b in BLOCK_STAGES] == [6, 10, 14, 19, 20]
+    header = FeatureReconstructorConfig(image_size=64, backbone="efficientnet-lite2").to_dict()
+    assert FeatureReconstructorConfig.from_dict(header).feature_channels == 48 + 120
+    del header["backbone"]  # a file written before the choice: Lite0
+    assert FeatureReconstructorConfig.from_dict(header).backbone == "efficientnet-lite0"
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        FeatureReconstructorConfig(backbone="resnet50")
+
+
+def test_training_keeps_the_wider_backbone_only_where_it_ranks_the_defects_clearly_higher(tmp_path: Path) -> None:
+    good = _textures(24, 128, 1)
+    config = FeatureReconstructorConfig(image_size=128, hidden_channels=32, latent_channels=8)
+    chosen = {}
+    for margin in (-1.0, 1.0):  # -1: a later backbone is always kept; 1: never (AUROCs differ by less)
+        train = TrainConfig(feature_steps=50, feature_batch=512, backbone_margin=margin)
+        out = tmp_path / f"m{margin}.safetensors"
+        art = train_and_calibrate(good, [], out, config, train, torch.device("cpu"), progress=False)
+        by_backbone = art.training["backbone_auroc"]
+        assert list(by_backbone) == list(train.backbones) and all(0 <= a <= 1 for a in by_backbone.values())
+        loaded = artifact_io.load(out)
+        assert loaded.config.backbone == art.config.backbone and loaded.scoring == art.scoring
+        scores, _ = ModelRunner(loaded, torch.device("cpu")).score(good[:2])
+        assert np.allclose(scores, ModelRunner(art, torch.device("cpu")).score(good[:2])[0], rtol=1e-4)
+        chosen[margin] = art.config.backbone
+    assert chosen == {-1.0: "efficientnet-lite2", 1.0: "efficientnet-lite0"}
+
+
 def test_feature_files_written_before_the_edge_context_score_as_they_did() -> None:
     header = FeatureReconstructorConfig(image_size=64).to_dict()
     assert header["edge_context"] == 16
@@ -184,7 +222,7 @@ def test_a_global_term_weighted_zero_is_not_computed_and_scores_the_same(default
 
 
 @pytest.mark.slow
-def test_default_training_on_one_real_paper_type(tmp_path: Path) -> None:
+def test_training_on_one_real_paper_type(tmp_path: Path) -> None:
     root = DATASETS / "paper" / "flr01_tl"
     if not root.is_dir():
         pytest.skip(f"real-photo sets not present at {DATASETS} (see the project README)")
@@ -193,8 +231,9 @@ def test_default_training_on_one_real_paper_type(tmp_path: Path) -> None:
 
     paths = list_images(root / "train" / "good")
     out = tmp_path / "paper.safetensors"
-    train_and_calibrate(load_images(paths, 256), paths, out, FeatureReconstructorConfig(), TrainConfig(),
-                        torch.device("cpu"), progress=False)
+    # Lite0 alone: both backbones take twice the minutes; the choice between them is tested on textures above.
+    train_and_calibrate(load_images(paths, 256), paths, out, FeatureReconstructorConfig(),
+                        TrainConfig(backbones=("efficientnet-lite0",)), torch.device("cpu"), progress=False)
     report = evaluate_folder(out, root, tmp_path / "report", "cpu", baseline=False)
     assert report["image"]["auroc"] >= 0.9
     assert report["pixel"]["auroc"] >= 0.8

@@ -98,8 +98,8 @@ def test_labelled_defects_are_a_folder_or_a_test_folder_s_kinds_without_its_good
         list_labelled_defects(tmp_path)
 
 
-def test_train_with_defects_refuses_a_missing_folder_and_the_modes_without_a_global_term(tiny_dataset, tmp_path,
-                                                                                         capsys):
+def test_train_refuses_a_missing_defects_folder_defects_without_a_global_term_and_unknown_backbones(
+        tiny_dataset, tmp_path, capsys):
     from inspector.__main__ import main
 
     data, out = str(tiny_dataset / "train" / "good"), str(tmp_path / "m.safetensors")
@@ -107,4 +107,8 @@ def test_train_with_defects_refuses_a_missing_folder_and_the_modes_without_a_glo
     assert capsys.readouterr().err.strip().endswith(f"image folder not found: {tmp_path / 'none'}")
     assert main(["train", "--data", data, "--out", out, "--mode", "plain", "--defects", str(tiny_dataset / "test")]) == 2
     assert "--defects chooses the features mode's global weight" in capsys.readouterr().err
+    assert main(["train", "--data", data, "--out", out, "--backbones", "efficientnet-lite0", "resnet50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.endswith("--backbones: unknown resnet50 (known: efficientnet-lite0, "
+                                                  "efficientnet-lite2)")
     assert not (tmp_path / "m.safetensors").exists()
