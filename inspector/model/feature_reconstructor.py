@@ -49,7 +49,7 @@ class FeatureReconstructorConfig:
     # only where maps are not normalised per location (`training.features.fit_feature_model`).
     edge_context: int = 16
     # The pretrained feature extractor (backbone.BACKBONES): Lite0 is the fast one; training tries Lite2 as well and
-    # keeps it where synthetic defects say it earns its doubled cost (`training.features.fit_feature_model`).
+    # keeps it where synthetic defects say it earns its 1.5x FLOPs (`training.features.fit_feature_model`).
     backbone: str = DEFAULT_BACKBONE
 
     def __post_init__(self) -> None:
