@@ -8,7 +8,7 @@ default model (models/banana-ae-v1.safetensors) evaluated on a fresh synthetic s
 detection counts only where the false-alarm rate on test/good at the same threshold is <= 5 %. The exit code
 is 0 whatever the figures (a benchmark, not a test); the last line says "targets met" or which are not.
 
-    .venv/bin/python bench/quality.py                                # every set: about 40 minutes on 2 quiet cores
+    .venv/bin/python bench/quality.py                                # every set: about 80 minutes on 2 quiet cores
     .venv/bin/python bench/quality.py --sets orange,paper/bdp01_tl   # a subset ("paper" = all 12 types)
     .venv/bin/python bench/quality.py --keep                         # keep the models (bench/out/quality/models)
 
@@ -32,6 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from safetensors import safe_open
 
 REPO = Path(__file__).resolve().parent.parent
 INSPECTOR = [sys.executable, "-m", "inspector"]
@@ -150,6 +152,7 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
             say(f"[{job.name}] trained in {row['train_seconds']:.0f} s; evaluate")
             _run([*INSPECTOR, "evaluate", "--model", str(model), "--data", str(job.data),
                   "--out", str(report_dir)], log)
+            row.update(_choices(model))
         row.update(_row_from_report(json.loads((report_dir / "report.json").read_text())))
         say(f"[{job.name}] image AUROC {_f(row['image_auroc'])}, detected {_pct(row['detection_rate'])} "
             f"at {_pct(row['false_alarm_rate'])} false alarms")
@@ -157,6 +160,14 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
         row["error"] = str(exc).splitlines()[0]
         say(f"[{job.name}] FAILED: {exc}")
     return row
+
+
+def _choices(model: Path) -> dict:
+    """What training chose for this set, from the model file's header: the backbone and what each one scored."""
+    with safe_open(str(model), "pt") as f:
+        header = json.loads(f.metadata()["inspector"])
+    return {"backbone": header["architecture"].get("backbone", "efficientnet-lite0"),
+            "backbone_auroc": header["training"].get("backbone_auroc", {})}
 
 
 def _clean(x: float | None) -> float | None:
@@ -227,16 +238,16 @@ def _pct(x: float | None) -> str:
 
 def figures_table(rows: list[dict]) -> str:
     lines = ["| set | image AUROC | detected at stored threshold | false alarms on test/good | pixel AUROC "
-             "| colour baseline AUROC | threshold method | train s |", "|---|---|---|---|---|---|---|---|"]
+             "| colour baseline AUROC | threshold method | backbone | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r and "image_auroc" not in r:
-            lines.append(f"| {r['set']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['set']} | failed: {r['error']} | | | | | | | |")
             continue
         name = r["set"] + (f" (worst: {r['worst']['set']} {_f(r['worst']['image_auroc'])})" if "worst" in r else "")
         train = "—" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         lines.append(f"| {name} | {_f(r['image_auroc'])} | {_pct(r['detection_rate'])} | "
                      f"{_pct(r['false_alarm_rate'])} | {_f(r['pixel_auroc'])} | {_f(r['colour_baseline_auroc'])} | "
-                     f"{r['threshold_method'] or '—'} | {train} |")
+                     f"{r['threshold_method'] or '—'} | {r.get('backbone', '—')} | {train} |")
     return "\n".join(lines)
 
 
