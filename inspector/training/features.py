@@ -63,7 +63,7 @@ def fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nda
     """Fit once with each of `config.backbones` and keep the first, unless a later one ranks the defects that chose
     the model's options (labelled ones where given, else synthetic) at least `config.backbone_margin` higher in
     AUROC: the wider backbone costs a fifth of the frames/s, and on some sets loses on real defects what it gains on
-    synthetic ones by less than the margin (bench/HISTORY.md, "A wider backbone")."""
+    synthetic ones by less than the margin (bench/HISTORY.md, "A wider backbone where it earns its cost")."""
     backbones = config.backbones or (model_config.backbone,)
     chosen: FeatureFit | None = None
     by_backbone: dict[str, float] = {}
