@@ -71,7 +71,7 @@ def histogram_quantile(metrics_text: str, name: str, quantile: float) -> float:
 
 
 def figures(run: BeltRun, plan: BeltPlan) -> dict[str, object]:
-    report, tally = run.report, run.tally
+    report, tally, aim = run.report, run.tally, run.aim_report()
     return {
         "geometry": plan.geometry, "lanes": plan.lanes, "fps_per_lane": plan.fps, "objects_per_second_per_lane": plan.objects_per_second,
         "seconds": round(tally.seconds, 1), "frames_scored": tally.scores,
@@ -90,6 +90,7 @@ def figures(run: BeltRun, plan: BeltPlan) -> dict[str, object]:
                               "error_ms": None if r.error_ns is None else round(r.error_ns / 1e6, 1)}
                              for r in report.results if r.object.defective and r.outcome != "ejected_on_time"],
         "fire_error_ms": {"p50": round(report.fire_error_ms(0.5), 1), "p99": round(report.fire_error_ms(0.99), 1)},
+        "aim_error_ms": {"p50": round(aim.fire_error_ms(0.5), 1), "p99": round(aim.fire_error_ms(0.99), 1)},
         "sorter_plc_timing_ms": {"p50": round(run.schedule_error_ms(0.5), 2),
                                  "p99": round(run.schedule_error_ms(0.99), 2)},
         "sorter_decision_ms": {
@@ -169,7 +170,7 @@ def main() -> int:
                                                               plan, args.calibrate_seconds, args.target_far, Path(tmp))
                     settings = run_settings(broker.bootstrap_servers, str(i), model)
                 run = run_belt(settings, plan, Path(tmp), progress=lambda text: print(text, flush=True))
-                for line in [*run.summary_lines(), run.timing_line()]:
+                for line in [*run.summary_lines(), run.aim_line(), run.timing_line()]:
                     print(line)
             runs.append({**figures(run, plan), "line_calibrated_thresholds": thresholds or None})
     args.out.parent.mkdir(parents=True, exist_ok=True)

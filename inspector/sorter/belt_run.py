@@ -140,6 +140,20 @@ class BeltRun:
             *self.report.summary_lines(),
         ]
 
+    def aim_report(self) -> BeltReport:
+        """The run scored on the sorter's planned fire times instead of the PLC's coil-on times: where the pulses
+        were aimed, without what the machine's scheduling added on the way to the coil."""
+        planned: dict[str, list[int]] = {lane.lane_id: [] for lane in self.line.lanes}
+        for lane, fire_ns in self.tally.fired:
+            planned.setdefault(lane, []).append(fire_ns)
+        return score_ejections(self.objects, planned, self.line, self.tally.late_object_ids)
+
+    def aim_line(self) -> str:
+        aim = self.aim_report()
+        return (f"aim (planned fire time + actuation latency - arrival, defective ejected) p50 "
+                f"{aim.fire_error_ms(0.5):.1f} ms, p99 {aim.fire_error_ms(0.99):.1f} ms; "
+                f"{aim.spurious_pulses} planned pulses aimed at no object")
+
     def timing_line(self) -> str:
         """What the sorter and its ejector add: the PLC's coil-on time against the sorter's planned fire time."""
         return (f"sorter + PLC timing (coil on at the PLC - planned fire time) p50 {self.schedule_error_ms(0.5):.1f} ms, "

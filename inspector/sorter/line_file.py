@@ -33,6 +33,18 @@ from inspector.errors import ConfigError
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
+# How well an alert places what the line aims at, best last: the frame's centre (no box), its defect's box on a
+# line aiming at whole objects (anywhere on the fruit), the aimed-at thing itself.
+AIM_CENTRE, AIM_DEFECT, AIM_OBJECT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class AimPoint:
+    x_px: float
+    y_px: float
+    precision: int  # AIM_DEFECT or AIM_OBJECT
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -140,7 +152,7 @@ class CameraGeometry:
     min_alerts: int
     aim: str
 
-    def aim_point(self, box: Box | None, object_box: Box | None) -> tuple[float, float] | None:
+    def aim_point(self, box: Box | None, object_box: Box | None) -> AimPoint | None:
         """Where in the frame an alert's pulse aims (pixels): the object's middle when the line aims at objects
         and the object box is not cut by the frame's edges along the belt, else the defect box's; None without
         either (the frame's centre)."""
@@ -148,8 +160,10 @@ class CameraGeometry:
             lo, hi, size = ((object_box.x0, object_box.x1, self.frame_width_px) if self.direction in ("+x", "-x")
                             else (object_box.y0, object_box.y1, self.frame_height_px))
             if lo > 0 and hi < size:
-                box = object_box
-        return None if box is None else ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+                return AimPoint((object_box.x0 + object_box.x1) / 2, (object_box.y0 + object_box.y1) / 2, AIM_OBJECT)
+        if box is None:
+            return None
+        return AimPoint((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2, AIM_OBJECT if self.aim == "defect" else AIM_DEFECT)
 
     def downstream_offset_m(self, x_px: float, y_px: float) -> float:
         """How far a point of the frame lies downstream of the frame's centre, in metres of belt."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from inspector.contracts import Alert
-from inspector.sorter.line_file import CameraGeometry, Line
+from inspector.sorter.line_file import AIM_CENTRE, CameraGeometry, Line
 from inspector.sorter.metrics import UNKNOWN_LANE
 
 # How long a planned ejection is kept after its fruit passed, so that a later alert of the same fruit merges into it.
@@ -25,20 +25,21 @@ class PlannedEjection:
 
     lane: str
     camera: CameraGeometry
-    arrivals_ns: list[int]  # each member alert's estimate of when the fruit reaches the ejector
+    estimates: list[tuple[int, int]]  # each member alert's (aim precision, when the fruit reaches the ejector)
     frame_ids: list[str]
     alerts: list[Alert]
     state: EjectionState = "scheduled"
     fired_ns: int | None = None  # when the pulse started (fired) or was tried (failed)
     finalised: bool = False  # its members' outcomes were handed on
-    unlocated_ns: list[int] = field(default_factory=list)  # estimates of alerts without a box (the frame's centre)
 
     @property
     def arrival_ns(self) -> int:
-        """The mean of the members' estimates (each frame saw the fruit at another place of the belt); an alert
-        without a box places the fruit at the frame's centre, so it counts only while no member has a box."""
-        estimates = self.arrivals_ns or self.unlocated_ns
-        return sum(estimates) // len(estimates)
+        """The mean of the members' most precise estimates (each frame saw the fruit at another place of the belt):
+        a frame with the whole fruit in view places its middle, a frame that cuts it only its defect, somewhere
+        on the fruit, and an alert without a box only the frame's centre."""
+        best = max(precision for precision, _ in self.estimates)
+        arrivals = [arrival for precision, arrival in self.estimates if precision == best]
+        return sum(arrivals) // len(arrivals)
 
     @property
     def fire_ns(self) -> int:
@@ -101,7 +102,9 @@ class EjectionPlanner:
         if camera is None:
             return Decision("unknown_camera", lane, alert)
         point = camera.aim_point(alert.box, alert.object_box)
-        arrival = camera.arrival_ns(alert.captured_ns, *(point or (None, None)))
+        arrival = (camera.arrival_ns(alert.captured_ns) if point is None
+                   else camera.arrival_ns(alert.captured_ns, point.x_px, point.y_px))
+        estimate = (AIM_CENTRE if point is None else point.precision, arrival)
         fire = arrival - camera.actuation_latency_ns
         plan = self.lanes[lane]
         plan.forget_before(now_ns)
@@ -110,12 +113,11 @@ class EjectionPlanner:
             same_object.frame_ids.append(alert.frame_id)
             same_object.alerts.append(alert)
             if same_object.state == "scheduled":  # a better estimate while it can still move the pulse
-                (same_object.arrivals_ns if point else same_object.unlocated_ns).append(arrival)
+                same_object.estimates.append(estimate)
             return Decision("merged", lane, alert, same_object, arrival, fire)
         if fire < now_ns:
             return Decision("late", lane, alert, None, arrival, fire)
-        ejection = PlannedEjection(lane, camera, [arrival] if point else [], [alert.frame_id], [alert],
-                                   unlocated_ns=[] if point else [arrival])
+        ejection = PlannedEjection(lane, camera, [estimate], [alert.frame_id], [alert])
         plan.ejections.append(ejection)
         return Decision("scheduled", lane, alert, ejection, arrival, fire)
 

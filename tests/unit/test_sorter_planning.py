@@ -79,6 +79,23 @@ def test_an_alert_without_a_box_does_not_move_a_located_fruit() -> None:
     assert blind.ejection.frame_ids == ["f1", "f2", "f3"]
 
 
+def test_a_frame_with_the_whole_fruit_in_view_places_it_over_frames_that_cut_it() -> None:
+    planner = EjectionPlanner(_line(), 1000)
+    t0 = 10_000 * MS
+    # The fruit enters the frame cut by its upstream edge: only its defect (at 60) places it, 68 px upstream.
+    cut = planner.decide(_alert("f1", t0, x=60, object_x=(0, 90)), now_ns=t0)
+    assert cut.ejection is not None and cut.ejection.arrival_ns == t0 + 368 * MS
+    # 40 ms later (40 px on) the whole of it is in view: its middle (110 - 128 px) is where the pulse aims ...
+    whole = planner.decide(_alert("f2", t0 + 40 * MS, x=100, object_x=(60, 160)), now_ns=t0 + 50 * MS)
+    assert whole.ejection is cut.ejection and cut.ejection.arrival_ns == t0 + 358 * MS
+    # ... and a later frame that cuts it again by the downstream edge does not pull the aim to its defect.
+    planner.decide(_alert("f3", t0 + 160 * MS, x=230, object_x=(180, 256)), now_ns=t0 + 170 * MS)
+    assert cut.ejection.arrival_ns == t0 + 358 * MS
+    # Two whole views are averaged (each frame's box is a few pixels off).
+    planner.decide(_alert("f4", t0 + 80 * MS, x=140, object_x=(104, 204)), now_ns=t0 + 90 * MS)
+    assert cut.ejection.arrival_ns == t0 + 356 * MS
+
+
 def test_frames_of_one_object_make_one_ejection_and_a_repeated_frame_is_a_duplicate() -> None:
     planner = EjectionPlanner(_line(), 1000)
     t0 = 10_000 * MS
