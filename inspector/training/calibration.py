@@ -4,7 +4,9 @@ tail) or labelled defects, and the frames operators confirmed as false alarms ad
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +20,11 @@ from inspector.settings import Settings
 from inspector.training.features import jpeg_copies
 
 
+class Calibrated(NamedTuple):
+    artifact: ModelArtifact
+    good_scores: np.ndarray  # (N,) each good image's score the threshold was set from
+
+
 def calibrate_artifact(
     artifact: ModelArtifact,
     good_images: np.ndarray,
@@ -26,7 +33,7 @@ def calibrate_artifact(
     *,
     defect_images: np.ndarray | None = None,
     camera_jpeg_quality: int = 0,
-) -> ModelArtifact:
+) -> Calibrated:
     """Set the threshold from held-out good images (conformal or a fitted tail), or F1-optimal when defects are
     given; with `camera_jpeg_quality`, each good image scores the higher of as-is and through JPEG at it."""
     runner = ModelRunner(artifact, device)
@@ -36,7 +43,29 @@ def calibrate_artifact(
     defect_scores = score_images(runner, defect_images)[0] if defect_images is not None else None
     stats: CalibrationStats = calibrate(good_scores, pixel_sample(good_maps), target_false_alarm,
                                         defect_scores=defect_scores)
-    return artifact.with_calibration(stats)
+    return Calibrated(artifact.with_calibration(stats), good_scores)
+
+
+def highest_good_scores(paths: Sequence[Path | str], scores: np.ndarray, n: int = 5) -> list[dict[str, object]]:
+    """The `n` good images that scored highest when the threshold was set, highest first: the photos that set a
+    fitted tail's spread (a drawing or a stock photo in a folder of camera frames lifts it for every frame)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")[:n]
+    return [{"image": str(paths[i]), "score": round(float(scores[i]), 6)} for i in order]
+
+
+def above_threshold_note(highest: object, threshold: float) -> str | None:
+    """One sentence on the good images of `highest_good_scores` (as a model file holds it) that scored above the
+    threshold; None without any."""
+    if not isinstance(highest, list):
+        return None
+    above = [h for h in highest if isinstance(h, dict) and float(h.get("score", -np.inf)) > threshold]
+    if not above:
+        return None
+    named = ", ".join(f"{Path(str(h['image'])).name} {float(str(h['score'])):.3g}" for h in above)
+    return (f"good images that scored above the threshold {threshold:.4g} when it was set: {named}"
+            f"{' (and perhaps more)' if len(above) == len(highest) else ''}. They widen the spread the threshold "
+            "allows for; if the camera will not see their like (a drawing, another background, a mislabelled "
+            "defect), remove them from the good images and train again")
 
 
 def camera_scores(runner: ModelRunner, images: np.ndarray, jpeg_quality: int) -> np.ndarray:

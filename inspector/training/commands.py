@@ -142,6 +142,7 @@ def _model_config(args: argparse.Namespace, mode: str, paths: list[Path]):  # un
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.decode.preprocess import list_images, list_labelled_defects, load_images
     from inspector.model.runtime import pick_device
+    from inspector.training.calibration import above_threshold_note
     from inspector.training.pipeline import train_and_calibrate
 
     device = pick_device(settings.model.device)
@@ -165,6 +166,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB): threshold {cal.threshold:.6f} ({cal.method}) at target "
           f"false-alarm {cal.target_false_alarm:.2%} from {cal.n_good} held-out good images (at most "
           f"{cal.false_alarm_bound:.2%} with 95 % confidence from those images alone)")
+    note = above_threshold_note(artifact.training.get("highest_good_scores"), cal.threshold)
+    if note:
+        print(f"note: {note}")
     return 0
 
 
@@ -176,19 +180,26 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.decode.preprocess import list_images, load_images
     from inspector.model import artifact as artifact_io
     from inspector.model.runtime import pick_device
-    from inspector.training.calibration import calibrate_artifact, with_confirmed_false_alarms
+    from inspector.training.calibration import (
+        above_threshold_note,
+        calibrate_artifact,
+        highest_good_scores,
+        with_confirmed_false_alarms,
+    )
 
     device = pick_device(settings.model.device)
     path = Path(settings.model.path)
     artifact = artifact_io.load(path)
     size = artifact.config.image_size
-    good = load_images(list_images(Path(args.good)), size)
+    good_paths = list_images(Path(args.good))
+    good = load_images(good_paths, size)
     if args.feedback:
         good = with_confirmed_false_alarms(settings, good,
                                            Path(args.feedback_frames) if args.feedback_frames else None)
     defects = load_images(list_images(Path(args.defects)), size) if args.defects else None
-    artifact = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects,
-                                  camera_jpeg_quality=args.camera_jpeg_quality)
+    artifact, good_scores = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects,
+                                               camera_jpeg_quality=args.camera_jpeg_quality)
+    names = [str(p) for p in good_paths] + [f"confirmed false alarm {i}" for i in range(len(good) - len(good_paths))]
     out = Path(args.out) if args.out else path
     artifact_io.save(artifact, out)
     cal = artifact.calibration
@@ -198,6 +209,9 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{out}: threshold {cal.threshold:.6f} ({cal.method} on {cal.n_good} good images, target false-alarm "
           f"{cal.target_false_alarm:.2%}, at most {cal.false_alarm_bound:.2%} with 95 % confidence from these "
           f"images alone){warn}")
+    note = above_threshold_note(highest_good_scores(names, good_scores), cal.threshold)
+    if note and cal.method != "f1":
+        print(f"note: {note}")
     return 0
 
 

@@ -23,6 +23,7 @@ from inspector.errors import ConfigError
 from inspector.model import artifact as artifact_io
 from inspector.model.runtime import ModelRunner, pick_device, score_images
 from inspector.model.threshold import defects_flagged, false_alarm_upper_bound
+from inspector.training.calibration import above_threshold_note
 from inspector.training.quality_metrics import auroc, average_precision, rates_at, roc_curve
 
 
@@ -103,6 +104,12 @@ def _bound_warnings(bound: float | None, false_alarms: int, n_good: int) -> list
             "on the running line (`inspector calibrate --from-line`)."]
 
 
+def _threshold_notes(highest: object, threshold: float) -> list[str]:
+    """Plain sentences on what set the threshold."""
+    note = above_threshold_note(highest, threshold)
+    return [f"Training's {note}."] if note else []
+
+
 def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, kinds: list[str], threshold: float) -> list[str]:
     import matplotlib
 
@@ -152,12 +159,14 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
     report: dict = {
         "model": {"path": str(model_path), "model_id": art.model_id, "model_version": art.model_version,
                   "checksum": art.checksum[:16], "threshold": threshold,
-                  "calibration": art.calibration.to_dict() if art.calibration else None},
+                  "calibration": art.calibration.to_dict() if art.calibration else None,
+                  "highest_good_scores": art.training.get("highest_good_scores") or []},
         "data": {"root": str(root), "counts": {k: len(v) for k, v in sets.items()}},
         "image": {"auroc": auroc(labels, scores), "aupr": average_precision(labels, scores),
                   **rates_at(labels, scores, threshold)},
         "per_kind": {},
         "warnings": [],  # plain sentences, each saying what is wrong and what to do; shown atop report.html
+        "notes": _threshold_notes(art.training.get("highest_good_scores"), threshold),  # under the warnings
     }
     report["image"]["threshold_method"] = (report["model"]["calibration"] or {}).get("method")
     good_sel = ~labels
@@ -241,6 +250,7 @@ def _write_html(out: Path, report: dict, figures: list[str]) -> None:
         return f"{v['pixel_auroc']:.4f}" if "pixel_auroc" in v else "—"
 
     warnings = "".join(f"<p class='warn'>Warning: {html.escape(w)}</p>" for w in report["warnings"])
+    warnings += "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.get("notes", []))
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['n']}</td><td>{v['auroc']:.4f}</td>"
                    f"<td>{v['detection_rate']:.2%}</td><td>{pixel_cell(v)}</td></tr>"
                    for k, v in report["per_kind"].items())
@@ -254,7 +264,8 @@ def _write_html(out: Path, report: dict, figures: list[str]) -> None:
     body = f"""<!doctype html><meta charset="utf-8"><title>Inspector evaluation</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:2px 10px}}
 figure{{display:inline-block;margin:4px}}img{{max-width:480px}}
-.warn{{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px}}</style>
+.warn{{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px}}
+.note{{background:#eef4fb;border-left:4px solid #5b8fd1;padding:6px 10px}}</style>
 <h1>Evaluation of {html.escape(report['model']['model_id'])}:{html.escape(report['model']['model_version'])}</h1>
 {warnings}
 <p>Data: {html.escape(report['data']['root'])} {html.escape(json.dumps(report['data']['counts']))}</p>

@@ -45,6 +45,7 @@ class FeatureFit:
     rank_choice: dict[str, float] = field(default_factory=dict)  # synthetic-defect AUROC per global rank tried
     weight_choice: dict[str, float] = field(default_factory=dict)  # labelled defects' AUROC per global weight tried
     backbone_choice: dict[str, float] = field(default_factory=dict)  # the same defects' AUROC per backbone tried
+    good_scores: np.ndarray | None = None  # (N,) the calibration's out-of-fold score of each image, when cross-fitted
 
     @property
     def cross_fitted(self) -> bool:
@@ -160,7 +161,8 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
                                                               .numpy(), camera_terms.glob[rank]))
     calibration = calibrate(good_scores, pixel_sample(register(maps, scoring.map_offset).numpy()),
                             config.target_false_alarm)
-    return FeatureFit(model, history, scoring, calibration, pixel_choice, rank_choice, weight_choice)
+    return FeatureFit(model, history, scoring, calibration, pixel_choice, rank_choice, weight_choice,
+                      good_scores=good_scores)
 
 
 class BackboneFeatures(NamedTuple):

@@ -21,7 +21,7 @@ from inspector.model.registry import family_for_mode
 from inspector.model.repair import RepairAutoencoderConfig
 from inspector.model.scoring import ScoringConfig
 from inspector.model.threshold import CalibrationStats
-from inspector.training.calibration import calibrate_artifact
+from inspector.training.calibration import calibrate_artifact, highest_good_scores
 from inspector.training.config import TrainConfig
 from inspector.training.features import fit_feature_model
 from inspector.training.image_autoencoders import train_model
@@ -90,13 +90,14 @@ def train_and_calibrate(
     rank_choice: dict[str, float] = {}  # ... and of each global rank tried
     weight_choice: dict[str, float] = {}  # labelled defects' AUROC at each global weight tried
     backbone_choice: dict[str, float] = {}  # the same defects' AUROC with each backbone tried
+    cross_fit_scores: np.ndarray | None = None  # each image's out-of-fold score, where the calibration is cross-fitted
     if isinstance(model_config, FeatureReconstructorConfig):
         fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, defects=defects,
                                 progress=progress)
         model, history, scoring, calibration = fit.model, fit.history, fit.scoring, fit.calibration
         images = resize_images(images, model.config.image_size)  # smaller where the fit took edge context
         pixel_choice, rank_choice, weight_choice = fit.pixel_choice, fit.rank_choice, fit.weight_choice
-        backbone_choice = fit.backbone_choice
+        backbone_choice, cross_fit_scores = fit.backbone_choice, fit.good_scores
         if fit.cross_fitted:
             train_idx = cal_idx = np.arange(len(images))
             calibration_scores = f"out of fold ({config.cross_fit_folds} folds)"
@@ -127,11 +128,15 @@ def train_and_calibrate(
             "device": device.type,
         },
     )
+    good_scores: np.ndarray | None
     if calibration is None:
-        artifact = calibrate_artifact(artifact, images[cal_idx], config.target_false_alarm, device,
-                                      camera_jpeg_quality=config.camera_jpeg_quality)
+        artifact, good_scores = calibrate_artifact(artifact, images[cal_idx], config.target_false_alarm, device,
+                                                   camera_jpeg_quality=config.camera_jpeg_quality)
     else:
-        artifact = artifact.with_calibration(calibration)
+        artifact, good_scores = artifact.with_calibration(calibration), cross_fit_scores
+    if good_scores is not None:
+        names = [str(p) for p in paths] if len(paths) == len(images) else [f"image {i}" for i in range(len(images))]
+        artifact.training["highest_good_scores"] = highest_good_scores([names[i] for i in cal_idx], good_scores)
     saved = artifact_io.save(artifact, out)
     checkpoint = out.with_suffix(".ckpt")
     if checkpoint.exists():

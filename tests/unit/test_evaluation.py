@@ -123,8 +123,8 @@ def test_camera_scores_take_the_images_through_jpeg(colour_set, colour_blind_mod
     as_is = score_images(runner, images)[0]
     through_jpeg = camera_scores(runner, images, 20)  # a harsh camera: its blocks raise every error
     assert not np.array_equal(as_is, through_jpeg)
-    plain = calibrate_artifact(model, images, 0.01, torch.device("cpu"))
-    camera = calibrate_artifact(model, images, 0.01, torch.device("cpu"), camera_jpeg_quality=20)
+    plain = calibrate_artifact(model, images, 0.01, torch.device("cpu")).artifact
+    camera = calibrate_artifact(model, images, 0.01, torch.device("cpu"), camera_jpeg_quality=20).artifact
     assert plain.calibration is not None and camera.calibration is not None
     # Set on each image's higher score: every statistic of the good scores is at least the as-is one.
     assert camera.calibration.good_mean > plain.calibration.good_mean

@@ -237,3 +237,7 @@ def test_training_on_one_real_paper_type(tmp_path: Path) -> None:
     report = evaluate_folder(out, root, tmp_path / "report", "cpu", baseline=False)
     assert report["image"]["auroc"] >= 0.9
     assert report["pixel"]["auroc"] >= 0.8
+    # Cross-fitted (few images): the training images with the highest out-of-fold scores are named.
+    highest = report["model"]["highest_good_scores"]
+    assert len(highest) == 5 and {h["image"] for h in highest} <= {str(p) for p in paths}
+    assert highest[0]["score"] == pytest.approx(report["model"]["calibration"]["good_quantiles"]["max"])

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,30 @@ def test_train_calibrate_evaluate_writes_a_self_describing_model_and_a_report(ti
     assert 0 <= data["image"]["auroc"] <= 1 and "pixel" in data and "colour_baseline" in data
     assert set(data["per_kind"]) == {"brown_spots", "bruise", "mould", "cut", "overripe_speckle", "rotten"}
     assert report["examples"]["false_alarms"] and report["examples"]["missed_defects"]
+    # The calibration images that scored highest are named in the file and the report, highest first.
+    highest = loaded.training["highest_good_scores"]
+    assert 0 < len(highest) <= 5 and [h["score"] for h in highest] == sorted((h["score"] for h in highest), reverse=True)
+    assert {h["image"] for h in highest} <= {str(p) for p in paths} and data["model"]["highest_good_scores"] == highest
+
+
+def test_a_good_image_unlike_the_others_is_named_as_lifting_the_threshold(tiny_dataset, tmp_path):
+    from inspector.training.calibration import above_threshold_note, calibrate_artifact, highest_good_scores
+
+    paths = list_images(tiny_dataset / "train" / "good")
+    images = load_images(paths, 32)
+    art = train_and_calibrate(images, paths, tmp_path / "m.safetensors", TINY, TrainConfig(epochs=2, batch_size=8),
+                              torch.device("cpu"), progress=False)
+    drawing = images[:1].copy()
+    drawing[:, 8:24, 8:24] = (20, 40, 230)  # a flat blue square: nothing like a banana
+    calibrated, scores = calibrate_artifact(art, np.concatenate([images, drawing]), 0.01, torch.device("cpu"))
+    highest = highest_good_scores([*paths, tmp_path / "drawing.png"], scores)
+    assert highest[0]["image"] == str(tmp_path / "drawing.png") and len(highest) == 5
+    assert calibrated.calibration is not None
+    note = above_threshold_note(highest, min(h["score"] for h in highest) - 1e-9)
+    assert note is not None and note.startswith("good images that scored above the threshold")
+    assert "drawing.png" in note and "(and perhaps more)" in note and "train again" in note
+    assert above_threshold_note(highest, highest[0]["score"]) is None  # none above: nothing to say
+    assert above_threshold_note(None, 0.0) is None  # a file trained before the list was kept
 
 
 def test_denoiser_lowers_the_error_of_noisy_inputs(tiny_dataset):
