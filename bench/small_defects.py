@@ -52,7 +52,7 @@ from inspector.model.feature_reconstructor import (
 )
 from inspector.model.scoring import ScoringConfig, image_scores, smooth
 from inspector.training.evaluation import _test_sets
-from inspector.training.features import jpeg_copies
+from inspector.training.feature_terms import jpeg_copies
 from inspector.training.quality_metrics import auroc
 
 BATCH = 16

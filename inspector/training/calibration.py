@@ -17,7 +17,7 @@ from inspector.model.artifact import ModelArtifact
 from inspector.model.runtime import ModelRunner, score_images
 from inspector.model.threshold import CalibrationStats, calibrate, pixel_sample
 from inspector.settings import Settings
-from inspector.training.features import jpeg_copies
+from inspector.training.feature_terms import jpeg_copies
 
 
 class Calibrated(NamedTuple):

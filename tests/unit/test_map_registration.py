@@ -16,7 +16,7 @@ from inspector.model.feature_reconstructor import FeatureReconstructor
 from inspector.model.null import NullModel
 from inspector.model.scoring import ScoringConfig, register
 from inspector.synthetic.bananas import render_scene
-from inspector.training.features import measure_map_offset
+from inspector.training.feature_choices import measure_map_offset
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "banana-ae-v1.safetensors"
 

@@ -15,7 +15,7 @@ from inspector.model.runtime import ModelRunner
 from inspector.model.scoring import ScoringConfig
 from inspector.training.anomaly_synth import AnomalySynthConfig
 from inspector.training.config import TrainConfig
-from inspector.training.features import choose_global_rank
+from inspector.training.feature_choices import choose_global_rank
 from inspector.training.image_autoencoders import repair_loss
 from inspector.training.pipeline import train_and_calibrate
 
