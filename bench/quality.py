@@ -142,6 +142,8 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
                 _run([*INSPECTOR, "evaluate", "--model", str(banana_model), "--data", tmp,
                       "--out", str(report_dir)], log)
             row["model"] = str(banana_model)
+            row.update(_choices(banana_model))
+            row.update(model_cost(banana_model, Path(tmp) / "test" / "good"))
         else:
             model = models / f"{job.slug}.safetensors"
             for stale in (model, model.with_suffix(".ckpt")):  # never resume an earlier run's checkpoint
@@ -153,6 +155,7 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
             _run([*INSPECTOR, "evaluate", "--model", str(model), "--data", str(job.data),
                   "--out", str(report_dir)], log)
             row.update(_choices(model))
+            row.update(model_cost(model, job.data / "test" / "good"))
         row.update(_row_from_report(json.loads((report_dir / "report.json").read_text())))
         say(f"[{job.name}] image AUROC {_f(row['image_auroc'])}, detected {_pct(row['detection_rate'])} "
             f"at {_pct(row['false_alarm_rate'])} false alarms")
@@ -163,11 +166,43 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
 
 
 def _choices(model: Path) -> dict:
-    """What training chose for this set, from the model file's header: the backbone and what each one scored."""
+    """What training chose for this set, from the model file's header: the backbone and what each one scored, the
+    input size, edge context, per-location maps, the global term's rank and weight."""
     with safe_open(str(model), "pt") as f:
         header = json.loads(f.metadata()["inspector"])
-    return {"backbone": header["architecture"].get("backbone", "efficientnet-lite0"),
-            "backbone_auroc": header["training"].get("backbone_auroc", {})}
+    arch, scoring = header["architecture"], header.get("scoring", {})
+    return {"backbone": arch.get("backbone", "efficientnet-lite0"),
+            "backbone_auroc": header["training"].get("backbone_auroc", {}),
+            "terms": {"input_px": arch.get("image_size"), "edge_context_px": arch.get("edge_context", 0),
+                      "per_location": scoring.get("pixel_normalise"), "global_rank": arch.get("global_components"),
+                      "global_weight": scoring.get("global_weight")}}
+
+
+def model_cost(model: Path, test_good: Path, frames: int = 32, batch: int = 16) -> dict:
+    """The model's GFLOP per frame at its input, and its CPU score stage in frames/s: `frames` of the set's good test
+    photos (decoded beforehand) in batches of `batch`, the best of 3 passes, in this process; the sets run one at a
+    time, so nothing else of this script runs beside it."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from inspector.decode.preprocess import list_images, load_images
+    from inspector.model import artifact as artifact_io
+    from inspector.model.runtime import ModelRunner, score_images
+
+    art = artifact_io.load(model)
+    size = art.config.image_size
+    paths = list_images(test_good)
+    images = load_images([paths[i % len(paths)] for i in range(frames)], size)
+    runner = ModelRunner(art, torch.device("cpu"))
+    score_images(runner, images[:batch], batch)  # warm-up
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        score_images(runner, images, batch)
+        best = min(best, time.perf_counter() - t0)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        art.model.eval()(torch.zeros(1, 3, size, size))
+    return {"gflop_per_frame": round(counter.get_total_flops() / 1e9, 2), "cpu_frames_per_s": round(frames / best, 1)}
 
 
 def _clean(x: float | None) -> float | None:
@@ -236,18 +271,29 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.1%}"
 
 
+def _terms(terms: dict | None) -> str:
+    """The model's options in a cell: input px (+ edge context), per-location maps, the global rank and weight."""
+    if not terms:
+        return "—"
+    context = f"+{terms['edge_context_px']}" if terms.get("edge_context_px") else ""
+    return (f"{terms['input_px']}{context} px, {'per location' if terms['per_location'] else 'anywhere'}, "
+            f"rank {terms['global_rank']}, weight {terms['global_weight']:g}")
+
+
 def figures_table(rows: list[dict]) -> str:
     lines = ["| set | image AUROC | detected at stored threshold | false alarms on test/good | pixel AUROC "
-             "| colour baseline AUROC | threshold method | backbone | train s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| colour baseline AUROC | threshold method | backbone | terms | GFLOP / frame | CPU frames/s | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r and "image_auroc" not in r:
-            lines.append(f"| {r['set']} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['set']} | failed: {r['error']} | | | | | | | | | | |")
             continue
         name = r["set"] + (f" (worst: {r['worst']['set']} {_f(r['worst']['image_auroc'])})" if "worst" in r else "")
         train = "—" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         lines.append(f"| {name} | {_f(r['image_auroc'])} | {_pct(r['detection_rate'])} | "
                      f"{_pct(r['false_alarm_rate'])} | {_f(r['pixel_auroc'])} | {_f(r['colour_baseline_auroc'])} | "
-                     f"{r['threshold_method'] or '—'} | {r.get('backbone', '—')} | {train} |")
+                     f"{r['threshold_method'] or '—'} | {r.get('backbone', '—')} | {_terms(r.get('terms'))} | "
+                     f"{r.get('gflop_per_frame', '—')} | {r.get('cpu_frames_per_s', '—')} | {train} |")
     return "\n".join(lines)
 
 

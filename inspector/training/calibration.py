@@ -62,10 +62,11 @@ def above_threshold_note(highest: object, threshold: float) -> str | None:
     if not above:
         return None
     named = ", ".join(f"{Path(str(h['image'])).name} {float(str(h['score'])):.3g}" for h in above)
-    return (f"good images that scored above the threshold {threshold:.4g} when it was set: {named}"
-            f"{' (and perhaps more)' if len(above) == len(highest) else ''}. They widen the spread the threshold "
-            "allows for; if the camera will not see their like (a drawing, another background, a mislabelled "
-            "defect), remove them from the good images and train again")
+    more = len(above) == len(highest)  # the file keeps only the highest few: there may be others above
+    count = f"{len(above)} or more good images" if more else f"{len(above)} good image{'s' * (len(above) > 1)}"
+    return (f"{count} scored above the threshold {threshold:.4g} when it was set ({named}). Such images "
+            "widen the spread the threshold allows for; if the camera will not see their like (a drawing, another "
+            "background, a mislabelled defect), remove them from the good images and train again")
 
 
 def camera_scores(runner: ModelRunner, images: np.ndarray, jpeg_quality: int) -> np.ndarray:

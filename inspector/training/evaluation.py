@@ -107,7 +107,7 @@ def _bound_warnings(bound: float | None, false_alarms: int, n_good: int) -> list
 def _threshold_notes(highest: object, threshold: float) -> list[str]:
     """Plain sentences on what set the threshold."""
     note = above_threshold_note(highest, threshold)
-    return [f"Training's {note}."] if note else []
+    return [f"Training: {note}."] if note else []
 
 
 def _plots(out: Path, labels: np.ndarray, scores: np.ndarray, kinds: list[str], threshold: float) -> list[str]:
