@@ -35,6 +35,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from inspector.errors import InspectorError
+
 REPO = Path(__file__).resolve().parent.parent
 INSPECTOR = [sys.executable, "-m", "inspector"]
 SETS = ("orange", "paper", "ballscrew", "bananas")
@@ -141,9 +143,9 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
                       "--test-per-defect", "50", "--size", "256"], log)
                 _run([*INSPECTOR, "evaluate", "--model", str(banana_model), "--data", tmp,
                       "--out", str(report_dir)], log)
+                row.update(model_cost(banana_model, Path(tmp) / "test" / "good"))
             row["model"] = str(banana_model)
             row.update(_choices(banana_model))
-            row.update(model_cost(banana_model, Path(tmp) / "test" / "good"))
         else:
             model = models / f"{job.slug}.safetensors"
             for stale in (model, model.with_suffix(".ckpt")):  # never resume an earlier run's checkpoint
@@ -159,7 +161,7 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
         row.update(_row_from_report(json.loads((report_dir / "report.json").read_text())))
         say(f"[{job.name}] image AUROC {_f(row['image_auroc'])}, detected {_pct(row['detection_rate'])} "
             f"at {_pct(row['false_alarm_rate'])} false alarms")
-    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+    except (RuntimeError, OSError, KeyError, ValueError, InspectorError) as exc:
         row["error"] = str(exc).splitlines()[0]
         say(f"[{job.name}] FAILED: {exc}")
     return row
