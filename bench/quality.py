@@ -185,11 +185,10 @@ def model_cost(model: Path, test_good: Path, frames: int = 32, batch: int = 16) 
     photos (decoded beforehand) in batches of `batch`, the best of 3 passes, in this process; the sets run one at a
     time, so nothing else of this script runs beside it."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from inspector.decode.preprocess import list_images, load_images
     from inspector.model import artifact as artifact_io
-    from inspector.model.runtime import ModelRunner, score_images
+    from inspector.model.runtime import ModelRunner, gflop_per_frame, score_images
 
     art = artifact_io.load(model)
     size = art.config.image_size
@@ -202,9 +201,8 @@ def model_cost(model: Path, test_good: Path, frames: int = 32, batch: int = 16) 
         t0 = time.perf_counter()
         score_images(runner, images, batch)
         best = min(best, time.perf_counter() - t0)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        art.model.eval()(torch.zeros(1, 3, size, size))
-    return {"gflop_per_frame": round(counter.get_total_flops() / 1e9, 2), "cpu_frames_per_s": round(frames / best, 1)}
+    gflop = gflop_per_frame(art.model.eval(), size)
+    return {"gflop_per_frame": None if gflop is None else round(gflop, 2), "cpu_frames_per_s": round(frames / best, 1)}
 
 
 def _clean(x: float | None) -> float | None:

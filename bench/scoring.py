@@ -54,7 +54,7 @@ from inspector.model import artifact as artifact_io
 from inspector.model.artifact import ModelArtifact
 from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 from inspector.model.family import score_batch
-from inspector.model.runtime import ModelRunner, fuse_conv_bn
+from inspector.model.runtime import ModelRunner, fuse_conv_bn, gflop_per_frame
 from inspector.paths import DEFAULT_MODEL
 from inspector.synthetic.bananas import render_scene
 
@@ -257,19 +257,11 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b] or (
         [32, 128, 256] if device.type == "cuda" else [8, 32, 64])
     pool = ThreadPoolExecutor(args.decode_threads)
-    flops = None
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
-        flops = fc.get_total_flops()
-    except Exception:  # FLOP counting is informative only
-        pass
+    gflop = gflop_per_frame(model, size, device)
     results: dict = {
         "machine": machine(device),
         "date": time.strftime("%Y-%m-%d"),
-        "model": {"input_size": size, "gflop_per_frame": round(flops / 1e9, 3) if flops else None,
+        "model": {"input_size": size, "gflop_per_frame": round(gflop, 3) if gflop else None,
                   "source": str(args.model) if not args.input_size else "fresh"},
         "frame_size": args.frame_size, "mean_jpeg_bytes": int(np.mean([len(j) for j in jpegs])),
         "runs": [],

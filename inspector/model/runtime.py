@@ -33,6 +33,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def gflop_per_frame(model: torch.nn.Module, size: int, device: torch.device | str = "cpu") -> float | None:
+    """The model's forward pass on one size x size frame, in GFLOP (torch's FLOP counter); None where it cannot
+    count (informative only, never a reason to fail)."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+        return counter.get_total_flops() / 1e9
+    except Exception:  # counting is informative only
+        return None
+
+
 def fuse_conv_bn(model: ModuleT) -> ModuleT:
     """An inference copy of `model` with every Conv2d -> BatchNorm2d pair folded into one Conv2d.
 

@@ -7,7 +7,7 @@ from inspector.decode.preprocess import to_tensor
 from inspector.model.artifact import ModelArtifact
 from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 from inspector.model.family import score_batch
-from inspector.model.runtime import ModelRunner, fuse_conv_bn
+from inspector.model.runtime import ModelRunner, fuse_conv_bn, gflop_per_frame
 
 
 def _trained_looking_model() -> Autoencoder:
@@ -41,3 +41,11 @@ def test_runner_scores_match_the_unfolded_model():
     with torch.inference_mode():
         expected = score_batch(model, to_tensor(images), art.scoring)[0].numpy()
     assert np.allclose(scores, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_gflop_per_frame_counts_a_conv_and_grows_with_the_frame() -> None:
+    conv = torch.nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    # 2 FLOPs per multiply-add: 8 out x 3 in x 9 taps x 32 x 32 outputs.
+    assert gflop_per_frame(conv, 32) == 2 * 8 * 3 * 9 * 32 * 32 / 1e9
+    assert gflop_per_frame(conv, 64) == 4 * gflop_per_frame(conv, 32)
+    assert gflop_per_frame(torch.nn.Linear(2, 2), 32) is None  # a model it cannot run: no figure, no failure
