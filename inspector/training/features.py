@@ -23,6 +23,7 @@ from inspector.training.feature_choices import (
     choose_global_rank,
     choose_global_weight,
     choose_pixel_normalise,
+    far_out,
     measure_map_offset,
     synthetic_copies,
     truncate_global_basis,
@@ -154,6 +155,8 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
     truncate_global_basis(model, rank)
     glob = good.glob[rank]
     scoring = with_references(scoring, local, glob)
+    if (far := far_out(local) | far_out(glob)).any():
+        log.info("the terms' references leave out %d far-out good images of %d", far.sum(), len(far))
     weight_choice: dict[str, float] = {}
     if defects is not None and len(defects):
         held_out = images if good.out_of_fold else images[cal_idx]

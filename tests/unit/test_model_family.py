@@ -15,7 +15,7 @@ from inspector.model.runtime import ModelRunner
 from inspector.model.scoring import ScoringConfig
 from inspector.training.anomaly_synth import AnomalySynthConfig
 from inspector.training.config import TrainConfig
-from inspector.training.feature_choices import choose_global_rank
+from inspector.training.feature_choices import choose_global_rank, far_out, with_references
 from inspector.training.image_autoencoders import repair_loss
 from inspector.training.pipeline import train_and_calibrate
 
@@ -89,6 +89,17 @@ def test_the_global_rank_that_separates_synthetic_defects_is_chosen_and_ties_go_
     assert rank == 8 and by_rank["8"] > by_rank["16"] > by_rank["32"]
     same = {r: noise[8] for r in (8, 16, 32)}
     assert choose_global_rank(ScoringConfig(), local, same, synth_local, {r: synth[8] for r in same})[0] == 8
+
+
+def test_one_odd_good_image_does_not_set_a_terms_reference() -> None:
+    rng = np.random.default_rng(0)
+    local, glob = rng.lognormal(0, 0.5, 150), rng.lognormal(0, 0.5, 150)
+    typical = with_references(ScoringConfig(), local, glob)
+    with_drawing = with_references(ScoringConfig(), np.r_[local, 40.0], np.r_[glob, 60.0])  # a drawing among them
+    assert with_drawing.local_reference == pytest.approx(typical.local_reference, rel=0.02)
+    assert with_drawing.global_reference == pytest.approx(typical.global_reference, rel=0.02)
+    assert far_out(np.r_[local, 40.0])[-1] and far_out(local).mean() < 0.02  # typical spread: a few at most
+    assert not far_out(np.ones(10)).any()
 
 
 def test_repair_model_round_trips(tmp_path: Path) -> None:
