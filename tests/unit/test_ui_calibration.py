@@ -23,9 +23,10 @@ from inspector.model import artifact as artifact_io
 from inspector.settings import ModelSettings, Settings, UiSettings
 from inspector.training import line_calibration
 from inspector.training.line_calibration import CameraProposal, LineProposal
-from inspector.ui.app import STATE, UiServer, apply_calibration, calibration_page
+from inspector.ui.app import STATE, apply_calibration, calibration_page
 from inspector.ui.calibration import ShownProposal, ShownProposals, parse_query, proposal_html
 from inspector.ui.metrics import build_ui_metrics
+from inspector.ui.server import UiServer
 
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="alert(1)">'
 

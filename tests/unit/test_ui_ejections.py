@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from inspector.contracts import EJECTION_OUTCOMES, Alert, EjectionRecord
 from inspector.settings import KafkaSettings, Settings
-from inspector.ui.app import STATE, UiServer, alert_page
+from inspector.ui.app import STATE, alert_page
 from inspector.ui.metrics import build_ui_metrics
+from inspector.ui.server import UiServer
 from inspector.ui.state import WallState, ejection_detail, ejection_label
 
 ARRIVAL_NS = 1_700_000_000_123_456_789  # 2023-11-14 22:13:20.123 UTC
@@ -98,7 +99,7 @@ def test_the_server_pushes_an_ejection_to_open_pages_and_skips_a_malformed_one_w
     ui, queue = _server(alerts_topic="alerts", ejections_topic="ej")
     ui.on_record(_record("alerts", _alert("f1").to_json()))
     queue.get_nowait()  # the alert itself
-    with caplog.at_level(logging.DEBUG, logger="inspector.ui.app"):
+    with caplog.at_level(logging.DEBUG, logger="inspector.ui.server"):
         ui.on_record(_record("ej", b"{not json", offset=1))
         ui.on_record(_record("ej", b'{"frame_id": "f1", "outcome": "exploded"}', offset=2))
         ui.on_record(_record("ej", b"", offset=3))  # a tombstone
