@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline_runs import bare_model, drain, latency_run, make_jpegs
+from pipeline_runs import bare_model, drain, latency_run
+from synthetic_frames import make_jpegs
 
 from inspector.kafka.local_broker import LocalKafka
 

@@ -37,7 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline_runs import alert_latency_run, bare_model, drain, latency_run, make_jpegs, naive_worker
+from pipeline_runs import alert_latency_run, bare_model, drain, latency_run, naive_worker
+from synthetic_frames import make_jpegs
 
 from inspector.kafka.local_broker import LocalKafka
 from inspector.model.runtime import pick_device

@@ -1,5 +1,5 @@
 """The measurements of the pipeline benchmark (`bench/pipeline.py` runs them in order, `bench/ab.py` reuses
-them): synthetic frames, a camera process, worker processes draining a backlog through the local broker, the
+them): a camera process, worker processes draining a backlog through the local broker, the
 bare model, the naive worker, and the latency run at a fixed rate.
 """
 
@@ -19,13 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-import cv2
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from latency_figures import histogram_quantiles, histogram_sum, quantiles
+from process_cpu import CpuShares, cpu_seconds, descendants
+from synthetic_frames import LIMITS
 
 from inspector.contracts import Alert, FrameMeta, FrameScore
 from inspector.decode.jpeg import decode_jpeg
@@ -37,18 +39,8 @@ from inspector.model.runtime import ModelRunner, pick_device
 from inspector.paths import DEFAULT_MODEL
 from inspector.process import freeze_long_lived_objects
 from inspector.settings import KafkaSettings
-from inspector.synthetic.bananas import render_scene
-
-LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
 
 MessageT = TypeVar("MessageT", Alert, FrameScore)
-
-
-def make_jpegs(n: int, size: int = 256, quality: int = 97) -> list[bytes]:
-    """Synthetic belt frames; quality 97 makes them ~19 KB, the size the targets are stated for."""
-    rng = np.random.default_rng(0)
-    return [cv2.imencode(".jpg", render_scene(rng, size, "brown_spots" if i % 20 == 0 else None).image,
-                         [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes() for i in range(n)]
 
 
 def produce(bootstrap: str, topic: str, jpegs: list[bytes], n: int, rate: float = 0.0, run: str = "b") -> float:
@@ -131,66 +123,6 @@ def _read_first(bootstrap: str, topic: str, n: int, message: type[MessageT], tim
                 seen.setdefault(m.frame_id, (m, now))
     c.close()
     return list(seen.values())
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes started by `pid`, and theirs (Linux /proc)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for child in children:
-            found += [child, *descendants(child)]
-    return found
-
-
-class CpuShares:
-    """Where the machine's CPU went, in % of one core: the workers, the broker, this benchmark process, everything
-    else, idle, and time the hypervisor gave to other guests (steal). Sampled every 0.1 s in a thread, so that a
-    drain's share covers the drain alone (between its first and last score), not its start-up or tail."""
-
-    def __init__(self, workers: list[int], broker: int | None) -> None:
-        self.pids = {"workers": workers, "broker": [broker] if broker else [], "benchmark": [os.getpid()]}
-        self.samples: list[tuple[int, dict[str, float]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
-
-    def __enter__(self) -> CpuShares:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _sample_until_stopped(self) -> None:
-        while True:
-            # /proc/stat "cpu": user nice system idle iowait irq softirq steal (clock ticks, all cores together)
-            tck = os.sysconf("SC_CLK_TCK")
-            v = [int(x) / tck for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-            counters = {"busy": v[0] + v[1] + v[2] + v[5] + v[6], "idle": v[3] + v[4], "steal": v[7]}  # CPU seconds
-            counters.update({k: sum(cpu_seconds(p) for p in pids) for k, pids in self.pids.items()})
-            self.samples.append((time.time_ns(), counters))
-            if self._stop.wait(0.1):
-                return
-
-    def shares(self, from_ns: int, to_ns: int) -> dict[str, float]:
-        inside = [c for t, c in self.samples if from_ns <= t <= to_ns] or [c for _, c in self.samples[-2:]]
-        a, b = inside[0], inside[-1]
-        d = {k: b[k] - a[k] for k in a}
-        total = (d["busy"] + d["idle"] + d["steal"]) / (os.cpu_count() or 1) / 100  # CPU seconds per 1 % of one core
-        if total <= 0:
-            return {}
-        shares = {k: d[k] / total for k in (*self.pids, "idle", "steal")}
-        shares["other"] = d["busy"] / total - sum(shares[k] for k in self.pids)
-        return {k: round(v, 1) for k, v in shares.items()}
 
 
 class WorkerProc:
@@ -373,37 +305,6 @@ def bare_model(jpegs: list[bytes], batch: int, seconds: float = 5.0, streams: in
         torch.set_num_threads(threads)  # the runner divided them among its streams (a process-wide setting)
 
 
-def histogram_sum(metrics: str, name: str, labels: str = "") -> float:
-    """The _sum of a Prometheus histogram, over the label sets that contain `labels`."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith(f"{name}_sum{{") and labels in line)
-
-
-def histogram_quantiles(metrics: str, name: str, labels: str = "", scale: float = 1000.0) -> dict[str, float]:
-    """p50/p95/p99 from a Prometheus histogram's buckets (linear within a bucket), summed over label sets;
-    `scale` 1000 turns seconds into milliseconds."""
-    buckets: dict[float, float] = {}
-    for line in metrics.splitlines():
-        if line.startswith(f"{name}_bucket{{") and labels in line:
-            le = line.split('le="')[1].split('"')[0]
-            buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
-    if not buckets:
-        return {}
-    les = sorted(buckets)
-    total = buckets[les[-1]]
-    out = {}
-    for q in (0.5, 0.95, 0.99):
-        rank, prev_le, prev_c = q * total, 0.0, 0.0
-        for le in les:
-            if buckets[le] >= rank:
-                frac = (rank - prev_c) / max(buckets[le] - prev_c, 1e-9)
-                upper = le if le != float("inf") else prev_le
-                out[f"p{int(q * 100)}"] = round(scale * (prev_le + frac * (upper - prev_le)), 2)
-                break
-            prev_le, prev_c = le, buckets[le]
-    return out
-
-
 def latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, seconds: float, tag: str, logdir: Path,
                 batch: int = 32, transport: str = "kafka-python", null: bool = False, processes: int = 1,
                 partitions: int = 2, producers: int = 1) -> dict:
@@ -455,11 +356,6 @@ def alert_latency_run(broker: LocalKafka, jpegs: list[bytes], rate: float, secon
             "alerts_received": len(received),
             "alert_e2e_ms": quantiles(lat),
             "worker_e2e_ms": histogram_quantiles(metrics, "inspector_end_to_end_latency_seconds"), "stage_ms": stages}
-
-
-def quantiles(ms: np.ndarray) -> dict:
-    """p50 / p95 / p99 of latencies in ms, rounded; {} when there are none."""
-    return {f"p{q}": round(float(np.percentile(ms, q)), 1) for q in (50, 95, 99)} if len(ms) else {}
 
 
 def _feed_at_rate(worker: WorkerProc, bs: str, frames_topic: str, jpegs: list[bytes], n: int, rate: float,

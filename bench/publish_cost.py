@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline_runs import make_jpegs
 from prometheus_client import CollectorRegistry
+from synthetic_frames import make_jpegs
 
 from inspector.camera_labels import CameraLabels
 from inspector.contracts import FrameMeta, FrameScore, frame_score_json

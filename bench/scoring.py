@@ -19,15 +19,11 @@ the device), per batch size, with the runner's CUDA graphs on and off: p50 / p99
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import functools
 import json
 import os
-import platform
-import queue
 import sys
-import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from decode_pool import DecodePool
+from stage_timing import call_times, machine, pin_host_buffer, sync, timed, timed_pipelined
+from synthetic_frames import LIMITS, make_jpegs
 
 from inspector.decode.jpeg import decode_jpeg
 from inspector.decode.preprocess import decode_jpegs_on_device, to_tensor
@@ -56,130 +54,14 @@ from inspector.model.autoencoder import Autoencoder, AutoencoderConfig
 from inspector.model.family import score_batch
 from inspector.model.runtime import ModelRunner, fuse_conv_bn, gflop_per_frame
 from inspector.paths import DEFAULT_MODEL
-from inspector.synthetic.bananas import render_scene
-
-LIMITS = {"max_bytes": 8 << 20, "max_pixels": 4096 * 4096}
-
-
-def make_jpegs(n: int, frame_size: int, quality: int = 90) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        scene = render_scene(rng, frame_size, "brown_spots" if i % 20 == 0 else None)
-        out.append(cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes())
-    return out
-
-
-def pin_host_buffer(array: np.ndarray, device: torch.device) -> bool:
-    """Page-lock a host buffer in place (cudaHostRegister), so copies to the GPU read it by DMA directly
-    instead of first being copied into pinned memory. False (and nothing done) where that is refused."""
-    if device.type != "cuda":
-        return False
-    try:
-        status = torch.cuda.cudart().cudaHostRegister(array.ctypes.data, array.nbytes, 0)
-    except Exception:  # an older torch without the binding: copies go through pinned staging
-        return False
-    return int(status) == 0
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, n_frames_per_call: int, seconds: float, device: torch.device) -> dict:
-    """Call fn repeatedly for about `seconds` after two warm-up calls; frames/s and ms per call."""
-    for _ in range(2):
-        fn()
-    sync(device)
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        if time.perf_counter() - t0 >= seconds:
-            break
-    sync(device)
-    dt = time.perf_counter() - t0
-    return {"frames_per_s": round(calls * n_frames_per_call / dt, 1), "ms_per_call": round(1000 * dt / calls, 3),
-            "calls": calls}
-
-
-def timed_pipelined(decode, score, chunk: list[bytes], seconds: float, device: torch.device) -> dict:
-    """The worker's overlap: a feeder thread decodes batch i+1 (on its own CUDA stream) while the caller's
-    thread scores batch i. frames/s over about `seconds`, after two warm-up batches."""
-    side = torch.cuda.Stream() if device.type == "cuda" else None
-    ready: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def feeder() -> None:
-        try:
-            while not stop.is_set():
-                with torch.cuda.stream(side) if side is not None else nullcontext():
-                    x = decode(chunk)
-                    done = torch.cuda.Event() if side is not None else None
-                    if done is not None:
-                        done.record(side)
-                ready.put((x, done))
-        except BaseException as exc:  # surfaced in the caller's thread
-            ready.put((exc, None))
-
-    thread = threading.Thread(target=feeder, daemon=True)
-    thread.start()
-
-    def next_scored() -> None:
-        x, done = ready.get()
-        if isinstance(x, BaseException):
-            raise x
-        if done is not None:
-            torch.cuda.current_stream().wait_event(done)
-            x.record_stream(torch.cuda.current_stream())  # the allocator must not reuse it mid-model
-        score(x)
-
-    try:
-        for _ in range(2):
-            next_scored()
-        sync(device)
-        calls, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            next_scored()
-            calls += 1
-        sync(device)
-        dt = time.perf_counter() - t0
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a feeder waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                ready.get_nowait()
-            thread.join(0.05)
-    n = len(chunk)
-    return {"frames_per_s": round(calls * n / dt, 1), "ms_per_call": round(1000 * dt / calls, 3), "calls": calls}
-
-
-def machine(device: torch.device) -> dict:
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-            "torch_threads": torch.get_num_threads()}
-
-
-def call_times(fn, seconds: float, min_calls: int = 5) -> np.ndarray:
-    """Seconds per call of fn, each call timed alone, for about `seconds` (at least min_calls) after two warm-up
-    calls. fn must end synchronised with the device, as the score stage does when its scores reach the host."""
-    for _ in range(2):
-        fn()
-    times: list[float] = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < min_calls:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return np.array(times)
 
 
 def small_batches(args: argparse.Namespace, art: ModelArtifact, device: torch.device) -> int:
     """The score stage on small batches, per batch size and input, with CUDA graphs off and on (CPU: n/a)."""
     sizes = sorted({int(b) for b in args.small_batches.split(",") if b})
     size = art.config.image_size
-    frames = np.stack([decode_jpeg(j, size=size, **LIMITS)[0] for j in make_jpegs(max(sizes), args.frame_size)])
+    jpegs = make_jpegs(max(sizes), args.frame_size, quality=90)
+    frames = np.stack([decode_jpeg(j, size=size, **LIMITS)[0] for j in jpegs])
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.graphs] if device.type == "cuda" else [None]
     results: dict = {"machine": machine(device), "date": time.strftime("%Y-%m-%d"),
                      "model": {"input_size": size, "source": str(args.model) if not args.input_size else "fresh"},
@@ -253,7 +135,7 @@ def main() -> int:  # noqa: C901 - the benchmark's runs, one after another in th
     size = art.config.image_size
     model = fuse_conv_bn(art.model.to(device).eval())  # as the worker runs it (inspector.model.runtime)
     scoring = art.scoring
-    jpegs = make_jpegs(args.frames, args.frame_size)
+    jpegs = make_jpegs(args.frames, args.frame_size, quality=90)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b] or (
         [32, 128, 256] if device.type == "cuda" else [8, 32, 64])
     pool = ThreadPoolExecutor(args.decode_threads)
