@@ -147,6 +147,6 @@ def with_references(scoring: ScoringConfig, local: np.ndarray, glob: np.ndarray)
 
 def far_out(values: np.ndarray) -> np.ndarray:
     """(N,) -> (N,) bool: the values beyond Tukey's outer fence, Q3 + 3 IQR (of orange's 155 out-of-fold
-    scores, 14 in one term or the other, mostly the global one)."""
+    scores, 14 in one term or the other)."""
     q1, q3 = np.quantile(values, [0.25, 0.75])
     return values > q3 + 3 * (q3 - q1)
