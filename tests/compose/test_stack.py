@@ -17,19 +17,18 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka import KafkaConsumer
 
 from inspector.contracts import Alert, FrameScore, header_value
 from inspector.kafka.local_broker import free_port
-from inspector.settings import KafkaSettings, ProducerSettings
+from inspector.settings import ProducerSettings
 from inspector.sorter.line_file import ModbusConfig, load_line
 from producers.base import Publisher
 from producers.synthetic import ListSource, planned_stream
+from tests.compose.running_stack import Stack
 from tests.compose.stack import (
     CLUSTER_FILES,
     COMPOSE_FILES,
@@ -58,7 +57,6 @@ from tests.deploy_expressions import (
     KAFKA_ALERTS,
     REPO_ROOT,
     dashboard_expressions,
-    instant_query,
     kafka_health_series_names,
     metric_names,
     read_yaml,
@@ -71,38 +69,11 @@ from tests.integration.test_pipeline import _corrupt_frames
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(3600)]
 
-SERVICES = ["kafka", "kafka-init", "inspector", "producer", "standin-plc", "sorter", "prometheus"]
-# The cluster variant: docker-compose.cluster.yml's three brokers in place of `kafka`, and its health probe.
-BROKERS = ["kafka-1", "kafka-2", "kafka-3"]
-CLUSTER_SERVICES = [*BROKERS, *SERVICES[1:], "kafka-health"]
 REPLICAS = 2
 FRAMES_PARTITIONS = 12  # docker-compose.yml's default
 APP_UID = 10001
 PRODUCER_CAMERA = "cam-1"
 LINE_FILE = REPO_ROOT / "deploy" / "sorter" / "line.compose.yaml"  # the sorter's, mounted by docker-compose.yml
-
-
-@dataclass
-class Stack:
-    compose: Compose
-    bootstrap: str
-    prometheus_url: str
-    figures: dict[str, Any] = field(default_factory=dict)
-    cluster: bool = False  # three brokers (docker-compose.cluster.yml)
-
-    @property
-    def services(self) -> list[str]:
-        return CLUSTER_SERVICES if self.cluster else SERVICES
-
-    def query(self, expr: str) -> tuple[list[dict[str, Any]], str]:
-        """Prometheus's answer to an instant query: (series, error text or "")."""
-        return instant_query(self.prometheus_url, expr)
-
-    def series(self, expr: str) -> list[dict[str, Any]]:
-        return self.query(expr)[0]
-
-    def kafka(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap_servers=self.bootstrap)
 
 
 def _healthy(expected: dict[str, int]) -> list[Container] | None:
@@ -306,56 +277,6 @@ def _check_every_expression(stack: Stack) -> None:
     assert not nan, "NaN results:\n" + "\n".join(nan)
 
 
-def _lag(stack: Stack) -> int:
-    """Frames not yet committed by the inspector group, over every partition of `frames`."""
-    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=stack.bootstrap)
-    try:
-        committed = admin.list_group_offsets("inspector")["inspector"]
-        partitions = [TopicPartition("frames", p) for p in consumer.partitions_for_topic("frames")]
-        end = consumer.end_offsets(partitions)
-        return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions)
-    finally:
-        admin.close()
-        consumer.close()
-
-
-def _read_all(stack: Stack, topic: str) -> list[Any]:
-    """Every record of a topic, from the beginning to its end now."""
-    consumer = KafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[Any] = []
-
-        def at_end() -> bool:
-            for batch in consumer.poll(timeout_ms=1000, max_records=10_000).values():
-                records.extend(batch)
-            return all(consumer.position(tp) >= end[tp] for tp in partitions)
-
-        wait_until(f"the end of {topic}", at_end, timeout_s=300, every_s=0)
-        return records
-    finally:
-        consumer.close()
-
-
-def _frames_leaders(stack: Stack) -> dict[int, int]:
-    """Partition of `frames` -> the node id of its leader (-1 for none), as the cluster's metadata says."""
-    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    try:
-        (topic,) = admin.describe_topics(["frames"])
-        return {p["partition_index"]: p["leader_id"] for p in topic["partitions"]}
-    finally:
-        admin.close()
-
-
-def _prometheus_value(stack: Stack, expr: str) -> float | None:
-    series = stack.series(expr)
-    return float(series[0]["value"][1]) if series else None
-
-
 def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> None:
     """The cluster variant: a camera publishes (acks=all) while the broker leading its partition of `frames` is
     killed and restarted; every frame it was told was written is scored, and the probe's under-replicated gauge
@@ -364,8 +285,8 @@ def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> 
         pytest.skip("the single broker has no replica to fail over to: `make test-compose CLUSTER=1`")
     zero = "sum(inspector_kafka_under_replicated_partitions)"
     wait_until("the probe seeing 3 brokers and nothing under-replicated",
-               lambda: _prometheus_value(stack, "max(inspector_kafka_brokers)") == 3
-               and _prometheus_value(stack, zero) == 0, timeout_s=180)
+               lambda: stack.prometheus_value("max(inspector_kafka_brokers)") == 3
+               and stack.prometheus_value(zero) == 0, timeout_s=180)
 
     camera = ProducerSettings(camera_id="cam-failover", fps=5, seed=11)
     frames = planned_stream(camera, n_frames=220, n_defects=0)
@@ -374,8 +295,8 @@ def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> 
     first = 20
     publisher.publish(ListSource(frames[:first]))
     publisher.flush(60)
-    partition = next(r.partition for r in _read_all(stack, "frames") if r.key == camera.camera_id.encode())
-    leader = _frames_leaders(stack)[partition]
+    partition = next(r.partition for r in stack.read_all("frames") if r.key == camera.camera_id.encode())
+    leader = stack.frames_leaders()[partition]
     (victim,) = service_containers(f"kafka-{leader}")
     stack.figures["killed_broker"] = {"container": victim.name, "frames_partition": partition}
 
@@ -387,13 +308,13 @@ def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> 
     killed_at = time.monotonic()
     podman("kill", victim.id)
     new_leader = wait_until(f"a new leader for frames-{partition}",
-                            lambda: _new_leader(stack, partition, leader), timeout_s=120)
+                            lambda: stack.new_leader(partition, leader), timeout_s=120)
     stack.figures["failover_s"] = round(time.monotonic() - killed_at, 1)
     stack.figures["new_leader"] = new_leader
-    peak = wait_until(f"{zero} > 0 in Prometheus", lambda: _prometheus_value(stack, zero), timeout_s=120)
+    peak = wait_until(f"{zero} > 0 in Prometheus", lambda: stack.prometheus_value(zero), timeout_s=120)
     stack.figures["under_replicated_seen_after_s"] = round(time.monotonic() - killed_at, 1)
     stack.figures["under_replicated_partitions"] = peak
-    stack.figures["brokers_while_killed"] = _prometheus_value(stack, "max(inspector_kafka_brokers)")
+    stack.figures["brokers_while_killed"] = stack.prometheus_value("max(inspector_kafka_brokers)")
 
     podman("start", victim.id)  # a no-op if its restart policy brought it back already
     restarted_at = time.monotonic()
@@ -401,8 +322,8 @@ def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> 
     assert not rest.is_alive(), "the camera's frames were not all sent within 5 minutes"
     publisher.flush(120)
     wait_until(f"{zero} back to 0 with 3 brokers",
-               lambda: _prometheus_value(stack, zero) == 0
-               and _prometheus_value(stack, "max(inspector_kafka_brokers)") == 3, timeout_s=300)
+               lambda: stack.prometheus_value(zero) == 0
+               and stack.prometheus_value("max(inspector_kafka_brokers)") == 3, timeout_s=300)
     stack.figures["caught_up_after_restart_s"] = round(time.monotonic() - restarted_at, 1)
     stats = publisher.stats
     publisher.close()
@@ -411,14 +332,14 @@ def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> 
 
     # 3. Every acknowledged frame is in the log, and the workers score every one of them (the synthetic camera
     #    goes on publishing, so the group's lag is never 0 for long: the camera's own frames are what is awaited).
-    written = {header_value(r.headers, "frame-id") for r in _read_all(stack, "frames")
+    written = {header_value(r.headers, "frame-id") for r in stack.read_all("frames")
                if r.key == camera.camera_id.encode()}
     assert len(written) == stats.acked, f"{stats.acked} frames acknowledged, {len(written)} in the log"
     missing: set[str] = set(written)
 
     def all_scored() -> bool:
         missing.difference_update(FrameScore.model_validate_json(r.value).frame_id
-                                  for r in _read_all(stack, "frame-scores"))
+                                  for r in stack.read_all("frame-scores"))
         return not missing
 
     try:
@@ -427,15 +348,6 @@ def test_a_killed_partition_leader_loses_no_acknowledged_frame(stack: Stack) -> 
         raise AssertionError(f"{len(missing)} of {len(written)} acknowledged frames never scored, "
                              f"e.g. {sorted(missing)[:5]}") from None
     stack.figures["failover_frames_checked"] = len(written)
-
-
-def _new_leader(stack: Stack, partition: int, old: int) -> int | None:
-    """The partition's leader once it is another broker than `old`; None while it is not (or the metadata fails)."""
-    try:
-        leader = _frames_leaders(stack)[partition]
-    except (KafkaError, OSError, AssertionError):
-        return None
-    return leader if leader not in (old, -1) else None
 
 
 def test_replicas_share_the_partitions_and_one_takes_over_when_the_other_is_killed(stack: Stack) -> None:
@@ -458,10 +370,10 @@ def test_replicas_share_the_partitions_and_one_takes_over_when_the_other_is_kill
     stack.compose("stop", "producer")
     (producer,) = service_containers("producer", running=False)
     assert producer.exit_code == 0, f"the producer did not stop cleanly on SIGTERM: exit {producer.exit_code}"
-    wait_until("the inspector group to commit every frame", lambda: _lag(stack) == 0, timeout_s=600, every_s=5)
+    wait_until("the inspector group to commit every frame", lambda: stack.lag() == 0, timeout_s=600, every_s=5)
 
-    sent = {header_value(r.headers, "frame-id") for r in _read_all(stack, "frames") if r.key == PRODUCER_CAMERA.encode()}
-    scored = {FrameScore.model_validate_json(r.value).frame_id for r in _read_all(stack, "frame-scores")}
+    sent = {header_value(r.headers, "frame-id") for r in stack.read_all("frames") if r.key == PRODUCER_CAMERA.encode()}
+    scored = {FrameScore.model_validate_json(r.value).frame_id for r in stack.read_all("frame-scores")}
     assert len(sent) > 100, len(sent)
     missing = sent - scored
     assert not missing, f"{len(missing)} of {len(sent)} frames never scored, e.g. {sorted(missing)[:5]}"
