@@ -5,6 +5,7 @@ imports inside each command keep `inspector --help` fast."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,25 @@ from inspector.errors import ConfigError
 from inspector.settings import Settings
 
 AddFlags = Callable[[argparse.ArgumentParser], None]
+
+
+def writable_folder(folder: Path, what: str) -> Path:
+    """`folder`, created if missing, or one clear error before any work is spent when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {what} {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {what} {folder}: permission denied")
+    return folder
+
+
+def writable_file(path: Path, what: str) -> Path:
+    """`path`, its folder checked as `writable_folder` checks it (a model file written after minutes of training)."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder: give a file name (e.g. {path / 'model.safetensors'})")
+    writable_folder(path.parent, f"{what} {path}: its folder")
+    return path
 
 
 def add_model_commands(sub: argparse._SubParsersAction, with_model: AddFlags, with_kafka: AddFlags) -> None:
@@ -145,6 +165,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.training.calibration import above_threshold_note
     from inspector.training.pipeline import train_and_calibrate
 
+    out = writable_file(Path(args.out), "model file")
     device = pick_device(settings.model.device)
     paths = list_images(Path(args.data)) + [p for d in args.extra_good for p in list_images(Path(d))]
     train_cfg = _train_config(args)
@@ -156,7 +177,6 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     defect_paths = list_labelled_defects(Path(args.defects)) if args.defects else []
     images = load_images(paths, cfg.image_size)
     defects = load_images(defect_paths, cfg.image_size) if defect_paths else None
-    out = Path(args.out)
     print(f"training a {train_cfg.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) "
           f"-> {out}")
     artifact = train_and_calibrate(images, paths, out, cfg, train_cfg, device, model_id=args.model_id,
@@ -189,6 +209,7 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
     device = pick_device(settings.model.device)
     path = Path(settings.model.path)
+    out = writable_file(Path(args.out), "model file") if args.out else path
     artifact = artifact_io.load(path)
     size = artifact.config.image_size
     good_paths = list_images(Path(args.good))
@@ -200,7 +221,6 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     artifact, good_scores = calibrate_artifact(artifact, good, args.target_far, device, defect_images=defects,
                                                camera_jpeg_quality=args.camera_jpeg_quality)
     names = [str(p) for p in good_paths] + [f"confirmed false alarm {i}" for i in range(len(good) - len(good_paths))]
-    out = Path(args.out) if args.out else path
     artifact_io.save(artifact, out)
     cal = artifact.calibration
     assert cal is not None
@@ -222,6 +242,7 @@ def _calibrate_from_line(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.training.line_calibration import proposal_table, propose_from_line, with_line_thresholds
 
     path = Path(settings.model.path)
+    out = writable_file(Path(args.out), "model file") if args.out and not args.dry_run else path
     artifact = artifact_io.load(path)
     line = propose_from_line(settings, artifact, args.window_minutes * 60, args.target_far)
     print(f"{line.scores} scores in the last {args.window_minutes:g} min of {settings.kafka.scores_topic}; "
@@ -235,7 +256,6 @@ def _calibrate_from_line(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     if args.dry_run:
         return 0
-    out = Path(args.out) if args.out else path
     saved = artifact_io.save(with_line_thresholds(artifact, line.cameras), out)
     print(f"{out}: version {saved.model_version} with per-camera thresholds (workers watching it reload it)")
     return 0
@@ -244,7 +264,8 @@ def _calibrate_from_line(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.training.evaluation import evaluate_folder
 
-    report = evaluate_folder(Path(settings.model.path), Path(args.data), Path(args.out), settings.model.device,
+    out = writable_folder(Path(args.out), "report folder")
+    report = evaluate_folder(Path(settings.model.path), Path(args.data), out, settings.model.device,
                              baseline=not args.no_baseline)
     img = report["image"]
     bound = img.get("false_alarm_bound")
@@ -255,14 +276,15 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"colour baseline image AUROC {report['colour_baseline']['auroc']:.4f}")
     for warning in report.get("warnings", []):
         print(f"warning: {warning}")
-    print(f"report: {Path(args.out) / 'report.html'}")
+    print(f"report: {out / 'report.html'}")
     return 0
 
 
 def cmd_denoise(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.training.evaluation import denoise_folder
 
-    n = denoise_folder(Path(settings.model.path), Path(args.input), Path(args.out), settings.model.device)
+    n = denoise_folder(Path(settings.model.path), Path(args.input), writable_folder(Path(args.out), "output folder"),
+                       settings.model.device)
     print(f"wrote {n} denoised images to {args.out}")
     return 0
 
@@ -270,7 +292,7 @@ def cmd_denoise(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_synth(args: argparse.Namespace, _settings: Settings) -> int:
     from inspector.synthetic.bananas import write_dataset
 
-    counts = write_dataset(Path(args.out), n_train=args.train, n_test_good=args.test_good,
+    counts = write_dataset(writable_folder(Path(args.out), "dataset folder"), n_train=args.train, n_test_good=args.test_good,
                            n_test_per_defect=args.test_per_defect, size=args.size, seed=args.seed,
                            n_calibration=args.calibration)
     if args.belt_frames:

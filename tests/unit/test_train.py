@@ -10,6 +10,7 @@ from inspector.decode.preprocess import list_images, list_labelled_defects, load
 from inspector.errors import ConfigError
 from inspector.model import artifact as artifact_io
 from inspector.model.autoencoder import AutoencoderConfig
+from inspector.paths import DEFAULT_MODEL
 from inspector.training.config import TrainConfig
 from inspector.training.evaluation import denoise_folder, evaluate_folder
 from inspector.training.image_autoencoders import train_model
@@ -137,3 +138,23 @@ def test_train_refuses_a_missing_defects_folder_defects_without_a_global_term_an
     assert err.count("\n") == 0 and err.endswith("--backbones: unknown resnet50 (known: efficientnet-lite0, "
                                                   "efficientnet-lite2)")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_clear_line_before_any_work(tiny_dataset, tmp_path, capsys):
+    from inspector.__main__ import main
+
+    blocker = tmp_path / "a-file"  # a file where a folder is wanted: refused even to root
+    blocker.write_text("x")
+    data = str(tiny_dataset / "train" / "good")
+    commands = {
+        "train": ["train", "--data", data, "--out", str(blocker / "m.safetensors")],
+        "train into a folder": ["train", "--data", data, "--out", str(tmp_path)],
+        "evaluate": ["evaluate", "--model", str(DEFAULT_MODEL), "--data", str(tiny_dataset),
+                     "--out", str(blocker / "report")],
+        "calibrate": ["calibrate", "--good", str(tiny_dataset / "test" / "good"), "--out", str(blocker / "m.safetensors")],
+        "synth": ["synth", "--out", str(blocker / "set"), "--train", "1"],
+    }
+    for what, argv in commands.items():
+        assert main(argv) == 2, what
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and ("cannot write" in err or "is a folder" in err), (what, err)
