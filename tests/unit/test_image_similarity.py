@@ -224,7 +224,7 @@ def test_uniform_window_ssim_is_the_training_loss_of_the_image_autoencoders():
     old, new = trained_loss(x_old, y), ssim_map(x_new, y, kernel="uniform").mean()
     old.backward()
     new.backward()
-    assert float(new) == pytest.approx(float(old), abs=1e-6)
+    assert new.item() == pytest.approx(old.item(), abs=1e-6)
     assert torch.allclose(x_new.grad, x_old.grad, atol=1e-6)  # gradients of about 1e-2: float32 rounding
     assert not torch.allclose(ssim_map(x, y, kernel="uniform"), ssim_map(x, y), atol=1e-3)  # two windows
     with pytest.raises(ValueError, match="kernel"):
