@@ -156,7 +156,7 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
     glob = good.glob[rank]
     scoring = with_references(scoring, local, glob)
     if (far := far_out(local) | far_out(glob)).any():
-        log.info("the terms' references leave out %d far-out good images of %d", far.sum(), len(far))
+        log.info("the terms' references leave out %d of %d good images (far out in one term or both)", far.sum(), len(far))
     weight_choice: dict[str, float] = {}
     if defects is not None and len(defects):
         held_out = images if good.out_of_fold else images[cal_idx]
