@@ -169,7 +169,7 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
 
 def _choices(model: Path) -> dict:
     """What training chose for this set, from the model file's header: the backbone and what each one scored, the
-    input size, edge context, per-location maps, the global term's rank and weight."""
+    input size, edge context, per-location maps, the global term's rank and weight, the memory's size and weight."""
     with safe_open(str(model), "pt") as f:
         header = json.loads(f.metadata()["inspector"])
     arch, scoring = header["architecture"], header.get("scoring", {})
@@ -177,7 +177,8 @@ def _choices(model: Path) -> dict:
             "backbone_auroc": header["training"].get("backbone_auroc", {}),
             "terms": {"input_px": arch.get("image_size"), "edge_context_px": arch.get("edge_context", 0),
                       "per_location": scoring.get("pixel_normalise"), "global_rank": arch.get("global_components"),
-                      "global_weight": scoring.get("global_weight")}}
+                      "global_weight": scoring.get("global_weight"), "memory_size": arch.get("memory_size", 0),
+                      "memory_weight": scoring.get("memory_weight", 0.0)}}
 
 
 def model_cost(model: Path, test_good: Path, frames: int = 32, batch: int = 16) -> dict:
@@ -201,7 +202,7 @@ def model_cost(model: Path, test_good: Path, frames: int = 32, batch: int = 16) 
         t0 = time.perf_counter()
         score_images(runner, images, batch)
         best = min(best, time.perf_counter() - t0)
-    gflop = gflop_per_frame(art.model.eval(), size)
+    gflop = gflop_per_frame(art.model.eval(), size, scoring=art.scoring)  # a memory lookup included
     return {"gflop_per_frame": None if gflop is None else round(gflop, 2), "cpu_frames_per_s": round(frames / best, 1)}
 
 
@@ -272,12 +273,14 @@ def _pct(x: float | None) -> str:
 
 
 def _terms(terms: dict | None) -> str:
-    """The model's options in a cell: input px (+ edge context), per-location maps, the global rank and weight."""
+    """The model's options in a cell: input px (+ edge context), per-location maps, the global rank and weight, the
+    memory's size and weight where it has one."""
     if not terms:
         return "—"
     context = f"+{terms['edge_context_px']}" if terms.get("edge_context_px") else ""
+    memory = f", memory {terms['memory_size']} × {terms['memory_weight']:g}" if terms.get("memory_weight") else ""
     return (f"{terms['input_px']}{context} px, {'per location' if terms['per_location'] else 'anywhere'}, "
-            f"rank {terms['global_rank']}, weight {terms['global_weight']:g}")
+            f"rank {terms['global_rank']}, weight {terms['global_weight']:g}{memory}")
 
 
 def figures_table(rows: list[dict]) -> str:

@@ -77,7 +77,7 @@ def _terms(model: FeatureReconstructor, scoring: ScoringConfig, images: np.ndarr
     """(local scores, global errors) before the references, (N,) each."""
     local, glob = [], []
     for i in range(0, len(images), BATCH):
-        part_local, part_glob, _ = feature_terms(model, to_tensor(images[i : i + BATCH], "cpu"), scoring)
+        part_local, part_glob, _, _ = feature_terms(model, to_tensor(images[i : i + BATCH], "cpu"), scoring)
         local.append(part_local)
         glob.append(part_glob)
     return torch.cat(local).numpy(), torch.cat(glob).numpy()

@@ -51,6 +51,10 @@ class FeatureReconstructorConfig:
     # The pretrained feature extractor (backbone.BACKBONES): Lite0 is the fast one; training tries Lite2 as well and
     # keeps it where synthetic defects say it earns its 1.5x FLOPs (`training.features.fit_feature_model`).
     backbone: str = DEFAULT_BACKBONE
+    # Regions in the memory of good region features (a coreset of the training regions, standardised): each
+    # region's distance to its nearest one is a third term. 0 = no memory; training keeps one only where synthetic
+    # defects say it ranks them clearly better (`training.feature_choices.choose_memory_weight`).
+    memory_size: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
@@ -64,6 +68,8 @@ class FeatureReconstructorConfig:
             raise ValueError(f"image_size {self.image_size} is not divisible by 16")
         if self.edge_context < 0 or self.edge_context % 16:
             raise ValueError(f"edge_context {self.edge_context} is not a non-negative multiple of 16")
+        if self.memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0, got {self.memory_size}")
 
     @property
     def variant(self) -> BackboneVariant:
@@ -111,6 +117,7 @@ class FeatureReconstructor(AnomalyModel):
     pooled_std: torch.Tensor
     global_mean: torch.Tensor
     global_basis: torch.Tensor
+    memory: torch.Tensor  # (M, C)
 
     def __init__(self, config: FeatureReconstructorConfig | None = None) -> None:
         super().__init__()
@@ -136,6 +143,8 @@ class FeatureReconstructor(AnomalyModel):
             self.register_buffer("pooled_std", torch.ones(g))
         self.register_buffer("global_mean", torch.zeros(g))
         self.register_buffer("global_basis", torch.zeros(config.global_components, g))  # orthonormal rows
+        # Standardised good region features; in the file only where there is a memory (files before it had none).
+        self.register_buffer("memory", torch.zeros(config.memory_size, c), persistent=config.memory_size > 0)
 
     def features(self, x: torch.Tensor, with_global: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> (local: (B, C, S/8, S/8) standardised, neighbourhood-averaged backbone features,
@@ -185,10 +194,10 @@ class FeatureReconstructor(AnomalyModel):
         combined; the map registered to the image."""
         # A global term weighted 0 (chosen so by labelled defects) is not computed: the backbone stops at block 10.
         uses_global = bool(config.local_reference and config.global_reference and config.global_weight)
-        local, pooled_err, maps = feature_terms(self, x, config, global_term=uses_global)
+        local, pooled_err, memory, maps = feature_terms(self, x, config, global_term=uses_global)
         if not config.local_reference:
             return local, maps
-        return combined_scores(config, local, pooled_err), maps
+        return combined_scores(config, local, pooled_err, memory), maps
 
 
 def feature_maps(model: FeatureReconstructor, out: FeatureReconstruction, size: int,
@@ -204,6 +213,25 @@ def feature_maps(model: FeatureReconstructor, out: FeatureReconstruction, size: 
     return maps
 
 
+def memory_maps(model: FeatureReconstructor, out: FeatureReconstruction, size: int,
+                config: ScoringConfig) -> torch.Tensor:
+    """Each region's distance to its nearest region in the model's memory, upsampled to the model input and
+    smoothed as the error map is -> (B, S, S), >= 0, not yet registered; zeros for a model without a memory."""
+    f = out.local.float()
+    b, c, h, w = f.shape
+    memory = model.memory.float()
+    if not len(memory):
+        return f.new_zeros((b, size, size))
+    regions = f.permute(0, 2, 3, 1).reshape(-1, c)
+    squared = memory.square().sum(dim=1)
+    # |r - m|^2 = |r|^2 + |m|^2 - 2 r.m, in chunks: (8192, M) floats at a time whatever the batch.
+    nearest = torch.cat([(part.square().sum(dim=1, keepdim=True) + squared - 2 * part @ memory.T).amin(dim=1)
+                         for part in regions.split(8192)])
+    dist = nearest.clamp_min(0).sqrt().reshape(b, 1, h, w)
+    return smooth(F.interpolate(dist, size=(size, size), mode="bilinear", align_corners=False)[:, 0],
+                  config.smoothing_sigma)
+
+
 def normalise_per_location(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """(B, S, S) error maps -> their excess over good images' level, in units of the spread there; maps as they
     are while the statistics are not fitted (zero spread)."""
@@ -215,23 +243,27 @@ def normalise_per_location(maps: torch.Tensor, mean: torch.Tensor, std: torch.Te
     return torch.where(fitted, normalised, maps)
 
 
-def combined_scores(config: ScoringConfig, local: _Terms, glob: _Terms) -> _Terms:
-    """A feature reconstructor's image scores from its two terms (tensors, or arrays at training time): each
-    divided by its reference, the global one weighted, summed."""
+def combined_scores(config: ScoringConfig, local: _Terms, glob: _Terms, memory: _Terms | None = None) -> _Terms:
+    """A feature reconstructor's image scores from its terms (tensors, or arrays at training time): each divided
+    by its reference, the global and memory ones weighted, summed."""
     scores = local / config.local_reference
     if config.global_reference:
         scores = scores + config.global_weight * glob / config.global_reference
+    if memory is not None and config.memory_reference and config.memory_weight:
+        scores = scores + config.memory_weight * memory / config.memory_reference
     return scores
 
 
 def feature_terms(model: FeatureReconstructor, x: torch.Tensor, config: ScoringConfig, *,
-                  global_term: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  global_term: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One pass of a feature reconstructor -> (local scores (B,), global errors (B,) (zeros without
-    `global_term`), maps (B, S, S) registered to the image), before the references that
-    `FeatureReconstructor.score` divides them by."""
+    `global_term`), memory scores (B,) (None where the config weighs no memory), maps (B, S, S) registered to
+    the image), before the references that `FeatureReconstructor.score` divides them by."""
     out = model(x, with_global=global_term)
     maps = feature_maps(model, out, x.shape[-1], config)
     pooled_err = (out.pooled.float() - out.pooled_recon.float()).square().mean(dim=1)  # (B,), zeros without it
+    memory = (image_scores(memory_maps(model, out, x.shape[-1], config), config)
+              if config.memory_weight and len(model.memory) else None)
     # Scored before registration: moving the map must not move the score, and the edge the move replicates would
     # (on paper, good images' top pixels lie along the bottom and right edges).
-    return image_scores(maps, config), pooled_err, register(maps, config.map_offset)
+    return image_scores(maps, config), pooled_err, memory, register(maps, config.map_offset)

@@ -18,6 +18,7 @@ from inspector.errors import ConfigError
 from inspector.model.artifact import ModelArtifact
 from inspector.model.cuda_graphs import BatchGraphs, CudaGraphBackend, GraphBackend, Scored, ScoreFn, capture_graphs
 from inspector.model.family import AnomalyModel, score_batch
+from inspector.model.scoring import ScoringConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def gflop_per_frame(model: torch.nn.Module, size: int, device: torch.device | str = "cpu") -> float | None:
-    """The model's forward pass on one size x size frame, in GFLOP (torch's FLOP counter); None where it cannot
-    count (informative only, never a reason to fail)."""
+def gflop_per_frame(model: torch.nn.Module, size: int, device: torch.device | str = "cpu",
+                    scoring: ScoringConfig | None = None) -> float | None:
+    """The model's forward pass on one size x size frame, in GFLOP (torch's FLOP counter), or with `scoring` its
+    `score` as the worker runs it (a memory lookup included); None where it cannot count (informative only, never
+    a reason to fail)."""
     try:
         from torch.utils.flop_counter import FlopCounterMode
 
+        x = torch.zeros(1, 3, size, size, device=device)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
+            if scoring is not None and isinstance(model, AnomalyModel):
+                model.score(x, scoring)
+            else:
+                model(x)
         return counter.get_total_flops() / 1e9
     except Exception:  # counting is informative only
         return None

@@ -37,6 +37,10 @@ class ScoringConfig:
     # Feature reconstructor: the global term's weight in that sum. Twice the local term's: it is one low-noise
     # number per image, and rot or bruising shifts it more than any region (bench/RESULTS.md, "Model quality").
     global_weight: float = 2.0
+    # Feature reconstructor with a memory of good regions: its term's good level (as the references above) and
+    # weight in the sum; 0 = not used.
+    memory_reference: float = 0.0
+    memory_weight: float = 0.0
     # Feature reconstructor: each location's error in units of good images' spread there (floored at a tenth
     # of the mean spread), so that a place where good parts always differ (an edge, a highlight) does not alarm.
     pixel_normalise: bool = True

@@ -26,6 +26,11 @@ class TrainConfig:
     backbone_margin: float = 0.005
     # Feature mode, with labelled defects (`inspector train --defects`): the global term's weights tried.
     global_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    # Feature mode: regions in the memory of good region features (0 = none), and the weights of its term tried; a
+    # memory is kept only where synthetic defects rank memory_margin higher with it (its lookup costs frames/s).
+    memory_size: int = 1024
+    memory_weights: tuple[float, ...] = (0.5, 1.0, 2.0)
+    memory_margin: float = 0.005
     # Feature mode: when fewer good images than this would be held out, every good image is scored by a model
     # that did not see it (cross_fit_folds folds) and the final model trains on all of them.
     cross_fit_below: int = 50

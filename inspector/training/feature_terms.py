@@ -19,10 +19,11 @@ from inspector.model.feature_reconstructor import (
     FeatureReconstructor,
     FeatureReconstructorConfig,
     feature_maps,
+    memory_maps,
     normalise_per_location,
 )
 from inspector.model.runtime import fuse_conv_bn
-from inspector.model.scoring import ScoringConfig
+from inspector.model.scoring import ScoringConfig, image_scores
 from inspector.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,9 @@ def train_feature_model(
     model.global_basis.copy_(vh[:rank].float().to(device))
 
     regions = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])  # (V*N*h*w, C)
+    if model_config.memory_size:
+        model.memory = region_coreset(regions, model_config.memory_size, config.seed).to(device)
+        model.config = replace(model.config, memory_size=len(model.memory))
     local = model.local.train()
     opt = torch.optim.AdamW(local.parameters(), lr=config.lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.feature_steps)
@@ -146,29 +150,48 @@ def train_feature_model(
     return model, history
 
 
+def region_coreset(regions: torch.Tensor, size: int, seed: int, sample: int = 20_000) -> torch.Tensor:
+    """(R, C) region features -> (size, C) of them that cover the rest (greedy k-centre: each next one the
+    farthest from those chosen), picked from a random sample of them: the cost is bounded whatever the set."""
+    g = torch.Generator().manual_seed(seed)
+    x = regions[torch.randperm(len(regions), generator=g)[:sample]].float()
+    size = min(size, len(x))
+    squared = x.square().sum(dim=1)
+    chosen = [0]
+    dist = (squared - 2 * x @ x[0] + squared[0]).clamp_min(0)  # (sample,) squared distance to the nearest chosen
+    for _ in range(size - 1):
+        i = int(dist.argmax())
+        chosen.append(i)
+        dist = torch.minimum(dist, squared - 2 * x @ x[i] + squared[i])
+    return x[chosen].clone()
+
+
 class FeatureTerms(NamedTuple):
     """What a feature reconstructor makes of N images, before the references are applied."""
 
     maps: np.ndarray  # (N, S, S) region-error maps, with `pixel_normalise` as the scoring config given says
     glob: dict[int, np.ndarray]  # global rank -> (N,) errors of the mean feature vector through that many directions
     out_of_fold: bool = False  # scored by models that did not see the images (cross-fitting)
+    memory: np.ndarray | None = None  # (N,) memory scores: the image score of the nearest-memory distance map
 
 
 @torch.inference_mode()
 def feature_terms(model: FeatureReconstructor, images: np.ndarray, scoring: ScoringConfig,
                    device: torch.device, ranks: list[int] | None = None, batch: int = 32) -> FeatureTerms:
-    """The maps and, at each of `ranks` (the model's own when None), the global errors: one backbone pass per
-    image."""
+    """The maps and, at each of `ranks` (the model's own when None), the global errors, and the memory scores
+    where the model has a memory: one backbone pass per image."""
     fused = fuse_conv_bn(model)
-    maps, pooled = [], []
+    maps, pooled, memory = [], [], []
     for i in range(0, len(images), batch):
         x = to_tensor(images[i : i + batch], device)
         out = fused(x)
         maps.append(feature_maps(fused, out, x.shape[-1], scoring).float().cpu())
         pooled.append(out.pooled.double().cpu())
+        if len(model.memory):
+            memory.append(image_scores(memory_maps(fused, out, x.shape[-1], scoring), scoring).double().cpu())
     every = torch.cat(pooled)  # (N, G) standardised mean feature vectors
     glob = {r: pooled_errors(model, every, r) for r in (ranks or [model.config.global_components])}
-    return FeatureTerms(torch.cat(maps).numpy(), glob)
+    return FeatureTerms(torch.cat(maps).numpy(), glob, memory=torch.cat(memory).numpy() if memory else None)
 
 
 def pooled_errors(model: FeatureReconstructor, pooled: torch.Tensor, rank: int) -> np.ndarray:
@@ -199,7 +222,8 @@ def cross_fitted_terms(sources: tuple[np.ndarray, ...], model_config: FeatureRec
     terms: list[FeatureTerms] = []
     for _ in sources:
         maps = np.zeros((len(images), *images.shape[1:3]), np.float32)
-        terms.append(FeatureTerms(maps, {r: np.zeros(len(images)) for r in ranks}, out_of_fold=True))
+        memory = np.zeros(len(images)) if model_config.memory_size else None
+        terms.append(FeatureTerms(maps, {r: np.zeros(len(images)) for r in ranks}, True, memory))
     for k, fold in enumerate(folds):
         rest = np.setdiff1d(np.arange(len(images)), fold)
         log.info("cross-fitting: fold %d of %d", k + 1, len(folds))
@@ -210,6 +234,8 @@ def cross_fitted_terms(sources: tuple[np.ndarray, ...], model_config: FeatureRec
             whole.maps[fold] = part.maps
             for r in ranks:
                 whole.glob[r][fold] = part.glob[r]
+            if whole.memory is not None and part.memory is not None:
+                whole.memory[fold] = part.memory
     return terms
 
 

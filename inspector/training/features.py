@@ -22,7 +22,9 @@ from inspector.training.config import TrainConfig
 from inspector.training.feature_choices import (
     choose_global_rank,
     choose_global_weight,
+    choose_memory_weight,
     choose_pixel_normalise,
+    drop_memory,
     far_out,
     measure_map_offset,
     synthetic_copies,
@@ -55,6 +57,7 @@ class FeatureFit:
     rank_choice: dict[str, float] = field(default_factory=dict)  # synthetic-defect AUROC per global rank tried
     weight_choice: dict[str, float] = field(default_factory=dict)  # labelled defects' AUROC per global weight tried
     backbone_choice: dict[str, float] = field(default_factory=dict)  # the same defects' AUROC per backbone tried
+    memory_choice: dict[str, float] = field(default_factory=dict)  # synthetic-defect AUROC per memory weight tried
     good_scores: np.ndarray | None = None  # (N,) the calibration's out-of-fold score of each image, when cross-fitted
 
     @property
@@ -64,6 +67,8 @@ class FeatureFit:
     @property
     def defect_auroc(self) -> float:
         """How well the fitted model ranks the defects that chose its options above good images."""
+        if not self.weight_choice and self.scoring.memory_weight:
+            return self.memory_choice[f"{self.scoring.memory_weight:g}"]
         return max((self.weight_choice or self.rank_choice).values(), default=0.0)
 
 
@@ -123,7 +128,8 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
     images would be held out, cross-fit: every image scored out of fold, the final model fitted to all. With
     labelled `defects`, the global term's weight is the one that ranks them highest above the held-out images."""
     ranks = sorted(set(config.global_ranks)) or [model_config.global_components]
-    model_config = replace(model_config, global_components=max(ranks))  # truncated to the chosen rank below
+    # Truncated to the chosen rank below, and the memory dropped where its term does not earn its lookup.
+    model_config = replace(model_config, global_components=max(ranks), memory_size=config.memory_size)
     raw = replace(scoring, pixel_normalise=False)
     if (config.cross_fit_folds > 1 and 0 < len(cal_idx) < config.cross_fit_below
             and len(images) >= 2 * config.cross_fit_folds):
@@ -157,21 +163,32 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
     scoring = with_references(scoring, local, glob)
     if (far := far_out(local) | far_out(glob)).any():
         log.info("the terms' references leave out %d of %d good images (far out in one term or both)", far.sum(), len(far))
+    memory_choice: dict[str, float] = {}
+    if good.memory is not None and synth.memory is not None:
+        scoring, memory_choice = choose_memory_weight(scoring, config, (local, glob, good.memory),
+                                                      (synth_local, synth.glob[rank], synth.memory))
+        log.info("memory of %d good regions %s (synthetic-defect AUROC by its weight: %s)", len(model.memory),
+                 f"kept, weight {scoring.memory_weight:g}" if scoring.memory_weight else "not kept", memory_choice)
+    if not scoring.memory_weight:
+        drop_memory(model)
+    memory = good.memory if scoring.memory_weight else None
     weight_choice: dict[str, float] = {}
     if defects is not None and len(defects):
         held_out = images if good.out_of_fold else images[cal_idx]
         weight, weight_choice = choose_global_weight(model, scoring, config, device, held_out, defects,
-                                                     FeatureTerms(good.maps, {rank: glob}),
+                                                     FeatureTerms(good.maps, {rank: glob}, memory=memory),
                                                      through_camera[0] if through_camera else None)
         scoring = replace(scoring, global_weight=weight)
     if not good.out_of_fold:
-        return FeatureFit(model, history, scoring, None, pixel_choice, rank_choice, weight_choice)
-    good_scores = combined_scores(scoring, local, glob)
+        return FeatureFit(model, history, scoring, None, pixel_choice, rank_choice, weight_choice,
+                          memory_choice=memory_choice)
+    good_scores = combined_scores(scoring, local, glob, memory)
     for camera_terms in through_camera:  # each image's higher score of as-is and as the camera delivers it
         camera_maps = scoring_maps(model, camera_terms.maps, scoring)
         good_scores = np.maximum(good_scores, combined_scores(scoring, image_scores(camera_maps, scoring).double()
-                                                              .numpy(), camera_terms.glob[rank]))
+                                                              .numpy(), camera_terms.glob[rank],
+                                                              camera_terms.memory if memory is not None else None))
     calibration = calibrate(good_scores, pixel_sample(register(maps, scoring.map_offset).numpy()),
                             config.target_false_alarm)
     return FeatureFit(model, history, scoring, calibration, pixel_choice, rank_choice, weight_choice,
-                      good_scores=good_scores)
+                      memory_choice=memory_choice, good_scores=good_scores)

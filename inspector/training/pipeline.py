@@ -90,6 +90,7 @@ def train_and_calibrate(
     rank_choice: dict[str, float] = {}  # ... and of each global rank tried
     weight_choice: dict[str, float] = {}  # labelled defects' AUROC at each global weight tried
     backbone_choice: dict[str, float] = {}  # the same defects' AUROC with each backbone tried
+    memory_choice: dict[str, float] = {}  # synthetic-defect AUROC at each memory weight tried (0: no memory)
     cross_fit_scores: np.ndarray | None = None  # each image's out-of-fold score, where the calibration is cross-fitted
     if isinstance(model_config, FeatureReconstructorConfig):
         fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, defects=defects,
@@ -97,7 +98,7 @@ def train_and_calibrate(
         model, history, scoring, calibration = fit.model, fit.history, fit.scoring, fit.calibration
         images = resize_images(images, model.config.image_size)  # smaller where the fit took edge context
         pixel_choice, rank_choice, weight_choice = fit.pixel_choice, fit.rank_choice, fit.weight_choice
-        backbone_choice, cross_fit_scores = fit.backbone_choice, fit.good_scores
+        backbone_choice, cross_fit_scores, memory_choice = fit.backbone_choice, fit.good_scores, fit.memory_choice
         if fit.cross_fitted:
             train_idx = cal_idx = np.arange(len(images))
             calibration_scores = f"out of fold ({config.cross_fit_folds} folds)"
@@ -121,6 +122,7 @@ def train_and_calibrate(
             "global_rank_auroc": rank_choice,
             "global_weight_auroc": weight_choice,
             "backbone_auroc": backbone_choice,
+            "memory_weight_auroc": memory_choice,
             "n_defect_examples": 0 if defects is None else int(len(defects)),
             "data_fingerprint": data_fingerprint(paths) if paths else "",
             "final_loss": history[-1] if history else None,

@@ -227,7 +227,7 @@ def test_a_global_term_weighted_zero_is_not_computed_and_scores_the_same(default
             calls.clear()
             scores, maps = model.score(x, scoring)
             assert bool(calls) == (weight > 0)  # the backbone stops at block 10 when the global term weighs nothing
-            local, glob, full_maps = feature_terms(model, x, scoring)
+            local, glob, _, full_maps = feature_terms(model, x, scoring)
             assert glob.min() > 0
             assert torch.allclose(scores, combined_scores(scoring, local, glob)) and torch.equal(maps, full_maps)
 
