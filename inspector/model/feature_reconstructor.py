@@ -224,9 +224,11 @@ def memory_maps(model: FeatureReconstructor, out: FeatureReconstruction, size: i
         return f.new_zeros((b, size, size))
     regions = f.permute(0, 2, 3, 1).reshape(-1, c)
     squared = memory.square().sum(dim=1)
-    # |r - m|^2 = |r|^2 + |m|^2 - 2 r.m, in chunks: (8192, M) floats at a time whatever the batch.
-    nearest = torch.cat([(part.square().sum(dim=1, keepdim=True) + squared - 2 * part @ memory.T).amin(dim=1)
-                         for part in regions.split(8192)])
+    # |r - m|^2 = |r|^2 + |m|^2 - 2 r.m, in chunks: (8192, M) floats at a time whatever the batch; in float32
+    # under bf16 autocast too, as the difference of terms near 150 would lose the small distances.
+    with torch.autocast(f.device.type, enabled=False):
+        nearest = torch.cat([(part.square().sum(dim=1, keepdim=True) + squared - 2 * part @ memory.T).amin(dim=1)
+                             for part in regions.split(8192)])
     dist = nearest.clamp_min(0).sqrt().reshape(b, 1, h, w)
     return smooth(F.interpolate(dist, size=(size, size), mode="bilinear", align_corners=False)[:, 0],
                   config.smoothing_sigma)
