@@ -168,8 +168,7 @@ def run_job(job: Job, out: Path, models: Path, train_args: list[str], banana_mod
 
 
 def _choices(model: Path) -> dict:
-    """What training chose for this set, from the model file's header: the backbone and what each one scored, the
-    input size, edge context, per-location maps, the global term's rank and weight, the memory's size and weight."""
+    """What training chose for this set, from the model file's header: the backbone and each one's AUROC, and the terms."""
     with safe_open(str(model), "pt") as f:
         header = json.loads(f.metadata()["inspector"])
     arch, scoring = header["architecture"], header.get("scoring", {})
@@ -182,9 +181,8 @@ def _choices(model: Path) -> dict:
 
 
 def model_cost(model: Path, test_good: Path, frames: int = 32, batch: int = 16) -> dict:
-    """The model's GFLOP per frame at its input, and its CPU score stage in frames/s: `frames` of the set's good test
-    photos (decoded beforehand) in batches of `batch`, the best of 3 passes, in this process; the sets run one at a
-    time, so nothing else of this script runs beside it."""
+    """The model's GFLOP per frame as the worker scores it, and its CPU score stage in frames/s: `frames` of the
+    set's good test photos (decoded first) in batches of `batch`, best of 3 passes, nothing else of this script beside."""
     import torch
 
     from inspector.decode.preprocess import list_images, load_images
@@ -273,8 +271,7 @@ def _pct(x: float | None) -> str:
 
 
 def _terms(terms: dict | None) -> str:
-    """The model's options in a cell: input px (+ edge context), per-location maps, the global rank and weight, the
-    memory's size and weight where it has one."""
+    """The model's options in a cell: input px (+ edge context), maps, global rank and weight, memory (if any)."""
     if not terms:
         return "—"
     context = f"+{terms['edge_context_px']}" if terms.get("edge_context_px") else ""
