@@ -92,7 +92,8 @@ model: install
 	$(BIN)/inspector synth --out data/bananas --train 600 --calibration 600 --belt-frames 600 --test-good 100 \
 	  --test-per-defect 25
 	$(BIN)/inspector train --data data/bananas/train/good --out models/banana-ae-v1.safetensors \
-	  --defects data/bananas/test --backbones efficientnet-lite0 --model-version 6 --device cpu
+	  --defects data/bananas/test --backbones efficientnet-lite0 --memory-size 0 --model-version 6 \
+	  --device cpu
 	$(BIN)/inspector calibrate --model models/banana-ae-v1.safetensors --good data/bananas/calibration/good \
 	  --device cpu
 

@@ -64,6 +64,10 @@ def add_model_commands(sub: argparse._SubParsersAction, with_model: AddFlags, wi
                     help="features mode: pretrained feature extractors to try, in order of preference; a later one "
                          "is kept only where it ranks synthetic (or --defects) defects clearly higher (default "
                          "efficientnet-lite0 efficientnet-lite2; name one alone for a model at its speed)")
+    sp.add_argument("--memory-size", type=int, metavar="N",
+                    help="features mode: good regions in the memory whose nearest-region distance is a third term, "
+                         "kept only where synthetic (or --defects) defects rank clearly higher with it (default 1024; "
+                         "0 = no memory)")
     sp.add_argument("--edge-context", type=int, metavar="PX",
                     help="features mode: pixels of replicated edge around the input, used where the map is not "
                          "normalised per location (default 16; 0 = none)")
@@ -132,12 +136,14 @@ def _train_config(args: argparse.Namespace):  # untyped: local imports keep `--h
              "loss": args.loss, "denoise": args.denoise or None, "target_false_alarm": args.target_far,
              "seed": args.seed, "camera_jpeg_quality": args.camera_jpeg_quality,
              "global_ranks": tuple(args.global_ranks) if args.global_ranks else None,
-             "backbones": tuple(args.backbones) if args.backbones else None}
+             "backbones": tuple(args.backbones) if args.backbones else None, "memory_size": args.memory_size}
     from inspector.model.backbone import BACKBONES
 
     unknown = sorted(set(args.backbones or ()) - set(BACKBONES))
     if unknown:
         raise ConfigError(f"--backbones: unknown {', '.join(unknown)} (known: {', '.join(sorted(BACKBONES))})")
+    if args.memory_size is not None and args.memory_size < 0:
+        raise ConfigError(f"--memory-size must be 0 (no memory) or more, got {args.memory_size}")
     return TrainConfig(**{name: value for name, value in flags.items() if value is not None})
 
 

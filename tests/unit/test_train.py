@@ -124,7 +124,7 @@ def test_labelled_defects_are_a_folder_or_a_test_folder_s_kinds_without_its_good
         list_labelled_defects(tmp_path)
 
 
-def test_train_refuses_a_missing_defects_folder_defects_without_a_global_term_and_unknown_backbones(
+def test_train_refuses_a_missing_defects_folder_defects_without_a_global_term_unknown_backbones_and_a_negative_memory(
         tiny_dataset, tmp_path, capsys):
     from inspector.__main__ import main
 
@@ -137,6 +137,8 @@ def test_train_refuses_a_missing_defects_folder_defects_without_a_global_term_an
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.endswith("--backbones: unknown resnet50 (known: efficientnet-lite0, "
                                                   "efficientnet-lite2)")
+    assert main(["train", "--data", data, "--out", out, "--memory-size", "-1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--memory-size must be 0 (no memory) or more, got -1")
     assert not (tmp_path / "m.safetensors").exists()
 
 
