@@ -15,6 +15,9 @@ import numpy as np
 from inspector.errors import BadFrame
 
 # Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not SOF markers.
+# A model's input: the square side, or (height, width) of a tiled model's canvas (inspector.model.tiling).
+InputSize = int | tuple[int, int]
+
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
@@ -64,11 +67,13 @@ def validate_jpeg(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int,
     return height, width
 
 
-def decode_jpeg(data: bytes, *, size: int, max_bytes: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Validate and decode JPEG bytes -> ((size, size, 3) uint8 RGB, (frame height, frame width))."""
+def decode_jpeg(data: bytes, *, size: InputSize, max_bytes: int, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Validate and decode JPEG bytes -> ((h, w, 3) uint8 RGB at the model's input size, (frame height, frame
+    width))."""
     height, width = validate_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    out_h, out_w = size_hw(size)
     # libjpeg can decode at 1/2, 1/4, 1/8 scale directly: far cheaper than a full decode then resize.
-    shrink = min(height, width) // size
+    shrink = min(height // out_h, width // out_w)
     flag = cv2.IMREAD_COLOR
     if shrink >= 8:
         flag = cv2.IMREAD_REDUCED_COLOR_8
@@ -85,8 +90,13 @@ def decode_jpeg(data: bytes, *, size: int, max_bytes: int, max_pixels: int) -> t
     return to_model_rgb(bgr, size), (height, width)
 
 
-def to_model_rgb(bgr: np.ndarray, size: int) -> np.ndarray:
-    """OpenCV BGR image of any size -> (size, size, 3) uint8 RGB, the model's input geometry."""
+def size_hw(size: InputSize) -> tuple[int, int]:
+    """A model input size as (height, width): a side for the square input, or a tiled model's canvas."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def to_model_rgb(bgr: np.ndarray, size: InputSize) -> np.ndarray:
+    """OpenCV BGR image of any size -> (h, w, 3) uint8 RGB, the model's input geometry."""
     if bgr.ndim == 2:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     elif bgr.shape[2] == 4:
@@ -94,14 +104,15 @@ def to_model_rgb(bgr: np.ndarray, size: int) -> np.ndarray:
     return cv2.cvtColor(to_square(bgr, size), cv2.COLOR_BGR2RGB)
 
 
-def to_square(image: np.ndarray, size: int) -> np.ndarray:
-    """An (H, W, C) image -> (size, size, C): area-averaged when both sides shrink, by more than 1.25x on one,
-    else bilinear; as it is when already that size."""
+def to_square(image: np.ndarray, size: InputSize) -> np.ndarray:
+    """An (H, W, C) image -> (size, size, C) (or (h, w, C) for a tiled model's canvas): area-averaged when both
+    sides shrink, by more than 1.25x on one, else bilinear; as it is when already that size."""
     height, width = image.shape[:2]
-    if height == size and width == size:
+    out_h, out_w = size_hw(size)
+    if height == out_h and width == out_w:
         return image
     # Under 1.25x (the producer's 256-px frames into the default 224-px model) an output pixel's box spans little
     # more than one source pixel: bilinear scores the same there, and OpenCV's area path for a non-integer factor
     # cost 1.5x the frame's JPEG decode (850 against 220 us).
-    area = min(height, width) > size and max(height, width) > 1.25 * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+    area = height > out_h and width > out_w and max(height / out_h, width / out_w) > 1.25
+    return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)

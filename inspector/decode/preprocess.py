@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from inspector.decode.jpeg import to_model_rgb, to_square
+from inspector.decode.jpeg import InputSize, size_hw, to_model_rgb, to_square
 from inspector.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -53,27 +53,27 @@ def list_labelled_defects(folder: Path) -> list[Path]:
     return files
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """Read an image file -> (size, size, 3) uint8 RGB; ConfigError if unreadable."""
+def load_image(path: Path, size: InputSize) -> np.ndarray:
+    """Read an image file -> (size, size, 3) (or a tiled model's (h, w, 3)) uint8 RGB; ConfigError if unreadable."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ConfigError(f"cannot read image {path}")
     return to_model_rgb(bgr, size)
 
 
-def load_images(paths: list[Path], size: int) -> np.ndarray:
-    """(N, size, size, 3) uint8 RGB for a list of image files."""
+def load_images(paths: list[Path], size: InputSize) -> np.ndarray:
+    """(N, size, size, 3) (or (N, h, w, 3)) uint8 RGB for a list of image files."""
     return np.stack([load_image(p, size) for p in paths])
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, size, size, 3), resized as `load_images` resizes each file."""
-    if images.shape[1] == size and images.shape[2] == size:
+def resize_images(images: np.ndarray, size: InputSize) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, size, size, 3) (or (N, h, w, 3)), resized as `load_images` resizes each file."""
+    if images.shape[1:3] == size_hw(size):
         return images
     return np.stack([to_square(image, size) for image in images])
 
 
-def decode_jpegs_on_device(datas: list[bytes], size: int, device: torch.device) -> torch.Tensor:
+def decode_jpegs_on_device(datas: list[bytes], size: InputSize, device: torch.device) -> torch.Tensor:
     """Batch-decode already validated JPEGs on the GPU -> (B, 3, S, S) float [0, 1]: `nvjpeg_decode`, then
     `to_model_batch`."""
     return to_model_batch(nvjpeg_decode(datas, device), size)
@@ -92,10 +92,12 @@ def nvjpeg_decode(datas: list[bytes], device: torch.device) -> list[torch.Tensor
     return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
 
 
-def to_model_batch(images: list[torch.Tensor], size: int) -> torch.Tensor:
-    """(3, H_i, W_i) uint8 RGB images on the GPU -> (B, 3, S, S) float [0, 1], channels_last."""
+def to_model_batch(images: list[torch.Tensor], size: InputSize) -> torch.Tensor:
+    """(3, H_i, W_i) uint8 RGB images on the GPU -> (B, 3, S, S) (or a tiled model's (B, 3, h, w)) float [0, 1],
+    channels_last."""
     import torch.nn.functional as F
 
+    out_hw = size_hw(size)
     # One camera model per line is the common case: frames of one shape convert and resize as one batch,
     # not one kernel launch per frame (which capped a 256-frame batch at launch overhead).
     by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -104,12 +106,12 @@ def to_model_batch(images: list[torch.Tensor], size: int) -> torch.Tensor:
     out = None
     for shape, idx in by_shape.items():
         x = torch.stack([images[i] for i in idx]).float().div_(255.0)  # (n, 3, H, W)
-        if shape[-2:] != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        if shape[-2:] != out_hw:
+            x = F.interpolate(x, size=out_hw, mode="bilinear", antialias=True, align_corners=False)
         if len(by_shape) == 1:
             return x.contiguous(memory_format=torch.channels_last)
         if out is None:
-            out = torch.empty((len(images), 3, size, size), device=x.device).to(memory_format=torch.channels_last)
+            out = torch.empty((len(images), 3, *out_hw), device=x.device).to(memory_format=torch.channels_last)
         out[torch.tensor(idx, device=x.device)] = x
     assert out is not None, "no images"
     return out
@@ -136,7 +138,7 @@ class DeviceJpegDecoder:
             ready.record(self.stream)
         return images, ready
 
-    def to_batch(self, decoded: tuple[list[torch.Tensor], torch.cuda.Event], size: int) -> torch.Tensor:
+    def to_batch(self, decoded: tuple[list[torch.Tensor], torch.cuda.Event], size: InputSize) -> torch.Tensor:
         """`decode`'s result -> (B, 3, S, S) float [0, 1] on the calling thread's current stream."""
         images, ready = decoded
         stream = torch.cuda.current_stream(self.device)

@@ -23,6 +23,7 @@ from inspector.model.family import AnomalyModel, ModelConfig
 from inspector.model.registry import FAMILIES
 from inspector.model.scoring import ScoringConfig
 from inspector.model.threshold import CalibrationStats
+from inspector.model.tiling import Tiling
 
 FORMAT_NAME = "inspector-autoencoder"
 FORMAT_VERSION = 2  # 2: the model family (architecture name picks the module); 1 files still load
@@ -41,6 +42,12 @@ class ModelArtifact:
     model_version: str = "0"
     training: dict[str, object] = field(default_factory=dict)  # data fingerprint, epochs, loss, seed, ...
     checksum: str = ""
+    tiling: Tiling | None = None  # frames seen as a grid of tiles of the model's input (None: one square input)
+
+    @property
+    def input_size(self) -> int | tuple[int, int]:
+        """What a frame is resized to before scoring: the square side, or a tiled model's canvas (h, w)."""
+        return self.config.image_size if self.tiling is None else self.tiling.canvas_hw
 
     @property
     def config(self) -> ModelConfig:
@@ -76,7 +83,8 @@ class ModelArtifact:
             "model_version": self.model_version,
             "architecture": {"name": type(self.model).__name__, **self.config.to_dict()},
             "preprocessing": {"size": self.config.image_size, "channels": "RGB", "scale": "x/255",
-                              "resize": "INTER_AREA down (by more than 1.25x), else INTER_LINEAR; aspect not kept"},
+                              "resize": "INTER_AREA down (by more than 1.25x), else INTER_LINEAR; aspect not kept",
+                              **({"tiling": self.tiling.to_dict()} if self.tiling else {})},
             "scoring": self.scoring.to_dict(),
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "training": self.training,
@@ -150,6 +158,13 @@ def load(path: Path, device: torch.device | str = "cpu") -> ModelArtifact:
         model.load_state_dict(tensors, strict=True)
         scoring = ScoringConfig.from_dict(header["scoring"])
         calibration = CalibrationStats.from_dict(header["calibration"]) if header.get("calibration") else None
+        tiling_fields = (header.get("preprocessing") or {}).get("tiling")
+        tiling = Tiling.from_dict(tiling_fields) if tiling_fields else None
+        positions = getattr(model.config, "location_tiles", 1)  # statistics per tile position, where tiled
+        if tiling is not None and (tiling.tile != model.config.image_size or positions not in (1, tiling.count)):
+            raise ValueError(f"{tiling} for a model of {model.config.image_size} px with {positions} tile positions")
+        if tiling is None and positions > 1:
+            raise ValueError(f"statistics for {positions} tile positions but no tiling")
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: weights do not match the described architecture: {str(exc)[:200]}") from None
     model.eval().to(device)
@@ -161,4 +176,5 @@ def load(path: Path, device: torch.device | str = "cpu") -> ModelArtifact:
         model_version=str(header.get("model_version", "0")),
         training=dict(header.get("training") or {}),
         checksum=stored,
+        tiling=tiling,
     )

@@ -55,6 +55,9 @@ class FeatureReconstructorConfig:
     # region's distance to its nearest one is a third term. 0 = no memory; training keeps one only where synthetic
     # defects say it ranks them clearly better (`training.feature_choices.choose_memory_weight`).
     memory_size: int = 0
+    # A tiled model's tiles per frame (inspector.model.tiling): its per-location statistics are kept per tile
+    # position, as an aligned part's left end is not its middle; 1 = one square input.
+    location_tiles: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
@@ -70,6 +73,8 @@ class FeatureReconstructorConfig:
             raise ValueError(f"edge_context {self.edge_context} is not a non-negative multiple of 16")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0, got {self.memory_size}")
+        if self.location_tiles < 1:
+            raise ValueError(f"location_tiles must be >= 1, got {self.location_tiles}")
 
     @property
     def variant(self) -> BackboneVariant:
@@ -108,7 +113,8 @@ class FeatureReconstructor(AnomalyModel):
     """(B, 3, S, S) in [0, 1] -> FeatureReconstruction: features and their reconstructions, local and global."""
 
     config: FeatureReconstructorConfig
-    # The buffers registered in __init__, declared for the type checker: (1, C, 1, 1), (S, S), (G,), (K, G).
+    # The buffers registered in __init__, declared for the type checker: (1, C, 1, 1), (S, S) (a tiled model's
+    # (T, S, S)), (G,), (K, G).
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
     pixel_mean: torch.Tensor
@@ -134,9 +140,13 @@ class FeatureReconstructor(AnomalyModel):
             nn.Conv2d(c, h, 1), nn.SiLU(), nn.Conv2d(h, z, 1), nn.SiLU(),
             nn.Conv2d(z, h, 1), nn.SiLU(), nn.Conv2d(h, c, 1),
         )
-        # Per-location level and spread of good images' region errors (S, S); zero spread = not fitted.
-        self.register_buffer("pixel_mean", torch.zeros(config.image_size, config.image_size))
-        self.register_buffer("pixel_std", torch.zeros(config.image_size, config.image_size))
+        # Per-location level and spread of good images' region errors (S, S), or per tile position (T, S, S); zero
+        # spread = not fitted.
+        locations: tuple[int, ...] = (config.image_size, config.image_size)
+        if config.location_tiles > 1:
+            locations = (config.location_tiles, *locations)
+        self.register_buffer("pixel_mean", torch.zeros(locations))
+        self.register_buffer("pixel_std", torch.zeros(locations))
         g = config.global_channels
         if config.global_block:
             self.register_buffer("pooled_mean", torch.zeros(g))
@@ -236,7 +246,11 @@ def memory_maps(model: FeatureReconstructor, out: FeatureReconstruction, size: i
 
 def normalise_per_location(maps: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """(B, S, S) error maps -> their excess over good images' level, in units of the spread there; maps as they
-    are while the statistics are not fitted (zero spread)."""
+    are while the statistics are not fitted (zero spread). With (T, S, S) statistics the maps are the tiles of
+    whole frames in order (map i is tile i mod T), padding after them."""
+    if mean.dim() == 3:
+        position = torch.arange(maps.shape[0], device=maps.device) % mean.shape[0]
+        mean, std = mean[position], std[position]  # (B, S, S)
     scale = std.float().mean()
     # Decided on the device: a branch on the host would wait for the GPU, which a CUDA graph cannot capture.
     fitted = scale > 0

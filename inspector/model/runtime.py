@@ -13,12 +13,22 @@ import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from inspector.decode.jpeg import size_hw
 from inspector.decode.preprocess import to_tensor
 from inspector.errors import ConfigError
 from inspector.model.artifact import ModelArtifact
-from inspector.model.cuda_graphs import BatchGraphs, CudaGraphBackend, GraphBackend, Scored, ScoreFn, capture_graphs
+from inspector.model.cuda_graphs import (
+    BatchGraphs,
+    CudaGraphBackend,
+    GraphBackend,
+    Scored,
+    ScoreFn,
+    capture_graphs,
+    padded_size,
+)
 from inspector.model.family import AnomalyModel, score_batch
 from inspector.model.scoring import ScoringConfig
+from inspector.model.tiling import tiles_per_frame
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +45,14 @@ def pick_device(name: str) -> torch.device:
 
 
 def gflop_per_frame(model: torch.nn.Module, size: int, device: torch.device | str = "cpu",
-                    scoring: ScoringConfig | None = None) -> float | None:
-    """The model's forward pass on one size x size frame, in GFLOP (torch's FLOP counter), or with `scoring` its
-    `score` as the worker runs it (a memory lookup included); None where it cannot count (informative only, never
-    a reason to fail)."""
+                    scoring: ScoringConfig | None = None, tiles: int = 1) -> float | None:
+    """The model's forward pass on one size x size frame (a tiled model's `tiles` of that size), in GFLOP (torch's
+    FLOP counter), or with `scoring` its `score` as the worker runs it (a memory lookup included); None where it
+    cannot count (informative only, never a reason to fail)."""
     try:
         from torch.utils.flop_counter import FlopCounterMode
 
-        x = torch.zeros(1, 3, size, size, device=device)
+        x = torch.zeros(tiles, 3, size, size, device=device)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             if scoring is not None and isinstance(model, AnomalyModel):
                 model.score(x, scoring)
@@ -108,8 +118,9 @@ class ModelRunner:
         self._warm_sizes: tuple[int, ...] = (1, 8, 32)
 
     @property
-    def size(self) -> int:
-        return self.artifact.config.image_size
+    def size(self) -> int | tuple[int, int]:
+        """What frames are decoded to: the model's square side, or a tiled model's canvas (h, w)."""
+        return self.artifact.input_size
 
     @property
     def graphed_batch_sizes(self) -> tuple[int, ...]:
@@ -151,26 +162,28 @@ class ModelRunner:
         return time.perf_counter() - t0
 
     def _warm(self, model: AnomalyModel, artifact: ModelArtifact, batch_sizes: tuple[int, ...]) -> BatchGraphs | None:
-        size = artifact.config.image_size
+        size, tiles = artifact.config.image_size, tiles_per_frame(artifact.tiling)
         for b in batch_sizes:
-            self._score(np.zeros((b, size, size, 3), np.uint8), model, artifact, None)
+            self._score(np.zeros((b, *size_hw(artifact.input_size), 3), np.uint8), model, artifact, None)
         graphs = None
         # The null model launches next to nothing, and its maps are one broadcast zero a copy-out would fill in.
-        if self._graph_backend is not None and model.reads_pixels:
-            graphs = capture_graphs(self._score_fn(model, artifact), self._graph_backend, batch_sizes,
-                                    (3, size, size), self.device, f"model {artifact.model_id}")
+        if self._graph_backend is not None and model.reads_pixels:  # a tiled model's graphs score batches of tiles
+            graphs = capture_graphs(self._score_fn(model, artifact), self._graph_backend,
+                                    sorted({padded_size(b * tiles) for b in batch_sizes}), (3, size, size),
+                                    self.device, f"model {artifact.model_id}")
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return graphs
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """(B, H, W, 3) uint8 RGB -> (scores (B,) float32 on the host, maps (B, H, W) float32 on the device).
+        """(B, H, W, 3) uint8 RGB at `size` -> (scores (B,) float32 on the host, maps (B, H, W) float32 on the
+        device); a tiled model scores each frame's tiles and gives the highest tile score and the stitched map.
 
         Maps stay on the device: the worker copies back only the few it draws a defect box from."""
         return self._score(images, self._model, self.artifact, self._graphs)
 
     def score_tensor(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Like `score`, for a batch already on the device: (B, 3, S, S) float in [0, 1]."""
+        """Like `score`, for a batch already on the device: (B, 3, H, W) float in [0, 1] at `size`."""
         return self._score(x, self._model, self.artifact, self._graphs)
 
     def _score(self, images: np.ndarray | torch.Tensor, model: AnomalyModel, artifact: ModelArtifact,
@@ -181,6 +194,16 @@ class ModelRunner:
             x = to_tensor(images, self.device)
         else:  # a batch of the right length that holds no pixels
             x = torch.empty((len(images), 3, 0, 0), device=self.device)
+        tiling = artifact.tiling if model.reads_pixels else None
+        if tiling is None:
+            return self._score_inputs(x, model, artifact, graphs)
+        scores, maps = self._score_inputs(tiling.cut(x).contiguous(memory_format=torch.channels_last), model,
+                                          artifact, graphs)
+        return tiling.frame_scores(torch.from_numpy(scores)).numpy(), tiling.stitch(maps)
+
+    def _score_inputs(self, x: torch.Tensor, model: AnomalyModel, artifact: ModelArtifact,
+                      graphs: BatchGraphs | None) -> tuple[np.ndarray, torch.Tensor]:
+        """(B, 3, S, S) model inputs -> (scores (B,) on the host, maps (B, S, S) on the device)."""
         if graphs is not None:
             replayed = graphs.score(x)  # None for a batch larger than every graph
             if replayed is not None:
@@ -204,8 +227,8 @@ class ModelRunner:
 
 
 def score_images(runner: ModelRunner, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N,), maps (N, S, S)) on the host for (N, S, S, 3) uint8 RGB images, in batches, with the serving
-    code path: what training, calibration and evaluation score with."""
+    """(scores (N,), maps (N, H, W)) on the host for (N, H, W, 3) uint8 RGB images at the runner's `size`, in
+    batches, with the serving code path: what training, calibration and evaluation score with."""
     scores, maps = [], []
     for i in range(0, len(images), batch_size):
         batch_scores, batch_maps = runner.score(images[i : i + batch_size])

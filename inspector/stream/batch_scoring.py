@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from inspector.contracts import Box, FrameMeta
-from inspector.decode.jpeg import decode_jpeg
+from inspector.decode.jpeg import InputSize, decode_jpeg, size_hw
 from inspector.decode.preprocess import DeviceJpegDecoder
 from inspector.errors import BadFrame
 from inspector.evidence import Evidence, render
@@ -77,8 +77,8 @@ class OnDevice:
     decoder: DeviceJpegDecoder
     images: DeviceImages
 
-    def to_batch(self, size: int) -> torch.Tensor:
-        return self.decoder.to_batch(self.images, size)  # (B, 3, S, S) float
+    def to_batch(self, size: InputSize) -> torch.Tensor:
+        return self.decoder.to_batch(self.images, size)  # (B, 3, S, S) float (a tiled model's (B, 3, h, w))
 
 
 @dataclass
@@ -138,14 +138,14 @@ class BatchScorer:
     def _warm_alert_path(self) -> None:
         """An alert's own steps once on a blank frame: OpenCV's first call in a process took 120 ms (cpu-2), which
         the line's first alert would otherwise pay on the scoring thread."""
-        size = self.runner.size
-        blank = np.zeros((size, size, 3), np.uint8)
-        defect = np.zeros((size, size), bool)
-        defect[size // 2, size // 2] = True
-        object_box(blank, defect, (size, size))
+        h, w = size_hw(self.runner.size)
+        blank = np.zeros((h, w, 3), np.uint8)
+        defect = np.zeros((h, w), bool)
+        defect[h // 2, w // 2] = True
+        object_box(blank, defect, (h, w))
         ok, jpeg = cv2.imencode(".jpg", blank)
         if ok:
-            render(jpeg.tobytes(), np.zeros((size, size), np.float32), 1.0, None)
+            render(jpeg.tobytes(), np.zeros((h, w), np.float32), 1.0, None)
 
     def score_ahead(self, batch: Batch) -> None:
         """Score the batch in a scoring thread as soon as one is free, before it is asked for."""
@@ -272,7 +272,7 @@ class BatchScorer:
             if not is_defect(score, threshold):
                 verdicts.append(ScoredFrame(frame.record, frame.meta, score, threshold))
                 continue
-            anomaly_map = maps[index].cpu().numpy()  # (S, S)
+            anomaly_map = maps[index].cpu().numpy()  # (S, S), a tiled model's (h, w)
             defect = defect_region(anomaly_map, pixel_threshold)
             box = None if defect is None else region_box(defect, frame.frame_hw)
             # Without a region over the pixel threshold the map's peak still says which object alerted.
@@ -289,7 +289,7 @@ class BatchScorer:
         if image is None or image.shape[:2] != defect.shape:
             limits = self.settings.limits
             try:
-                image, _ = decode_jpeg(frame.record.value or b"", size=defect.shape[0],
+                image, _ = decode_jpeg(frame.record.value or b"", size=(defect.shape[0], defect.shape[1]),
                                        max_bytes=limits.max_frame_bytes, max_pixels=limits.max_pixels)
             except BadFrame:  # nvJPEG read what OpenCV refuses: the sorter aims at the defect instead
                 return None

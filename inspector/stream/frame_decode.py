@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from inspector.contracts import FrameMeta
-from inspector.decode.jpeg import decode_jpeg, validate_jpeg
+from inspector.decode.jpeg import InputSize, decode_jpeg, validate_jpeg
 from inspector.errors import BadFrame
 from inspector.kafka.transport import ConsumedRecord
 
@@ -21,7 +21,7 @@ class DecodedFrame:
     record: ConsumedRecord
     meta: FrameMeta
     frame_hw: tuple[int, int]  # the frame's own (height, width)
-    image: np.ndarray | None = None  # (S, S, 3) uint8 RGB at the model's size; None: the batch decodes on the GPU
+    image: np.ndarray | None = None  # (S, S, 3) (a tiled model's (h, w, 3)) uint8 RGB; None: the batch decodes on the GPU
 
 
 class Rejected(NamedTuple):
@@ -31,7 +31,7 @@ class Rejected(NamedTuple):
     error: BadFrame
 
 
-def decode_record(record: ConsumedRecord, size: int, max_bytes: int, max_pixels: int,
+def decode_record(record: ConsumedRecord, size: InputSize, max_bytes: int, max_pixels: int,
                   decode: bool = True) -> DecodedFrame | Rejected:
     """Headers, then bytes: any problem becomes a Rejected with a DLQ reason, never an exception.
 
@@ -49,7 +49,7 @@ def decode_record(record: ConsumedRecord, size: int, max_bytes: int, max_pixels:
         return Rejected(record, BadFrame("undecodable", f"{type(exc).__name__}: {exc}"[:160]))
 
 
-def decode_records(records: list[ConsumedRecord], size: int, max_bytes: int, max_pixels: int,
+def decode_records(records: list[ConsumedRecord], size: InputSize, max_bytes: int, max_pixels: int,
                    decode: bool = True) -> list[DecodedFrame | Rejected]:
     """`decode_record` for each of a run of a batch's records: one task per decode thread, not per record,
     whose future, queue and wake-up cost the GIL a third of the decode threads' time on 256-px frames."""

@@ -84,7 +84,7 @@ def with_confirmed_false_alarms(settings: Settings, good: np.ndarray, frames_out
     images = []
     for frame_id, jpeg in sorted(found.jpegs.items()):
         try:
-            images.append(decode_jpeg(jpeg, size=good.shape[1], max_bytes=settings.limits.max_frame_bytes,
+            images.append(decode_jpeg(jpeg, size=(good.shape[1], good.shape[2]), max_bytes=settings.limits.max_frame_bytes,
                                       max_pixels=settings.limits.max_pixels)[0])
         except BadFrame as exc:
             print(f"warning: false alarm {frame_id!r} does not decode ({exc}): left out")

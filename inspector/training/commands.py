@@ -68,6 +68,11 @@ def add_model_commands(sub: argparse._SubParsersAction, with_model: AddFlags, wi
                     help="features mode: good regions in the memory whose nearest-region distance is a third term, "
                          "kept only where synthetic (or --defects) defects rank clearly higher with it (default 1024; "
                          "0 = no memory)")
+    sp.add_argument("--tiles", default="off", metavar="off|auto|ROWSxCOLS",
+                    help="features mode: see each frame as a grid of overlapping model-sized tiles near its own "
+                         "resolution (auto: a grid where the frames' long side is at least 2.5 inputs and twice the "
+                         "short one; e.g. 2x4 to choose it; default off, one squashed input: tiles lost on the "
+                         "development sets, bench/RESULTS.md \"Tiling\")")
     sp.add_argument("--edge-context", type=int, metavar="PX",
                     help="features mode: pixels of replicated edge around the input, used where the map is not "
                          "normalised per location (default 16; 0 = none)")
@@ -165,28 +170,61 @@ def _model_config(args: argparse.Namespace, mode: str, paths: list[Path]):  # un
         raise ConfigError(str(exc)) from None
 
 
+def _tiles_flag(text: str, mode: str):  # untyped: as above
+    """`--tiles` checked before any work: "auto", None (off) or (rows, cols)."""
+    from inspector.model.tiling import parse_tiles
+
+    try:
+        asked = parse_tiles(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if mode != "features" and asked not in (None, "auto"):
+        raise ConfigError("--tiles tiles the features mode's input: add --mode features or leave it out")
+    return asked if mode == "features" else None
+
+
+def _tiling(asked, size: int, paths: list[Path]):  # untyped: as above
+    """The Tiling for these images (None: one square input): the frames' own where "auto" (`choose_tiling`)."""
+    from inspector.model.tiling import choose_tiling, fixed_grid
+    from inspector.training.pipeline import frame_sides
+
+    if asked is None:
+        return None
+    if asked == "auto":
+        return choose_tiling(frame_sides(paths), size)
+    rows, cols = asked
+    return fixed_grid(rows, cols, size)
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.decode.preprocess import list_images, list_labelled_defects, load_images
     from inspector.model.runtime import pick_device
+    from inspector.model.tiling import input_hw
     from inspector.training.calibration import above_threshold_note
     from inspector.training.pipeline import train_and_calibrate
 
     out = writable_file(Path(args.out), "model file")
     device = pick_device(settings.model.device)
-    paths = list_images(Path(args.data)) + [p for d in args.extra_good for p in list_images(Path(d))]
     train_cfg = _train_config(args)
+    asked_tiles = _tiles_flag(args.tiles, train_cfg.mode)
+    paths = list_images(Path(args.data)) + [p for d in args.extra_good for p in list_images(Path(d))]
     if train_cfg.denoise and train_cfg.mode != "plain":
         raise ConfigError("--denoise trains the plain autoencoder: add --mode plain")
     cfg = _model_config(args, train_cfg.mode, paths)
     if args.defects and train_cfg.mode != "features":
         raise ConfigError("--defects chooses the features mode's global weight: the other modes have none")
     defect_paths = list_labelled_defects(Path(args.defects)) if args.defects else []
-    images = load_images(paths, cfg.image_size)
+    tiling = _tiling(asked_tiles, cfg.image_size, paths)
+    if tiling is not None and defect_paths:
+        raise ConfigError("--defects chooses the global weight of one squashed input, not of tiles: add --tiles off")
+    images = load_images(paths, input_hw(cfg.image_size, tiling))
     defects = load_images(defect_paths, cfg.image_size) if defect_paths else None
-    print(f"training a {train_cfg.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px, {device}) "
-          f"-> {out}")
+    grid = "" if tiling is None else (f", {tiling.rows}x{tiling.cols} tiles of the frame resized to "
+                                      f"{tiling.canvas_hw[1]}x{tiling.canvas_hw[0]}")
+    print(f"training a {train_cfg.mode} model on {len(paths)} images from {args.data} ({cfg.image_size}px{grid}, "
+          f"{device}) -> {out}")
     artifact = train_and_calibrate(images, paths, out, cfg, train_cfg, device, model_id=args.model_id,
-                                   model_version=args.model_version, defects=defects)
+                                   model_version=args.model_version, defects=defects, tiling=tiling)
     cal = artifact.calibration
     assert cal is not None
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB): threshold {cal.threshold:.6f} ({cal.method}) at target "
@@ -217,7 +255,7 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     path = Path(settings.model.path)
     out = writable_file(Path(args.out), "model file") if args.out else path
     artifact = artifact_io.load(path)
-    size = artifact.config.image_size
+    size = artifact.input_size
     good_paths = list_images(Path(args.good))
     good = load_images(good_paths, size)
     if args.feedback:

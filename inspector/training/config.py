@@ -44,6 +44,9 @@ class TrainConfig:
     noise_kinds: tuple[str, ...] = NOISE_KINDS
     augment: bool = True  # flips and 90-degree turns only: exact, and never hide a brown spot
     calibration_fraction: float = 0.2  # held out of training; the threshold is set on these
+    # A tiled model is fitted to at most this many tiles (those of a random share of the training frames): the
+    # backbone features of every tile are held at once, about 2 MB each at 320 px.
+    max_train_tiles: int = 1200
     target_false_alarm: float = 0.01
     # The cameras' JPEG quality (the producer's default): the threshold is set on good images' scores as a camera
     # delivers them, each image's higher score of as-is and through JPEG at this quality (the synthetic camera's

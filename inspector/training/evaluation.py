@@ -148,7 +148,7 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
     device = pick_device(device_name)
     art = artifact_io.load(model_path, device)
     threshold = art.threshold
-    size = art.config.image_size
+    size = art.input_size
     sets = _test_sets(root)
     paths = [p for kind in sets for p in sets[kind]]
     kinds = [kind for kind in sets for _ in sets[kind]]
@@ -160,7 +160,8 @@ def evaluate_folder(model_path: Path, root: Path, out: Path, device_name: str = 
         "model": {"path": str(model_path), "model_id": art.model_id, "model_version": art.model_version,
                   "checksum": art.checksum[:16], "threshold": threshold,
                   "calibration": art.calibration.to_dict() if art.calibration else None,
-                  "highest_good_scores": art.training.get("highest_good_scores") or []},
+                  "highest_good_scores": art.training.get("highest_good_scores") or [],
+                  "tiling": art.tiling.to_dict() if art.tiling else None},
         "data": {"root": str(root), "counts": {k: len(v) for k, v in sets.items()}},
         "image": {"auroc": auroc(labels, scores), "aupr": average_precision(labels, scores),
                   **rates_at(labels, scores, threshold)},

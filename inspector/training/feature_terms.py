@@ -240,7 +240,10 @@ def cross_fitted_terms(sources: tuple[np.ndarray, ...], model_config: FeatureRec
 
 
 def fit_pixel_statistics(model: FeatureReconstructor, maps: np.ndarray) -> None:
-    """Store the per-location mean and spread of good images' raw region-error maps (N, S, S) in the model."""
+    """Store the per-location mean and spread of good images' raw region-error maps (N, S, S) in the model (per
+    tile position where it is tiled: the maps are then whole frames' tiles in order)."""
     t = torch.from_numpy(maps).double()
+    if model.pixel_mean.dim() == 3:
+        t = t.reshape(-1, *model.pixel_mean.shape)  # (frames, T, S, S)
     model.pixel_mean.copy_(t.mean(dim=0).float())
-    model.pixel_std.copy_(t.std(dim=0).float() if len(maps) > 1 else torch.zeros_like(t[0]).float())
+    model.pixel_std.copy_(t.std(dim=0).float() if len(t) > 1 else torch.zeros_like(t[0]).float())

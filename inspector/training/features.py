@@ -146,7 +146,9 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
         fit_pixel_statistics(model, good.maps)
     else:
         model, history = train_feature_model(images[train_idx], model_config, config, device, progress=progress)
-        fit = images[train_idx][:: max(1, len(train_idx) // 200)]  # the spread of up to 200 training images' errors
+        tiles = model_config.location_tiles  # whole frames' tiles, where tiled
+        frames = train_idx.reshape(-1, tiles)
+        fit = images[frames[:: max(1, len(frames) // 200)].ravel()]  # the spread of up to 200 training images' errors
         fit_pixel_statistics(model, feature_terms(model, fit, raw, device, ranks).maps)
         good = feature_terms(model, images[cal_idx], raw, device, ranks)
         synthetic, synth_masks = synthetic_copies(images[cal_idx], config.seed)

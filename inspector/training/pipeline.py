@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from inspector.model.registry import family_for_mode
 from inspector.model.repair import RepairAutoencoderConfig
 from inspector.model.scoring import ScoringConfig
 from inspector.model.threshold import CalibrationStats
+from inspector.model.tiling import Tiling, input_hw
 from inspector.training.calibration import calibrate_artifact, highest_good_scores
 from inspector.training.config import TrainConfig
 from inspector.training.features import fit_feature_model
@@ -36,20 +37,26 @@ def data_fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def frame_sides(paths: list[Path], samples: int = 16) -> list[tuple[int, int]]:
+    """(height, width) of up to `samples` of the images, spread over the list (unreadable ones left out)."""
+    import cv2
+
+    sides = []
+    for p in paths[:: max(1, len(paths) // samples)]:
+        image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            sides.append((int(image.shape[0]), int(image.shape[1])))
+    return sides
+
+
 def default_input_size(paths: list[Path], mode: str) -> int:
     """The model input side for these images: 256 px (128 for the from-scratch modes), 320 when the photos are
     large enough that small defects would shrink below the features' reach at 256 (the feature reconstructor's
     backbone input: with edge context, training shrinks the input by its ring)."""
     if mode != "features":
         return 128
-    import cv2
-
-    sides = []
-    for p in paths[:: max(1, len(paths) // 16)]:
-        image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-        if image is not None:
-            sides.append(max(image.shape[:2]))
-    long_side = float(np.median(sides)) if sides else 0.0
+    long_sides = [max(hw) for hw in frame_sides(paths)]
+    long_side = float(np.median(long_sides)) if long_sides else 0.0
     return 320 if long_side >= 448 else 256
 
 
@@ -72,12 +79,16 @@ def train_and_calibrate(
     model_id: str = "banana-ae",
     model_version: str | None = None,
     defects: np.ndarray | None = None,
+    tiling: Tiling | None = None,
     progress: bool = True,
 ) -> ModelArtifact:
     """The `inspector train` pipeline: hold out a calibration split (or cross-fit), train, calibrate, save.
 
     `model_config` picks the family; the scoring, unless given, is the one `config.mode` was measured with.
-    Labelled defective images, where given, choose the feature reconstructor's global weight."""
+    Labelled defective images, where given, choose the feature reconstructor's global weight. With a `tiling`
+    (feature reconstructor only), `images` are (N, h, w, 3) on its canvas: the model is fitted to their tiles, and
+    the threshold set on held-out frames' scores (each its highest tile's), never cross-fitted, as tiles of one
+    frame would fall on both sides of a fold."""
     t0 = time.time()
     train_idx, cal_idx = split_for_calibration(len(images), config.calibration_fraction, config.seed)
     if len(cal_idx) == 0:
@@ -93,10 +104,23 @@ def train_and_calibrate(
     memory_choice: dict[str, float] = {}  # synthetic-defect AUROC at each memory weight tried (0: no memory)
     cross_fit_scores: np.ndarray | None = None  # each image's out-of-fold score, where the calibration is cross-fitted
     if isinstance(model_config, FeatureReconstructorConfig):
-        fit = fit_feature_model(images, train_idx, cal_idx, model_config, config, scoring, device, defects=defects,
-                                progress=progress)
+        fit_images, fit_train, fit_cal, fit_config = images, train_idx, cal_idx, config
+        if tiling is not None:  # tile i of frame n is fit image n * T + i
+            model_config = replace(model_config, location_tiles=tiling.count)
+            fit_images, fit_config = tiling.cut(images), replace(config, cross_fit_folds=1)
+            fit_frames = train_idx
+            if len(train_idx) * tiling.count > config.max_train_tiles:  # whole frames, as many as fit in memory
+                rng = np.random.default_rng(config.seed)
+                fit_frames = np.sort(rng.choice(train_idx, config.max_train_tiles // tiling.count, replace=False))
+            fit_train, fit_cal = ((idx[:, None] * tiling.count + np.arange(tiling.count)).ravel()
+                                  for idx in (fit_frames, cal_idx))
+        fit = fit_feature_model(fit_images, fit_train, fit_cal, model_config, fit_config, scoring, device,
+                                defects=defects, progress=progress)
+        del fit_images
         model, history, scoring, calibration = fit.model, fit.history, fit.scoring, fit.calibration
-        images = resize_images(images, model.config.image_size)  # smaller where the fit took edge context
+        if tiling is not None and tiling.tile != model.config.image_size:  # the fit took edge context
+            tiling = tiling.resized(model.config.image_size)
+        images = resize_images(images, input_hw(model.config.image_size, tiling))  # smaller where it took context
         pixel_choice, rank_choice, weight_choice = fit.pixel_choice, fit.rank_choice, fit.weight_choice
         backbone_choice, cross_fit_scores, memory_choice = fit.backbone_choice, fit.good_scores, fit.memory_choice
         if fit.cross_fitted:
@@ -123,12 +147,14 @@ def train_and_calibrate(
             "global_weight_auroc": weight_choice,
             "backbone_auroc": backbone_choice,
             "memory_weight_auroc": memory_choice,
+            "tiling": tiling.to_dict() if tiling else None,
             "n_defect_examples": 0 if defects is None else int(len(defects)),
             "data_fingerprint": data_fingerprint(paths) if paths else "",
             "final_loss": history[-1] if history else None,
             "seconds": round(time.time() - t0, 1),
             "device": device.type,
         },
+        tiling=tiling,
     )
     good_scores: np.ndarray | None
     if calibration is None:
