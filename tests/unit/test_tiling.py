@@ -113,7 +113,7 @@ def test_a_tiled_model_replays_graphs_of_its_tile_batches_as_eager_scoring_score
 def test_the_worker_s_alert_for_an_elongated_frame_boxes_the_defect_in_the_frame_s_pixels(
         default_model_path: Path) -> None:
     """The score stage with a tiled model: frames decoded to the canvas, tiles batched, the alert's box where the
-    defect is in the 120 x 480 frame."""
+    defect is in the 120 x 480 frame, its evidence drawn on the frame."""
     from prometheus_client import CollectorRegistry
 
     from inspector.contracts import FrameMeta
@@ -123,7 +123,7 @@ def test_the_worker_s_alert_for_an_elongated_frame_boxes_the_defect_in_the_frame
     from inspector.stream.metrics import build_metrics
     from tests.consumed import ConsumedFrame
 
-    settings = load_settings(model={"path": default_model_path, "device": "cpu"}, kafka={"evidence_topic": ""})
+    settings = load_settings(model={"path": default_model_path, "device": "cpu"})
     calibration = CalibrationStats(method="conformal", target_false_alarm=0.01, threshold=0.5, pixel_threshold=0.5,
                                    n_good=100, guaranteed=True, good_mean=0.1, good_std=0.05,
                                    good_quantiles={"max": 0.3})
@@ -136,9 +136,13 @@ def test_the_worker_s_alert_for_an_elongated_frame_boxes_the_defect_in_the_frame
                for i, frame in enumerate(frames)]
     try:
         scored = scorer.scored(scorer.start(records)).frames
+        assert [frame.alert for frame in scored] == [False, True, False]
+        assert scored[1].evidence is not None
+        evidence = scored[1].evidence.result(timeout=30)  # drawn from the stitched map on the frame itself
     finally:
         scorer.shutdown()
-    assert [frame.alert for frame in scored] == [False, True, False]
+    assert cv2.imdecode(np.frombuffer(evidence.jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (80, 320, 3)  # 1:4
+    assert evidence.anomaly_map().shape[1] > 2 * evidence.anomaly_map().shape[0]  # the canvas's shape, not a square
     box = scored[1].box
     assert box is not None
     assert abs(box.x0 - 300) <= 12 and abs(box.x1 - 340) <= 12 and abs(box.y0 - 40) <= 8 and abs(box.y1 - 70) <= 8
