@@ -177,9 +177,10 @@ class FeatureTerms(NamedTuple):
 
 @torch.inference_mode()
 def feature_terms(model: FeatureReconstructor, images: np.ndarray, scoring: ScoringConfig,
-                   device: torch.device, ranks: list[int] | None = None, batch: int = 32) -> FeatureTerms:
+                   device: torch.device, ranks: list[int] | None = None, batch: int = 32, *,
+                   with_memory: bool = True) -> FeatureTerms:
     """The maps and, at each of `ranks` (the model's own when None), the global errors, and the memory scores
-    where the model has a memory: one backbone pass per image."""
+    where the model has a memory (and `with_memory`): one backbone pass per image."""
     fused = fuse_conv_bn(model)
     maps, pooled, memory = [], [], []
     for i in range(0, len(images), batch):
@@ -187,7 +188,7 @@ def feature_terms(model: FeatureReconstructor, images: np.ndarray, scoring: Scor
         out = fused(x)
         maps.append(feature_maps(fused, out, x.shape[-1], scoring).float().cpu())
         pooled.append(out.pooled.double().cpu())
-        if len(model.memory):
+        if with_memory and len(model.memory):
             memory.append(image_scores(memory_maps(fused, out, x.shape[-1], scoring), scoring).double().cpu())
     every = torch.cat(pooled)  # (N, G) standardised mean feature vectors
     glob = {r: pooled_errors(model, every, r) for r in (ranks or [model.config.global_components])}

@@ -149,7 +149,7 @@ def _fit_feature_model(images: np.ndarray, train_idx: np.ndarray, cal_idx: np.nd
         tiles = model_config.location_tiles  # whole frames' tiles, where tiled
         frames = train_idx.reshape(-1, tiles)
         fit = images[frames[:: max(1, len(frames) // 200)].ravel()]  # the spread of up to 200 training images' errors
-        fit_pixel_statistics(model, feature_terms(model, fit, raw, device, ranks).maps)
+        fit_pixel_statistics(model, feature_terms(model, fit, raw, device, ranks, with_memory=False).maps)
         good = feature_terms(model, images[cal_idx], raw, device, ranks)
         synthetic, synth_masks = synthetic_copies(images[cal_idx], config.seed)
         synth = feature_terms(model, synthetic, raw, device, ranks)
