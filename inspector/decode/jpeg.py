@@ -14,10 +14,10 @@ import numpy as np
 
 from inspector.errors import BadFrame
 
-# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not SOF markers.
 # A model's input: the square side, or (height, width) of a tiled model's canvas (inspector.model.tiling).
 InputSize = int | tuple[int, int]
 
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) are not SOF markers.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
@@ -101,10 +101,10 @@ def to_model_rgb(bgr: np.ndarray, size: InputSize) -> np.ndarray:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     elif bgr.shape[2] == 4:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_BGRA2BGR)
-    return cv2.cvtColor(to_square(bgr, size), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(to_input_size(bgr, size), cv2.COLOR_BGR2RGB)
 
 
-def to_square(image: np.ndarray, size: InputSize) -> np.ndarray:
+def to_input_size(image: np.ndarray, size: InputSize) -> np.ndarray:
     """An (H, W, C) image -> (size, size, C) (or (h, w, C) for a tiled model's canvas): area-averaged when both
     sides shrink, by more than 1.25x on one, else bilinear; as it is when already that size."""
     height, width = image.shape[:2]

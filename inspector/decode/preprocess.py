@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from inspector.decode.jpeg import InputSize, size_hw, to_model_rgb, to_square
+from inspector.decode.jpeg import InputSize, size_hw, to_input_size, to_model_rgb
 from inspector.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -70,7 +70,7 @@ def resize_images(images: np.ndarray, size: InputSize) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N, size, size, 3) (or (N, h, w, 3)), resized as `load_images` resizes each file."""
     if images.shape[1:3] == size_hw(size):
         return images
-    return np.stack([to_square(image, size) for image in images])
+    return np.stack([to_input_size(image, size) for image in images])
 
 
 def decode_jpegs_on_device(datas: list[bytes], size: InputSize, device: torch.device) -> torch.Tensor:

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.decode.jpeg import to_square
+from inspector.decode.jpeg import to_input_size
 
 
 def _stripes(height: int, width: int) -> np.ndarray:
@@ -24,14 +24,14 @@ def _stripes(height: int, width: int) -> np.ndarray:
 def test_area_averaging_where_both_sides_shrink_by_more_than_a_quarter_on_one(shape: tuple[int, int],
                                                                            expected: int) -> None:
     image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
-    assert np.array_equal(to_square(image, 224), cv2.resize(image, (224, 224), interpolation=expected))
+    assert np.array_equal(to_input_size(image, 224), cv2.resize(image, (224, 224), interpolation=expected))
 
 
 def test_fine_texture_shrunk_by_2x_or_more_averages_to_grey() -> None:
-    out = to_square(_stripes(896, 896), 224)
+    out = to_input_size(_stripes(896, 896), 224)
     assert abs(float(out.mean()) - 127.5) < 2 and float(out.std()) < 2
 
 
 def test_an_image_already_square_at_the_size_is_returned_as_it_is() -> None:
     image = np.zeros((224, 224, 3), np.uint8)
-    assert to_square(image, 224) is image
+    assert to_input_size(image, 224) is image
