@@ -3,9 +3,9 @@ image, their maps stitched back into one map of the frame and their scores reduc
 
 A tiled model's frames are resized to the grid's canvas (near the frame's own size) instead of being squashed to
 one square input; training fits the model to the tiles of good frames, and `ModelRunner` cuts, scores and stitches,
-so the worker, calibration and evaluation see one score and one map per frame as before. `inspector train --tiles`
-asks for it (off by default: on the development sets the tiles lost image AUROC to the squashed frame, whose
-global term sees the whole part; bench/RESULTS.md, "Tiling").
+so the worker, calibration and evaluation see one score and one map per frame as before. `inspector train` tiles
+frames that are large and elongated by default (`--tiles auto`, `choose_tiling`); every development set's frames
+stay one square input (bench/RESULTS.md, "Tiling").
 """
 
 from __future__ import annotations
@@ -106,13 +106,14 @@ def grid_for(frame_hw: tuple[int, int], tile: int) -> Tiling:
     return fixed_grid(rows, cols, tile)
 
 
-def choose_tiling(frame_sides: list[tuple[int, int]], tile: int) -> Tiling | None:
-    """The grid for training frames of these (height, width)s, or None where they stay one square input: tiled
-    only when they are both large (long side >= TILE_FROM_LONG_SIDE inputs) and elongated (>= TILE_FROM_ASPECT):
-    a large square photo of one object is better seen whole (its global term sees all of it)."""
+def choose_tiling(frame_sides: list[tuple[int, int]], tile: int, detail_scale: float = 1.0) -> Tiling | None:
+    """The grid for training frames of these (height, width)s whose detail a frame `detail_scale` times smaller
+    holds (`inspector.training.frame_scale`), or None where they stay one square input: tiled only when that
+    detail's frame is both large (long side >= TILE_FROM_LONG_SIDE inputs) and elongated (>= TILE_FROM_ASPECT): a
+    large square photo of one object is better seen whole (its global term sees all of it)."""
     if not frame_sides:
         return None
-    h, w = median(s[0] for s in frame_sides), median(s[1] for s in frame_sides)
+    h, w = (median(s[axis] for s in frame_sides) / max(1.0, detail_scale) for axis in (0, 1))
     long_side, short_side = max(h, w), max(1.0, min(h, w))
     if long_side < TILE_FROM_LONG_SIDE * tile or long_side / short_side < TILE_FROM_ASPECT:
         return None

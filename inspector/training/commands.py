@@ -68,11 +68,11 @@ def add_model_commands(sub: argparse._SubParsersAction, with_model: AddFlags, wi
                     help="features mode: good regions in the memory whose nearest-region distance is a third term, "
                          "kept only where synthetic (or --defects) defects rank clearly higher with it (default 1024; "
                          "0 = no memory)")
-    sp.add_argument("--tiles", default="off", metavar="off|auto|ROWSxCOLS",
+    sp.add_argument("--tiles", default="auto", metavar="auto|off|ROWSxCOLS",
                     help="features mode: see each frame as a grid of overlapping model-sized tiles near its own "
-                         "resolution (auto: a grid where the frames' long side is at least 2.5 inputs and twice the "
-                         "short one; e.g. 2x4 to choose it; default off, one squashed input: tiles lost on the "
-                         "development sets, bench/RESULTS.md \"Tiling\")")
+                         "resolution (default auto: a grid where the detail the frames hold spans a long side of at "
+                         "least 2.5 inputs and twice the short one, else one squashed input; off: always one "
+                         "squashed input; e.g. 2x4 to choose the grid)")
     sp.add_argument("--edge-context", type=int, metavar="PX",
                     help="features mode: pixels of replicated edge around the input, used where the map is not "
                          "normalised per location (default 16; 0 = none)")
@@ -183,15 +183,26 @@ def _tiles_flag(text: str, mode: str):  # untyped: as above
     return asked if mode == "features" else None
 
 
-def _tiling(asked, size: int, paths: list[Path]):  # untyped: as above
-    """The Tiling for these images (None: one square input): the frames' own where "auto" (`choose_tiling`)."""
+def _tiling(asked, size: int, paths: list[Path], with_defects: bool):  # untyped: as above
+    """The Tiling for these images (None: one square input): the frames' own where "auto" (`choose_tiling`), which
+    labelled defects turn off (they choose the global weight of one squashed input)."""
     from inspector.model.tiling import choose_tiling, fixed_grid
-    from inspector.training.pipeline import frame_sides
+    from inspector.training.frame_scale import frame_sample
 
     if asked is None:
         return None
     if asked == "auto":
-        return choose_tiling(frame_sides(paths), size)
+        sample = frame_sample(paths)
+        tiling = choose_tiling(sample.sides, size, sample.detail_scale)
+        if tiling is not None and with_defects:
+            print("note: --defects chooses the global weight of one squashed input: the frames are not tiled")
+            return None
+        if sample.detail_scale > 1 and tiling is None and choose_tiling(sample.sides, size) is not None:
+            print(f"note: the frames hold the detail of frames {sample.detail_scale:g}x smaller (enlarged, or a soft "
+                  "lens): one squashed input, not tiles")
+        return tiling
+    if with_defects:
+        raise ConfigError("--defects chooses the global weight of one squashed input, not of tiles: add --tiles off")
     rows, cols = asked
     return fixed_grid(rows, cols, size)
 
@@ -214,9 +225,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.defects and train_cfg.mode != "features":
         raise ConfigError("--defects chooses the features mode's global weight: the other modes have none")
     defect_paths = list_labelled_defects(Path(args.defects)) if args.defects else []
-    tiling = _tiling(asked_tiles, cfg.image_size, paths)
-    if tiling is not None and defect_paths:
-        raise ConfigError("--defects chooses the global weight of one squashed input, not of tiles: add --tiles off")
+    tiling = _tiling(asked_tiles, cfg.image_size, paths, bool(defect_paths))
     images = load_images(paths, input_hw(cfg.image_size, tiling))
     defects = load_images(defect_paths, cfg.image_size) if defect_paths else None
     grid = "" if tiling is None else (f", {tiling.rows}x{tiling.cols} tiles of the frame resized to "

@@ -25,6 +25,7 @@ from inspector.model.tiling import Tiling, input_hw
 from inspector.training.calibration import calibrate_artifact, highest_good_scores
 from inspector.training.config import TrainConfig
 from inspector.training.features import fit_feature_model
+from inspector.training.frame_scale import frame_sides
 from inspector.training.image_autoencoders import train_model
 
 
@@ -35,18 +36,6 @@ def data_fingerprint(paths: list[Path]) -> str:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
-
-
-def frame_sides(paths: list[Path], samples: int = 16) -> list[tuple[int, int]]:
-    """(height, width) of up to `samples` of the images, spread over the list (unreadable ones left out)."""
-    import cv2
-
-    sides = []
-    for p in paths[:: max(1, len(paths) // samples)]:
-        image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-        if image is not None:
-            sides.append((int(image.shape[0]), int(image.shape[1])))
-    return sides
 
 
 def default_input_size(paths: list[Path], mode: str) -> int:

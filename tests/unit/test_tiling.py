@@ -22,6 +22,7 @@ from inspector.model.family import AnomalyModel
 from inspector.model.runtime import ModelRunner, score_images
 from inspector.model.scoring import ScoringConfig, defect_box
 from inspector.model.tiling import Tiling, choose_tiling, fixed_grid, grid_for, parse_tiles
+from inspector.training.frame_scale import detail_scale, frame_sample
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
@@ -204,6 +205,46 @@ def test_the_tiling_is_kept_in_the_model_file(tmp_path: Path) -> None:
     artifact_io.save(ModelArtifact(model.eval(), tiling=Tiling(1, 3, 16, 2)), tmp_path / "foreign.safetensors")
     with pytest.raises(ModelFileError, match="16"):  # tiles of another size than the model's input
         artifact_io.load(tmp_path / "foreign.safetensors")
+
+
+def _pink_texture(h: int, w: int, seed: int) -> np.ndarray:
+    """(h, w) uint8 grey texture with a photo's 1/f spectrum: detail at every scale down to its pixels."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    field = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(h, w))) / np.maximum(np.hypot(fy, fx), 1 / max(h, w))))
+    return np.clip(128 + 40 * field / field.std(), 0, 255).astype(np.uint8)
+
+
+def _through_jpeg(image: np.ndarray) -> np.ndarray:
+    return cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1], cv2.IMREAD_GRAYSCALE)
+
+
+def test_the_detail_a_frame_holds_tells_an_enlarged_frame_from_a_sharp_one() -> None:
+    sharp = _pink_texture(250, 620, seed=0)
+    assert detail_scale(_through_jpeg(sharp)) == 1.0
+    for factor in (1.5, 2.0, 3.0):
+        enlarged = cv2.resize(sharp, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+        assert detail_scale(_through_jpeg(enlarged)) == factor
+    assert detail_scale(np.full((300, 700), 90, np.uint8)) == 1.0  # no detail at any scale: taken as it is
+
+
+def test_auto_tiles_large_frames_only_where_their_detail_is_as_large(tmp_path: Path) -> None:
+    from inspector.training.commands import _tiling
+
+    sharp, enlarged = tmp_path / "sharp", tmp_path / "enlarged"
+    for i in range(3):
+        for folder, image in ((sharp, _pink_texture(1250, 500, seed=i)),
+                              (enlarged, cv2.resize(_pink_texture(625, 250, seed=i), (500, 1250),
+                                                    interpolation=cv2.INTER_CUBIC))):
+            folder.mkdir(exist_ok=True)
+            cv2.imwrite(str(folder / f"{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert frame_sample(sorted(sharp.iterdir())).detail_scale == 1.0
+    assert frame_sample(sorted(enlarged.iterdir())).detail_scale == 2.0
+    grid = _tiling("auto", 320, sorted(sharp.iterdir()), False)
+    assert grid is not None and (grid.rows, grid.cols) == (4, 2)
+    assert _tiling("auto", 320, sorted(enlarged.iterdir()), False) is None  # 625 x 250 of detail: one input
+    assert _tiling("auto", 320, sorted(sharp.iterdir()), True) is None  # labelled defects weigh one squashed input
+    assert choose_tiling([(1250, 500)] * 3, 320, detail_scale=1.5) is not None  # 833 x 333 of detail: still tiled
 
 
 def test_a_bad_tiles_flag_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
