@@ -152,11 +152,11 @@ def _train_config(args: argparse.Namespace):  # untyped: local imports keep `--h
     return TrainConfig(**{name: value for name, value in flags.items() if value is not None})
 
 
-def _model_config(args: argparse.Namespace, mode: str, paths: list[Path]):  # untyped: as above
+def _model_config(args: argparse.Namespace, mode: str, frame_sides: list[tuple[int, int]]):  # untyped: as above
     from inspector.model.registry import family_for_mode
     from inspector.training.pipeline import default_input_size
 
-    fields: dict[str, object] = {"image_size": args.size or default_input_size(paths, mode)}
+    fields: dict[str, object] = {"image_size": args.size or default_input_size(frame_sides, mode)}
     if mode == "features" and args.edge_context is not None:
         fields["edge_context"] = args.edge_context
     if mode != "features":  # the image autoencoders' shape flags
@@ -183,16 +183,15 @@ def _tiles_flag(text: str, mode: str):  # untyped: as above
     return asked if mode == "features" else None
 
 
-def _tiling(asked, size: int, paths: list[Path], with_defects: bool):  # untyped: as above
-    """The Tiling for these images (None: one square input): the frames' own where "auto" (`choose_tiling`), which
-    labelled defects turn off (they choose the global weight of one squashed input)."""
+def _tiling(asked, size: int, sample, with_defects: bool):  # untyped: as above
+    """The Tiling for the frames `sample` (`frame_scale.frame_sample`) describes (None: one square input): theirs
+    where "auto" (`choose_tiling`), which labelled defects turn off (they choose the global weight of one squashed
+    input)."""
     from inspector.model.tiling import choose_tiling, fixed_grid
-    from inspector.training.frame_scale import frame_sample
 
     if asked is None:
         return None
     if asked == "auto":
-        sample = frame_sample(paths)
         tiling = choose_tiling(sample.sides, size, sample.detail_scale)
         if tiling is not None and with_defects:
             print("note: --defects chooses the global weight of one squashed input: the frames are not tiled")
@@ -212,6 +211,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from inspector.model.runtime import pick_device
     from inspector.model.tiling import input_hw
     from inspector.training.calibration import above_threshold_note
+    from inspector.training.frame_scale import frame_sample
     from inspector.training.pipeline import train_and_calibrate
 
     out = writable_file(Path(args.out), "model file")
@@ -221,11 +221,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     paths = list_images(Path(args.data)) + [p for d in args.extra_good for p in list_images(Path(d))]
     if train_cfg.denoise and train_cfg.mode != "plain":
         raise ConfigError("--denoise trains the plain autoencoder: add --mode plain")
-    cfg = _model_config(args, train_cfg.mode, paths)
+    sample = frame_sample(paths)  # the frames' sides and detail, read once for the input side and the grid
+    cfg = _model_config(args, train_cfg.mode, sample.sides)
     if args.defects and train_cfg.mode != "features":
         raise ConfigError("--defects chooses the features mode's global weight: the other modes have none")
     defect_paths = list_labelled_defects(Path(args.defects)) if args.defects else []
-    tiling = _tiling(asked_tiles, cfg.image_size, paths, bool(defect_paths))
+    tiling = _tiling(asked_tiles, cfg.image_size, sample, bool(defect_paths))
     images = load_images(paths, input_hw(cfg.image_size, tiling))
     defects = load_images(defect_paths, cfg.image_size) if defect_paths else None
     grid = "" if tiling is None else (f", {tiling.rows}x{tiling.cols} tiles of the frame resized to "

@@ -8,7 +8,6 @@ tiles (bench/RESULTS.md, "Tiling": the ball screws enlarged 2x lost image AUROC 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from typing import NamedTuple
@@ -33,24 +32,13 @@ def frame_sample(paths: list[Path], samples: int = 16) -> FrameSample:
     import cv2
 
     sides, scales = [], []
-    for image in _sampled(paths, samples):
+    for p in paths[:: max(1, len(paths) // samples)]:
+        image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            continue
         sides.append((int(image.shape[0]), int(image.shape[1])))
         scales.append(detail_scale(cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image))
     return FrameSample(sides, float(median(scales)) if scales else 1.0)
-
-
-def frame_sides(paths: list[Path], samples: int = 16) -> list[tuple[int, int]]:
-    """(height, width) of up to `samples` of the images, spread over the list (unreadable ones left out)."""
-    return [(int(image.shape[0]), int(image.shape[1])) for image in _sampled(paths, samples)]
-
-
-def _sampled(paths: list[Path], samples: int) -> Iterator[np.ndarray]:
-    import cv2
-
-    for p in paths[:: max(1, len(paths) // samples)]:
-        image = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-        if image is not None:
-            yield image
 
 
 def detail_scale(gray: np.ndarray) -> float:

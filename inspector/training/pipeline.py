@@ -25,7 +25,6 @@ from inspector.model.tiling import Tiling, input_hw
 from inspector.training.calibration import calibrate_artifact, highest_good_scores
 from inspector.training.config import TrainConfig
 from inspector.training.features import fit_feature_model
-from inspector.training.frame_scale import frame_sides
 from inspector.training.image_autoencoders import train_model
 
 
@@ -38,13 +37,13 @@ def data_fingerprint(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def default_input_size(paths: list[Path], mode: str) -> int:
-    """The model input side for these images: 256 px (128 for the from-scratch modes), 320 when the photos are
+def default_input_size(frame_sides: list[tuple[int, int]], mode: str) -> int:
+    """The model input side for images of these (height, width)s (`frame_scale.frame_sample`): 256 px (128 for the from-scratch modes), 320 when the photos are
     large enough that small defects would shrink below the features' reach at 256 (the feature reconstructor's
     backbone input: with edge context, training shrinks the input by its ring)."""
     if mode != "features":
         return 128
-    long_sides = [max(hw) for hw in frame_sides(paths)]
+    long_sides = [max(hw) for hw in frame_sides]
     long_side = float(np.median(long_sides)) if long_sides else 0.0
     return 320 if long_side >= 448 else 256
 

@@ -240,10 +240,10 @@ def test_auto_tiles_large_frames_only_where_their_detail_is_as_large(tmp_path: P
             cv2.imwrite(str(folder / f"{i}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert frame_sample(sorted(sharp.iterdir())).detail_scale == 1.0
     assert frame_sample(sorted(enlarged.iterdir())).detail_scale == 2.0
-    grid = _tiling("auto", 320, sorted(sharp.iterdir()), False)
+    grid = _tiling("auto", 320, frame_sample(sorted(sharp.iterdir())), False)
     assert grid is not None and (grid.rows, grid.cols) == (4, 2)
-    assert _tiling("auto", 320, sorted(enlarged.iterdir()), False) is None  # 625 x 250 of detail: one input
-    assert _tiling("auto", 320, sorted(sharp.iterdir()), True) is None  # labelled defects weigh one squashed input
+    assert _tiling("auto", 320, frame_sample(sorted(enlarged.iterdir())), False) is None  # 625 x 250 of detail: one input
+    assert _tiling("auto", 320, frame_sample(sorted(sharp.iterdir())), True) is None  # labelled defects weigh one squashed input
     assert choose_tiling([(1250, 500)] * 3, 320, detail_scale=1.5) is not None  # 833 x 333 of detail: still tiled
 
 
